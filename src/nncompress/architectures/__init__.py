@@ -1,0 +1,24 @@
+"""Model families by name. `build_model(name, in_shape, num_classes)` is how recipes and the CLI make a model."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from nncompress.architectures.lenet import LeNet5, LeNet300100
+from nncompress.core.errors import UserError
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet300": LeNet300100,
+    "lenet5": LeNet5,
+}
+
+
+def build_model(name: str, in_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build a registered model for inputs of `in_shape` (C, H, W) and `num_classes` outputs."""
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
+    return MODELS[name](in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+
+
+__all__ = ["MODELS", "LeNet300100", "LeNet5", "build_model"]

@@ -1,0 +1,56 @@
+"""File writes that never leave half a file, and weight loading that never unpickles."""
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from nncompress.core.errors import UserError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Save a state dict as safetensors (never pickle), atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, or a torch file with weights_only=True; clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path} (pass an existing .safetensors file)")
+    if path.suffix in {".pt", ".pth", ".bin"}:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+            raise UserError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise UserError(f"weights file {path} is not a state dict of tensors")
+        return obj
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot read weights {path}: not a valid safetensors file ({str(e).splitlines()[0][:200]})") from None

@@ -1,0 +1,113 @@
+"""A plain, seeded supervised training loop and top-1 evaluation."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nncompress.core.progress import track
+from nncompress.training.callbacks import Callback
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # "cosine" or "constant"
+    seed: int = 0
+    progress: bool | None = None  # None: bars when on a terminal
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}': use 'sgd' or 'adam'")
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+    val_loader: DataLoader | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[dict[str, float]]:
+    """Train `model` in place; returns one dict of metrics per epoch (loss, and val_top1 if val_loader)."""
+    cfg = cfg or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    opt = optimizer or _optimizer(model, cfg)
+    total_steps = max(1, cfg.epochs * len(loader))
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    for cb in callbacks:
+        cb.on_train_begin(model, opt)
+    step, history = 0, []
+    for epoch in track(range(cfg.epochs), "training", total=cfg.epochs, enabled=cfg.progress):
+        model.train()
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, model)
+        loss_sum, n = 0.0, 0
+        for x, y in loader:
+            for cb in callbacks:
+                cb.on_step_begin(step, model)
+            out = model(x)
+            loss = loss_fn(out, y)
+            for cb in callbacks:
+                loss = cb.loss(model, x, y, out, loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for cb in callbacks:
+                cb.on_after_backward(model)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            for cb in callbacks:
+                cb.on_step_end(step, model)
+            loss_sum += float(loss.detach()) * len(y)
+            n += len(y)
+            step += 1
+        metrics = {"epoch": float(epoch), "loss": loss_sum / max(n, 1)}
+        if val_loader is not None:
+            metrics["val_top1"] = evaluate(model, val_loader)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, model, metrics)
+        history.append(metrics)
+    for cb in callbacks:
+        cb.on_train_end(model)
+    cfg.history.extend(history)
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader) -> torch.Tensor:
+    """Concatenated model outputs (logits) over a loader, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x) for x, _ in loader]
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in loader:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
