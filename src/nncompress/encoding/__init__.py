@@ -1,0 +1,65 @@
+"""Storage side of Deep Compression: Huffman coding, relative indices, sparse formats, the .nnc container."""
+from nncompress.encoding.container import (
+    FORMAT_VERSION,
+    MAGIC,
+    CompressedModel,
+    SharedTensor,
+    load_nnc,
+    read_nnc,
+    save_nnc,
+    size_breakdown,
+    write_nnc,
+)
+from nncompress.encoding.errors import CorruptFileError
+from nncompress.encoding.huffman import (
+    MAX_CODE_LENGTH,
+    canonical_codes,
+    code_lengths,
+    decode,
+    encode,
+    entropy_bits,
+    expected_bits,
+    validate_lengths,
+)
+from nncompress.encoding.relative_index import (
+    DEFAULT_GAP_BITS_CONV,
+    DEFAULT_GAP_BITS_FC,
+    count_entries,
+    from_relative,
+    to_relative,
+)
+from nncompress.encoding.sparse import COO, CSC, CSR, as_matrix, to_coo, to_csc, to_csr, to_dense
+
+__all__ = [
+    "COO",
+    "CSC",
+    "CSR",
+    "DEFAULT_GAP_BITS_CONV",
+    "DEFAULT_GAP_BITS_FC",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_CODE_LENGTH",
+    "CompressedModel",
+    "CorruptFileError",
+    "SharedTensor",
+    "as_matrix",
+    "canonical_codes",
+    "code_lengths",
+    "count_entries",
+    "decode",
+    "encode",
+    "entropy_bits",
+    "expected_bits",
+    "from_relative",
+    "load_nnc",
+    "read_nnc",
+    "save_nnc",
+    "size_breakdown",
+    "to_coo",
+    "to_csc",
+    "to_csr",
+    "to_dense",
+    "to_relative",
+    "validate_lengths",
+    "write_nnc",
+]
