@@ -1,0 +1,61 @@
+"""Unstructured pruning: masks (parametrizations), criteria, one-shot pruners, schedules, sensitivity.
+
+    from nncompress.pruning import LevelPruner, finalize
+    LevelPruner(0.92, scope="global").prune(model)   # masks attached; fine-tune with them on
+    finalize(model)                                   # bake weight·mask into plain weights
+"""
+from nncompress.pruning.criteria import (
+    largest_magnitude_mask,
+    level_mask,
+    magnitude_threshold_mask,
+    random_mask,
+    sensitivity_mask,
+    sensitivity_threshold,
+    smallest_k_mask,
+)
+from nncompress.pruning.mask import (
+    Mask,
+    apply_mask,
+    dense_tensor,
+    finalize,
+    get_mask,
+    load_masked_state_dict,
+    load_masks,
+    mask_state_dict,
+    masked_layers,
+    remove_mask,
+)
+from nncompress.pruning.pruners import LevelPruner, MagnitudePruner, SensitivityPruner, resolve_layers
+from nncompress.pruning.schedules import AGPPruner, SplicingPruner, agp_sparsity, iterative_prune
+from nncompress.pruning.sensitivity import DEFAULT_LEVELS, SensitivityResult, sensitivity_analysis
+
+__all__ = [
+    "AGPPruner",
+    "DEFAULT_LEVELS",
+    "LevelPruner",
+    "MagnitudePruner",
+    "Mask",
+    "SensitivityPruner",
+    "SensitivityResult",
+    "SplicingPruner",
+    "agp_sparsity",
+    "apply_mask",
+    "dense_tensor",
+    "finalize",
+    "get_mask",
+    "iterative_prune",
+    "largest_magnitude_mask",
+    "level_mask",
+    "load_masked_state_dict",
+    "load_masks",
+    "magnitude_threshold_mask",
+    "mask_state_dict",
+    "masked_layers",
+    "random_mask",
+    "remove_mask",
+    "resolve_layers",
+    "sensitivity_analysis",
+    "sensitivity_mask",
+    "sensitivity_threshold",
+    "smallest_k_mask",
+]
