@@ -187,6 +187,7 @@ def _write_shared(w: _Writer, name: str, t: SharedTensor) -> None:
     if pos.size:
         if pos.dtype.kind not in "iu" or codes.dtype.kind not in "iu":
             raise UserError(f"tensor {name!r}: positions and codes must be integer arrays")
+        pos, codes = pos.astype(np.int64), codes.astype(np.int64)  # signed, so a decreasing uint diff shows
         if pos[0] < 0 or pos[-1] >= numel or np.any(np.diff(pos) <= 0):
             raise UserError(f"tensor {name!r}: positions must be strictly increasing flat indices in 0..{numel - 1}")
         if codes.min() < 0 or codes.max() >= k:

@@ -22,7 +22,7 @@ from nncompress.encoding.errors import CorruptFileError
 MAX_CODE_LENGTH = 24
 """Longest code the encoder produces and the decoder accepts (a 32-bit window covers it at any bit offset)."""
 
-_CHUNK_BITS = 1 << 20  # decode works on windows of this many bit positions to bound temporary memory
+_CHUNK_BITS = 1 << 16  # decode works on this many bit positions at a time: bounded memory, cache-friendly
 _BAD = 1 << 62  # "next position" marker for an invalid code word during decoding
 
 
@@ -200,7 +200,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
     offset = np.concatenate([[0], np.cumsum(per_len)])[:-1]  # rank of the first code of each length
     order = np.lexsort((np.arange(ls.size), ls))
     sorted_syms = order[ls[order] > 0].astype(np.int64)
-    buf = np.frombuffer(bytes(data[: (nbits + 7) // 8]) + b"\0\0\0\0", dtype=np.uint8).astype(np.int64)
+    buf = np.frombuffer(bytes(data[: (nbits + 7) // 8]) + b"\0\0\0\0", dtype=np.uint8)
     mask = (1 << top) - 1
 
     out = np.empty(count, dtype=np.int64)
@@ -212,7 +212,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
         lo, hi = pos, min(nbits, pos + _CHUNK_BITS)
         p = np.arange(lo, hi, dtype=np.int64)
         b = p >> 3
-        word = (buf[b] << 24) | (buf[b + 1] << 16) | (buf[b + 2] << 8) | buf[b + 3]
+        word = (buf[b].astype(np.int64) << 24) | (buf[b + 1].astype(np.int64) << 16) | (buf[b + 2].astype(np.int64) << 8) | buf[b + 3]
         win = (word >> (32 - top - (p & 7))) & mask
         k = np.searchsorted(limits, win, side="right")  # 0-based length index; == top means no code
         valid = k < top
