@@ -6,11 +6,14 @@ from collections.abc import Callable
 from torch import nn
 
 from nncompress.architectures.lenet import LeNet5, LeNet300100
+from nncompress.architectures.resnet_cifar import resnet20, resnet56
 from nncompress.core.errors import UserError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300100,
     "lenet5": LeNet5,
+    "resnet20": resnet20,
+    "resnet56": resnet56,
 }
 
 

@@ -1,0 +1,123 @@
+"""How important is each channel of a group? Higher score = keep.
+
+  l1        Σ|W_j| over the filter producing channel j (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017)
+  l2        ‖W_j‖₂ of that filter (same paper; NetAdapt uses it too)
+  bn_scale  |γ_j| of the batch norm after it (Liu et al., "Learning Efficient ConvNets through Network Slimming", ICCV 2017)
+  taylor    (Σ_{w in channel j} g·w)², averaged over batches: first-order estimate of the loss change when the
+            channel is removed (Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019)
+  random    uniform scores, seeded (ablation)
+  largest   −l1: removes the largest filters first (ablation; Li et al. show it is the worst choice)
+
+A group couples several layers (residual branches, depthwise convs); a channel's score is the mean of its
+per-layer scores over every filter that produces it (taylor: the sum of g·w over all its parameters, squared).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nncompress.core.errors import UserError
+from nncompress.pruning.structured.graph import ChannelGroup, DependencyGraph
+
+CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random", "largest")
+
+
+def member_positions(graph: DependencyGraph, group: ChannelGroup) -> list[tuple[str, str, np.ndarray]]:
+    """(module, role, j) for every layer touching `group`: j[p] = group channel at position p, or -1."""
+    index = {int(c): j for j, c in enumerate(group.channels)}
+    out = []
+    for (name, role), labels in graph.labels.items():
+        js = np.array([index.get(int(c), -1) for c in labels], dtype=np.int64)
+        if (js >= 0).any():
+            out.append((name, role, js))
+    return out
+
+
+def _reduce(group: ChannelGroup, members, vectors: dict[tuple[str, str], np.ndarray], mean: bool) -> np.ndarray:
+    total, count = np.zeros(group.size), np.zeros(group.size)
+    for name, role, js in members:
+        if (name, role) in vectors:
+            ok = js >= 0
+            np.add.at(total, js[ok], vectors[(name, role)][ok])
+            np.add.at(count, js[ok], 1)
+    return total / np.maximum(count, 1) if mean else total
+
+
+def _filter_norms(graph: DependencyGraph, p: int) -> dict[tuple[str, str], np.ndarray]:
+    vecs = {}
+    for (name, role) in graph.labels:
+        if role in ("out", "dw"):
+            w = graph.modules[name].weight.detach().flatten(1)
+            vecs[(name, role)] = w.abs().sum(1).numpy() if p == 1 else w.norm(dim=1).numpy()
+    return vecs
+
+
+def _bn_scales(graph: DependencyGraph, group: ChannelGroup) -> dict[tuple[str, str], np.ndarray]:
+    if not group.norms:
+        raise UserError(f"criterion bn_scale needs a batch norm after layer '{group.name}', which has none; use l1 or l2")
+    return {(n, "bn"): graph.modules[n].weight.detach().abs().numpy() for n in group.norms if graph.modules[n].affine}
+
+
+def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches: int | None) -> list[dict[tuple[str, str], np.ndarray]]:
+    """Per-batch Σ g·w of every filter / bn entry (signed: summed over a group before squaring)."""
+    if data is None:
+        raise UserError("criterion taylor needs data: pass batches of (inputs, labels) to compute gradients")
+    was_training = model.training
+    model.eval()  # gradients without touching batch-norm running statistics
+    batches = []
+    try:
+        for b, (x, y) in enumerate(data):
+            if max_batches is not None and b >= max_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            vecs = {}
+            for (name, role) in graph.labels:
+                m = graph.modules[name]
+                if role in ("out", "dw", "bn") and m.weight is not None and m.weight.grad is not None:
+                    gw = (m.weight.grad * m.weight).detach().flatten(1).sum(1) if role != "bn" else (m.weight.grad * m.weight).detach()
+                    if getattr(m, "bias", None) is not None and m.bias.grad is not None:
+                        gw = gw + (m.bias.grad * m.bias).detach()
+                    vecs[(name, role)] = gw.numpy()
+            batches.append(vecs)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if not batches:
+        raise UserError("criterion taylor got no batches of data")
+    return batches
+
+
+def channel_scores(
+    model: nn.Module,
+    graph: DependencyGraph,
+    criterion: str = "l1",
+    *,
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    max_batches: int | None = 8,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Score of every channel of every prunable group, by group name. `graph` must be built on `model`."""
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
+    if criterion == "random":
+        rng = np.random.default_rng(seed)
+        return {g.name: rng.random(g.size) for g in graph.groups}
+    norms = _filter_norms(graph, 2 if criterion == "l2" else 1) if criterion in ("l1", "l2", "largest") else {}
+    taylor = _taylor(graph, model, data, loss_fn, max_batches) if criterion == "taylor" else []
+    scores = {}
+    for g in graph.groups:
+        members = member_positions(graph, g)
+        if criterion == "taylor":
+            s = np.mean([_reduce(g, members, b, mean=False) ** 2 for b in taylor], axis=0)
+        elif criterion == "bn_scale":
+            s = _reduce(g, members, _bn_scales(graph, g), mean=True)
+        else:
+            s = _reduce(g, members, norms, mean=True)
+        scores[g.name] = -s if criterion == "largest" else s
+    return scores

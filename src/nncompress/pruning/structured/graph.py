@@ -1,0 +1,349 @@
+"""Channel dependency graph: which channels of which layers must be removed together.
+
+Removing output channel j of a convolution also removes input channel j of every layer that reads it,
+entry j of the batch norm after it, and, through a residual addition, channel j of every other branch
+of that addition. Following Torch-Pruning (Fang et al., "DepGraph", CVPR 2023), the unit of structured
+pruning is therefore a *group* of coupled channels, not a layer.
+
+How: trace the model with torch.fx, run the example input through it to learn shapes, and propagate a
+label per channel (dim 1) along the graph; a union-find merges labels that must stay equal:
+  conv/linear output     → fresh labels (the layer "produces" them)
+  bn, activations, pools → labels pass through (bn is pruned along with them)
+  depthwise conv         → labels pass through (its filters are pruned along with them)
+  a + b, a * b           → labels of a and b are merged element by element
+  cat(dim=1)             → labels concatenated (each input keeps its own offset range)
+  flatten                → each channel label repeated H·W times (the next linear loses H·W columns)
+Channels reaching the model's input or output, or any operation we do not understand, are pinned:
+never removed.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+
+from nncompress.core.errors import UserError
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Hardtanh, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool2d,
+)
+_PASS_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout2d, torch.max_pool1d, torch.max_pool2d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d, torch.clone, torch.abs, torch.neg,
+    operator.neg, torch.mean, torch.sum, torch.amax,
+}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clone", "contiguous", "abs", "neg", "mean", "sum", "amax", "float"}
+_ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+                torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum}
+_ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+_RESHAPES = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels removed together. `channels[j]` names channel j of the group in `DependencyGraph.labels`."""
+
+    name: str
+    channels: np.ndarray
+    producers: tuple[str, ...]  # layers whose output channels (filters) belong to the group
+    consumers: tuple[str, ...]  # layers whose input channels belong to it
+    norms: tuple[str, ...]  # batch norms along the way
+    depthwise: tuple[str, ...]  # depthwise convolutions that carry the channels through
+
+    @property
+    def size(self) -> int:
+        return len(self.channels)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.pinned: list[bool] = []
+
+    def new(self, n: int, pinned: bool = False) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.pinned.extend([pinned] * n)
+        return np.arange(start, start + n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[ry] = rx
+                self.pinned[rx] = self.pinned[rx] or self.pinned[ry]
+
+    def pin(self, ids: np.ndarray) -> None:
+        for x in ids.tolist():
+            self.pinned[self.find(x)] = True
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        return np.array([self.find(x) for x in ids.tolist()], dtype=np.int64)
+
+
+class _Tracer(fx.Tracer):
+    """A tracer that remembers which module it is inside, to name the culprit when tracing fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+
+    def call_module(self, m, forward, args, kwargs):
+        name = self.path_of_module(m)
+        self.stack.append(f"{name} ({type(m).__name__})")
+        out = super().call_module(m, forward, args, kwargs)
+        self.stack.pop()
+        return out
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """torch.fx symbolic trace; a UserError naming the innermost module whose forward cannot be traced."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
+        where = tracer.stack[-1] if tracer.stack else f"the top-level forward of {type(model).__name__}"
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"cannot trace the model for structured pruning: module {where} is not symbolically traceable ({msg}); "
+            "remove Python control flow on tensor values from its forward or prune it separately"
+        ) from None
+    return fx.GraphModule(model, graph)
+
+
+def _tensor_meta(node):
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return meta if meta is not None and hasattr(meta, "shape") else None
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = _tensor_meta(node)
+    return tuple(meta.shape) if meta is not None else None
+
+
+def _arg(node: fx.Node, i: int, key: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(key, default)
+
+
+class DependencyGraph:
+    """Channel groups of a model, found by tracing it with an example input.
+
+    `labels[(module, role)]` holds, for each position along that module's pruned dimension, the id of the
+    channel it belongs to; role is "out" (conv/linear output channels), "in" (their input channels),
+    "bn" (batch-norm features) or "dw" (depthwise conv channels). `groups` lists the prunable groups.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor):
+        self.modules = dict(model.named_modules())
+        gm = trace(model)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example_input)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"the example input of shape {list(example_input.shape)} does not run through the model: {e}") from None
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
+        self._uf = _UnionFind()
+        self._raw: dict[tuple[str, str], np.ndarray] = {}
+        env: dict[fx.Node, np.ndarray | None] = {}
+        for node in gm.graph.nodes:
+            env[node] = self._visit(node, env)
+        uf = self._uf
+        self.labels = {key: uf.roots(ids) for key, ids in self._raw.items()}
+        self.pinned = {i for i in range(len(uf.parent)) if uf.parent[i] == i and uf.pinned[i]}
+        self.groups = self._make_groups()
+
+    # --- propagation -------------------------------------------------------------------------------
+    def _fresh(self, node: fx.Node, pinned: bool = True) -> np.ndarray | None:
+        shape = _shape(node)
+        return self._uf.new(shape[1], pinned) if shape is not None and len(shape) >= 2 else None
+
+    def _record(self, name: str, role: str, ids: np.ndarray) -> None:
+        key = (name, role)
+        if key in self._raw:  # a module called twice: both calls see the same channels
+            self._uf.union(self._raw[key], ids)
+        else:
+            self._raw[key] = ids
+
+    def _pin_inputs(self, node: fx.Node, env) -> None:
+        for a in node.all_input_nodes:
+            if env.get(a) is not None:
+                self._uf.pin(env[a])
+
+    def _visit(self, node: fx.Node, env) -> np.ndarray | None:
+        if node.op == "placeholder" or node.op == "get_attr":
+            return self._fresh(node)
+        if node.op == "output":
+            self._pin_inputs(node, env)
+            return None
+        if _shape(node) is None:  # sizes, tuples, scalars: they carry no channels
+            return None
+        x = node.args[0] if node.args else None
+        xl = env.get(x) if isinstance(x, fx.Node) else None
+        if node.op == "call_module":
+            return self._visit_module(node, self.modules[node.target], xl, env)
+        fn = node.target
+        out_shape = _shape(node)
+        if fn in _ELEMENTWISE or fn in _ELEMENTWISE_METHODS:
+            return self._elementwise(node, env)
+        if fn in _PASS_FUNCTIONS or fn in _PASS_METHODS:
+            dims = _arg(node, 1, "dim", ()) if fn in _REDUCTIONS else ()
+            dims = {d % len(_shape(x)) for d in (dims if isinstance(dims, (tuple, list)) else (dims,)) if isinstance(d, int)}
+            if xl is not None and len(out_shape) >= 2 and out_shape[:2] == _shape(x)[:2] and not dims & {0, 1}:
+                return xl
+        elif fn in _RESHAPES and xl is not None:
+            in_shape = _shape(x)
+            if len(out_shape) >= 2 and out_shape[0] == in_shape[0]:
+                if out_shape[1] == in_shape[1] and np.prod(out_shape[1:]) == np.prod(in_shape[1:]):
+                    return xl
+                if len(out_shape) == 2 and out_shape[1] == np.prod(in_shape[1:]):
+                    return np.repeat(xl, int(np.prod(in_shape[2:])))
+        elif fn in (torch.cat, torch.concat):
+            return self._cat(node, env)
+        self._pin_inputs(node, env)
+        return self._fresh(node)
+
+    def _visit_module(self, node: fx.Node, m: nn.Module, xl, env) -> np.ndarray | None:
+        name = node.target
+        if xl is None or len(node.all_input_nodes) != 1:
+            self._pin_inputs(node, env)
+            return self._fresh(node)
+        in_shape = _shape(node.args[0])
+        if isinstance(m, _CONVS) and m.groups == 1:
+            self._record(name, "in", xl)
+            if (name, "out") not in self._raw:
+                self._raw[(name, "out")] = self._uf.new(m.out_channels)
+            return self._raw[(name, "out")]
+        if isinstance(m, _CONVS) and m.groups == m.in_channels == m.out_channels:
+            self._record(name, "dw", xl)
+            return xl
+        if isinstance(m, nn.Linear) and len(in_shape) == 2:
+            self._record(name, "in", xl)
+            if (name, "out") not in self._raw:
+                self._raw[(name, "out")] = self._uf.new(m.out_features)
+            return self._raw[(name, "out")]
+        if isinstance(m, _NORMS) and m.num_features == len(xl):
+            self._record(name, "bn", xl)
+            return xl
+        if isinstance(m, _PASS_MODULES):
+            return xl
+        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            return np.repeat(xl, int(np.prod(in_shape[2:])))
+        self._pin_inputs(node, env)  # grouped convs, layer norms, custom leaves: left alone
+        return self._fresh(node)
+
+    def _elementwise(self, node: fx.Node, env) -> np.ndarray | None:
+        out_shape = _shape(node)
+        if len(out_shape) < 2:
+            self._pin_inputs(node, env)
+            return None
+        merged = None
+        for a in node.all_input_nodes:
+            shape, ids = _shape(a), env.get(a)
+            if shape is None or ids is None or (len(shape) == len(out_shape) and shape[1] == 1) or np.prod(shape) == 1:
+                continue  # broadcasts along channels: does not couple them
+            if len(shape) != len(out_shape) or shape[1] != out_shape[1]:
+                self._pin_inputs(node, env)
+                return self._fresh(node)
+            if merged is None:
+                merged = ids
+            else:
+                self._uf.union(merged, ids)
+        return merged if merged is not None else self._fresh(node)
+
+    def _cat(self, node: fx.Node, env) -> np.ndarray | None:
+        tensors, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
+        out_shape = _shape(node)
+        parts = [env.get(t) for t in tensors]
+        if any(p is None for p in parts):
+            self._pin_inputs(node, env)
+            return self._fresh(node)
+        if dim % len(out_shape) == 1:
+            return np.concatenate(parts)
+        if dim == 0 and len({len(p) for p in parts}) == 1:  # stacked along the batch: channels coupled
+            for p in parts[1:]:
+                self._uf.union(parts[0], p)
+            return parts[0]
+        self._pin_inputs(node, env)
+        return self._fresh(node)
+
+    # --- groups ------------------------------------------------------------------------------------
+    def _make_groups(self) -> list[ChannelGroup]:
+        order = {name: i for i, name in enumerate(self.modules)}
+        members: dict[int, set[tuple[str, str]]] = {}
+        first_pos: dict[int, tuple[int, int]] = {}
+        for (name, role), ids in sorted(self.labels.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+            for pos, c in enumerate(ids.tolist()):
+                members.setdefault(c, set()).add((name, role))
+                if role in ("out", "dw"):
+                    first_pos.setdefault(c, (order[name], pos))
+        by_signature: dict[frozenset, list[int]] = {}
+        for c, sig in members.items():
+            if c in self.pinned or not any(role == "out" for _, role in sig):
+                continue
+            by_signature.setdefault(frozenset(sig), []).append(c)
+        groups, used = [], set()
+        for sig, chans in by_signature.items():
+            chans.sort(key=lambda c: first_pos[c])
+
+            def role(r, sig=sig):
+                return tuple(sorted((n for n, rr in sig if rr == r), key=order.__getitem__))
+
+            producers = role("out")
+            name = producers[0]
+            k = 1
+            while name in used:
+                k += 1
+                name = f"{producers[0]}#{k}"
+            used.add(name)
+            groups.append(ChannelGroup(name, np.array(chans, dtype=np.int64), producers, role("in"), role("bn"), role("dw")))
+        groups.sort(key=lambda g: first_pos[int(g.channels[0])])
+        return groups
+
+    def group(self, name: str) -> ChannelGroup:
+        """The group called `name`, or the group one of whose producers is the layer `name`."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        for g in self.groups:
+            if name in g.producers:
+                return g
+        raise UserError(f"no prunable channel group '{name}': groups are {', '.join(g.name for g in self.groups)}")
+
+    def group_of(self, module: str) -> ChannelGroup | None:
+        """The group containing layer `module`'s output channels, if they are prunable."""
+        for g in self.groups:
+            if module in g.producers:
+                return g
+        return None
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:
+    """Trace `model` on `example_input` (one batch, any size) and group its coupled channels."""
+    return DependencyGraph(model, example_input)

@@ -1,0 +1,97 @@
+"""One call from a trained model to a thinner one: group channels, score them, drop the weakest, thin.
+
+Per-group ratios (fraction of a group's channels removed) come from one uniform `ratio`, from a hand-set
+`ratios` mapping (group or layer name → ratio), or from `sensitivity.ratios_from_sensitivity`; with
+`remove_macs` the uniform ratio is found by bisection so that that fraction of the MACs is gone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nncompress.core.errors import UserError
+from nncompress.pruning.structured.criteria import channel_scores
+from nncompress.pruning.structured.graph import DependencyGraph, build_dependency_graph
+from nncompress.pruning.structured.measure import count_macs
+from nncompress.pruning.structured.thin import remove_channels
+
+
+def n_keep(size: int, ratio: float, round_to: int = 1) -> int:
+    """Channels kept when removing `ratio` of `size`: round(size·(1−ratio)), at least 1, a multiple of
+    `round_to` when the group is that wide (SIMD-friendly widths run faster)."""
+    keep = max(1, round(size * (1.0 - ratio)))
+    if round_to > 1 and size >= round_to:
+        keep = max(round_to, int(round(keep / round_to)) * round_to)
+    return min(size, keep)
+
+
+def resolve_ratios(graph: DependencyGraph, ratio: float, ratios: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Ratio per group name: `ratios` keyed by group or layer name override the uniform `ratio`."""
+    for r in [ratio, *(ratios or {}).values()]:
+        if not 0.0 <= r < 1.0:
+            raise UserError(f"pruning ratio must be in [0, 1) (the fraction of channels removed), got {r}")
+    out = {g.name: ratio for g in graph.groups}
+    for key, r in (ratios or {}).items():
+        out[graph.group(key).name] = r
+    return out
+
+
+def channels_to_remove(scores: Mapping[str, np.ndarray], ratios: Mapping[str, float], round_to: int = 1) -> dict[str, list[int]]:
+    """The lowest-scoring channels of each group (stable order: ties go to the lower index)."""
+    out = {}
+    for name, s in scores.items():
+        n_remove = len(s) - n_keep(len(s), ratios.get(name, 0.0), round_to)
+        out[name] = sorted(np.argsort(s, kind="stable")[:n_remove].tolist())
+    return out
+
+
+def _uniform_ratio_for_macs(model, graph, scores, example_input, remove_macs: float, round_to: int) -> float:
+    """Smallest uniform ratio removing at least `remove_macs` of the MACs (bisection; MACs fall as ratio grows)."""
+    target = (1.0 - remove_macs) * count_macs(model, example_input)
+
+    def macs(r: float) -> int:
+        plan = channels_to_remove(scores, {g.name: r for g in graph.groups}, round_to)
+        return count_macs(remove_channels(model, graph, plan), example_input)
+
+    lo, hi = 0.0, 0.99
+    if macs(hi) > target:
+        raise UserError(f"cannot remove {remove_macs:.0%} of the MACs by pruning channels: the unprunable layers alone cost more")
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if macs(mid) <= target else (mid, hi)
+    return hi
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    criterion: str = "l1",
+    ratio: float = 0.5,
+    *,
+    ratios: Mapping[str, float] | None = None,
+    remove_macs: float | None = None,
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    round_to: int = 1,
+    seed: int = 0,
+) -> nn.Module:
+    """A thinned copy of `model` with `ratio` of every group's channels removed by `criterion`.
+
+    ratio: fraction of each group's channels removed (uniform); ratios: per group/layer overrides;
+    remove_macs: instead of `ratio`, the fraction of MACs to remove (uniform ratio found by bisection);
+    data: (inputs, labels) batches, needed by the taylor criterion.
+    """
+    if remove_macs is not None and (ratios or not 0.0 < remove_macs < 1.0):
+        raise UserError("remove_macs must be in (0, 1) and cannot be combined with per-layer ratios")
+    graph = build_dependency_graph(model, example_input)
+    if not graph.groups:
+        raise UserError(f"{type(model).__name__} has no prunable channels (every channel reaches the input, output or an unsupported op)")
+    scores = channel_scores(model, graph, criterion, data=data, loss_fn=loss_fn, seed=seed)
+    if remove_macs is not None:
+        ratio = _uniform_ratio_for_macs(model, graph, scores, example_input, remove_macs, round_to)
+    plan = channels_to_remove(scores, resolve_ratios(graph, ratio, ratios), round_to)
+    return remove_channels(model, graph, plan, example_input)
