@@ -16,6 +16,7 @@ from nncompress.core.errors import UserError
 
 COMMAND_MODULES = [
     "nncompress.commands.core",
+    "nncompress.commands.analysis",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,52 @@
+"""`nncompress analyze`: thin command over `nncompress.analysis.analyze(model, input_shape, value_bits)`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from nncompress.core.errors import UserError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("analyze")
+    def analyze_cmd(
+        model: str = typer.Option(..., "--model", help="Model name (lenet300, lenet5, ...; see build_model)."),
+        data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz path: gives the input shape and classes."),
+        weights: Path | None = typer.Option(None, "--weights", help="Weights (.safetensors) to analyse; default: a fresh initialisation."),
+        bits: int = typer.Option(32, "--bits", help="Bits per stored weight value for the byte counts (1..64)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+        out: Path | None = typer.Option(None, "--out", help="Also write the analysis as JSON to this file (atomically)."),
+    ) -> None:
+        """Parameters, non-zeros, sparsity, MACs and dense/COO/CSR/CSC bytes per layer and in total."""
+        from nncompress.analysis import analyze
+        from nncompress.architectures import build_model
+        from nncompress.core.io import atomic_write_text, load_weights
+        from nncompress.data import load_dataset
+
+        if not 1 <= bits <= 64:
+            raise UserError(f"--bits must be in 1..64, got {bits}")
+        state = load_weights(weights) if weights is not None else None  # fail fast, before loading data
+        ds = load_dataset(data)
+        net = build_model(model, ds.input_shape, ds.num_classes)
+        if state is not None:
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise UserError(f"weights {weights} do not fit {model} on {data}: {str(e).splitlines()[0][:300]}") from None
+        analysis = analyze(net, ds.input_shape, value_bits=bits)
+        result = analysis.to_dict()
+        result["model"], result["data"] = model, data
+        text = json.dumps(result, indent=2)
+        if out is not None:
+            atomic_write_text(out, text + "\n")
+        if as_json:
+            typer.echo(text)
+        else:
+            from rich.console import Console
+
+            console = Console()
+            if not console.is_terminal:  # piped or captured: the full table, not one squeezed to 80 columns
+                console = Console(width=200)
+            console.print(analysis.rich_table(title=f"{model} on {data}"))

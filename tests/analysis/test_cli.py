@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from nncompress.architectures import build_model
+from nncompress.commands.analysis import register
+from nncompress.core import UserError, save_weights
+
+
+@pytest.fixture(scope="module")
+def app():
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None: ...
+
+    register(app)
+    return app
+
+
+def test_analyze_json_and_out_file(app, tmp_path):
+    out = tmp_path / "a.json"
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits", "--json", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    assert printed == json.loads(out.read_text())
+    # digits are 8×8: fc1 64·300, fc2 300·100, fc3 100·10
+    assert printed["totals"]["macs"] == 19_200 + 30_000 + 1_000
+    assert printed["model"] == "lenet300" and printed["input_shape"] == [1, 8, 8]
+
+
+def test_analyze_weights_file_shows_pruning(app, tmp_path):
+    model = build_model("lenet300", (1, 8, 8))
+    with torch.no_grad():
+        model.fc2.weight[:, :150] = 0.0  # half of fc2's 30,000 weights
+    path = tmp_path / "w.safetensors"
+    save_weights(model.state_dict(), path)
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits", "--weights", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    fc2 = {row["name"]: row for row in json.loads(r.stdout)["layers"]}["fc2"]
+    assert fc2["weight_sparsity"] == 0.5 and fc2["sparse_macs"] == 15_000
+
+
+def test_table_output(app):
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet5", "--data", "digits"])
+    assert r.exit_code == 0, r.output
+    assert "conv1" in r.stdout and "total" in r.stdout
+
+
+def test_missing_weights_is_a_user_error(app, tmp_path):
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits", "--weights", str(tmp_path / "no.safetensors")])
+    assert isinstance(r.exception, UserError) and "not found" in str(r.exception) and "\n" not in str(r.exception)
+
+
+def test_entry_point_exits_2_with_one_line(tmp_path):
+    pytest.importorskip("nncompress.cli", reason="the CLI shell does not import yet (missing command modules)")
+    exe = Path(sys.executable).with_name("nncompress")
+    r = subprocess.run([str(exe), "analyze", "--model", "lenet300", "--data", "digits", "--weights", str(tmp_path / "no.safetensors")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr

@@ -1,0 +1,48 @@
+import time
+
+import pytest
+import torch
+
+from nncompress.analysis import measure_callable_ms, measure_latency_ms
+from nncompress.architectures import build_model
+from nncompress.core.errors import UserError
+
+
+def test_callable_warmup_repeats_and_sleep():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.002)
+
+    r = measure_callable_ms(fn, warmup=3, repeats=7)
+    assert len(calls) == 10
+    assert r.repeats == 7 and r.threads == 1
+    assert 2.0 <= r.p10_ms <= r.median_ms <= r.p90_ms
+    assert r.median_ms < 200  # a 2 ms sleep, generous for a loaded machine
+
+
+def test_threads_restored_and_mode_restored():
+    before = torch.get_num_threads()
+    seen = []
+    measure_callable_ms(lambda: seen.append(torch.get_num_threads()), warmup=0, repeats=2, threads=1)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    model = build_model("lenet300", (1, 8, 8))
+    model.train()
+    r = measure_latency_ms(model, torch.zeros(1, 1, 8, 8), warmup=1, repeats=3)
+    assert model.training and r.median_ms > 0
+
+
+def test_model_runs_in_eval_without_grad():
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            assert not self.training and not torch.is_grad_enabled()
+            return x
+
+    measure_latency_ms(Probe(), torch.zeros(2), warmup=1, repeats=2)
+
+
+def test_bad_arguments():
+    for kwargs in ({"repeats": 0}, {"warmup": -1}, {"threads": 0}):
+        with pytest.raises(UserError):
+            measure_callable_ms(lambda: None, **kwargs)
