@@ -15,6 +15,7 @@ import typer
 from nncompress.core.errors import UserError
 
 COMMAND_MODULES = [
+    "nncompress.commands.pruning",
     "nncompress.commands.core",
     "nncompress.commands.analysis",
 ]

@@ -1,0 +1,177 @@
+"""`nncompress sensitivity` and `nncompress prune`: thin commands over `nncompress.pruning`.
+
+API twins: `sensitivity_analysis(model, evaluate_fn, levels)` and `<Pruner>(...).prune(model)` + `finalize(model)`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nncompress.core.errors import UserError
+
+DEFAULT_LEVELS_TEXT = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95"
+
+
+def _parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated numbers like 0,0.5,0.9; got {text!r}") from None
+    if not values:
+        raise UserError(f"{option} is empty: give comma-separated numbers like 0,0.5,0.9")
+    return values
+
+
+def _parse_layers(text: str | None) -> list[str] | None:
+    return None if not text else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int, train_epochs: int, quiet: bool):
+    """Build the model for the dataset; load weights, or train a quick baseline when none are given."""
+    from nncompress.architectures import build_model
+    from nncompress.core.io import load_weights
+    from nncompress.core.seed import seed_everything
+    from nncompress.data import load_dataset, make_loaders
+    from nncompress.pruning import load_masked_state_dict
+    from nncompress.training import TrainConfig, evaluate, train
+
+    seed_everything(seed)
+    ds = load_dataset(data, seed=seed)
+    net = build_model(model_name, ds.input_shape, ds.num_classes)
+    train_loader, test_loader = make_loaders(ds, seed=seed)
+    if weights is not None:
+        load_masked_state_dict(net, load_weights(weights))
+    else:
+        if train_epochs < 1:
+            raise UserError("no --weights given and --train-epochs < 1: pass --weights or a positive --train-epochs")
+        train(net, train_loader, TrainConfig(epochs=train_epochs, lr=0.05, seed=seed))
+        if not quiet:
+            Console(stderr=True).print(f"no --weights given: trained {model_name} on {data} for {train_epochs} epochs "
+                                       f"(top-1 {evaluate(net, test_loader):.2f}%)")
+    return net, train_loader, test_loader
+
+
+def _zero_counts(net) -> dict[str, tuple[int, int]]:
+    """(exact zeros, numel) of each Linear/Conv weight, masks applied."""
+    from nncompress.core.layers import compressible_layers
+
+    return {n: (int((m.weight == 0).sum()), m.weight.numel()) for n, m in compressible_layers(net).items()}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sensitivity")
+    def sensitivity_cmd(
+        out: Path = typer.Option(..., "--out", help="Directory for sensitivity.json and sensitivity.png."),
+        model: str = typer.Option("lenet300", "--model", help="Model name (see build_model)."),
+        data: str = typer.Option("digits", "--data", help="digits, mnist5k or a path to an .npz."),
+        weights: Path | None = typer.Option(None, "--weights", help="Trained weights (.safetensors); trained quickly if missing."),
+        levels: str = typer.Option(DEFAULT_LEVELS_TEXT, "--levels", help="Comma-separated sparsity levels in [0, 1)."),
+        layers: str | None = typer.Option(None, "--layers", help="Comma-separated layer names (default: all Linear/Conv)."),
+        max_drop: float = typer.Option(1.0, "--max-drop", help="Top-1 points a layer may lose; sets the suggested per-layer targets."),
+        train_epochs: int = typer.Option(10, "--train-epochs", help="Epochs for the quick baseline when --weights is missing."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Prune each layer alone at each level and record top-1 (Han et al. 2015); write JSON + PNG."""
+        from nncompress.pruning import SensitivityResult, sensitivity_analysis
+        from nncompress.pruning.criteria import check_sparsity
+        from nncompress.training import evaluate
+
+        level_values = [check_sparsity(x, "--levels value") for x in _parse_floats(levels, "--levels")]
+        if not max_drop >= 0:
+            raise UserError(f"--max-drop must be >= 0, got {max_drop}")
+        net, _, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json)
+        result: SensitivityResult = sensitivity_analysis(net, lambda m: evaluate(m, test_loader), level_values,
+                                                         layers=_parse_layers(layers))
+        result.meta.update(model=model, data=data, weights=str(weights) if weights else "trained-quick")
+        payload = {**result.to_dict(), "max_drop": max_drop, "targets": result.targets(max_drop)}
+        from nncompress.core.io import atomic_write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "sensitivity.json", json.dumps(payload, indent=2))
+        result.plot(out / "sensitivity.png")
+        if as_json:
+            typer.echo(json.dumps(payload, indent=2))
+            return
+        table = Table(title=f"top-1 (%) with one layer pruned; baseline {result.baseline:.2f}")
+        table.add_column("layer")
+        for level in result.levels:
+            table.add_column(f"{level:g}", justify="right")
+        table.add_column(f"target (drop ≤ {max_drop:g})", justify="right")
+        for layer, values in result.metrics.items():
+            table.add_row(layer, *[f"{v:.1f}" for v in values], f"{payload['targets'][layer]:g}")
+        console = Console()
+        console.print(table)
+        console.print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")
+
+    @app.command("prune")
+    def prune_cmd(
+        out: Path = typer.Option(..., "--out", help="Output .safetensors with masks baked in."),
+        model: str = typer.Option("lenet300", "--model", help="Model name (see build_model)."),
+        data: str = typer.Option("digits", "--data", help="digits, mnist5k or a path to an .npz."),
+        weights: Path | None = typer.Option(None, "--weights", help="Trained weights (.safetensors); trained quickly if missing."),
+        criterion: str = typer.Option("level", "--criterion", help="level (--sparsity), magnitude (--threshold) or sensitivity (--s)."),
+        sparsity: float = typer.Option(0.9, "--sparsity", help="Fraction of weights to remove, in [0, 1) (criterion level)."),
+        scope: str = typer.Option("layer", "--scope", help="layer: each layer to --sparsity; global: one threshold for all."),
+        threshold: float | None = typer.Option(None, "--threshold", help="Keep |w| > threshold (criterion magnitude)."),
+        s: float | None = typer.Option(None, "--s", help="Keep |w| > s·std(w) per layer (criterion sensitivity)."),
+        layers: str | None = typer.Option(None, "--layers", help="Comma-separated layer names (default: all Linear/Conv)."),
+        fine_tune_epochs: int = typer.Option(0, "--fine-tune-epochs", help="Retrain with the masks on after pruning."),
+        train_epochs: int = typer.Option(10, "--train-epochs", help="Epochs for the quick baseline when --weights is missing."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Prune weights (masks finalized in the saved file); print per-layer sparsity and top-1 before/after."""
+        from nncompress.core.io import save_weights
+        from nncompress.pruning import LevelPruner, MagnitudePruner, SensitivityPruner, finalize
+        from nncompress.training import TrainConfig, evaluate, train
+
+        names = _parse_layers(layers)
+        if criterion == "level":
+            pruner = LevelPruner(sparsity, scope=scope, layers=names)
+        elif criterion == "magnitude":
+            if threshold is None:
+                raise UserError("--criterion magnitude needs --threshold T (weights with |w| <= T are removed)")
+            pruner = MagnitudePruner(threshold, layers=names)
+        elif criterion == "sensitivity":
+            if s is None:
+                raise UserError("--criterion sensitivity needs --s S (weights with |w| <= S·std(w) are removed)")
+            pruner = SensitivityPruner(s, layers=names)
+        else:
+            raise UserError(f"unknown --criterion {criterion!r}: use level, magnitude or sensitivity")
+        if fine_tune_epochs < 0:
+            raise UserError(f"--fine-tune-epochs must be >= 0, got {fine_tune_epochs}")
+
+        net, train_loader, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json)
+        top1_before = evaluate(net, test_loader)
+        pruner.prune(net)
+        top1_pruned = evaluate(net, test_loader)
+        if fine_tune_epochs:
+            train(net, train_loader, TrainConfig(epochs=fine_tune_epochs, lr=0.01, seed=seed))
+        top1_after = evaluate(net, test_loader)
+        finalize(net)
+        counts = _zero_counts(net)
+        per_layer = {n: zeros / numel for n, (zeros, numel) in counts.items()}
+        total = sum(z for z, _ in counts.values()) / max(sum(n for _, n in counts.values()), 1)
+        save_weights(net.state_dict(), out, metadata={"model": model, "data": data, "criterion": criterion})
+        report = {"model": model, "data": data, "criterion": criterion, "top1_before": top1_before,
+                  "top1_pruned": top1_pruned, "top1_after": top1_after, "fine_tune_epochs": fine_tune_epochs,
+                  "sparsity": per_layer, "total_sparsity": total, "out": str(out)}
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+            return
+        table = Table(title=f"{model} pruned ({criterion})")
+        table.add_column("layer")
+        table.add_column("sparsity", justify="right")
+        for name, value in per_layer.items():
+            table.add_row(name, f"{100 * value:.1f}%")
+        table.add_row("total", f"{100 * total:.1f}%")
+        console = Console()
+        console.print(table)
+        tuned = f", after {fine_tune_epochs} fine-tune epochs {top1_after:.2f}%" if fine_tune_epochs else ""
+        console.print(f"top-1 before {top1_before:.2f}%, after pruning {top1_pruned:.2f}%{tuned}")
+        console.print(f"wrote {out}")
