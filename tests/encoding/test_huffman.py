@@ -198,7 +198,7 @@ def test_million_symbols_in_a_couple_of_seconds():
     out = decode(data, nbits, ls, syms.size)
     elapsed = time.perf_counter() - t0
     np.testing.assert_array_equal(out, syms)
-    assert elapsed < 6.0, f"1e6 symbols took {elapsed:.1f} s"
+    assert elapsed < 8.0, f"1e6 symbols took {elapsed:.1f} s"
 
 
 # --- validation -----------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ File layout, version 1 (all integers little-endian):
         name_len u16, name, dtype code u8, ndim u8, ndim x u64 dims, numel * itemsize raw bytes (C order)
     crc32            u32   zlib.crc32 of every byte before it
 
+Caps: ndim <= 8; product of the non-zero dims <= 2**31; names <= 4096 B; metadata <= 16 MiB;
+at most 2**20 tensors of each kind; code lengths <= 24 bits.
+
 Robustness: the CRC is checked before any field is parsed (it catches every accidental 1-bit
 flip; it is not a signature). Every read is bounds-checked, every claimed size is compared with
 the bytes actually present before anything is allocated, counts and shapes are capped, and the
@@ -98,15 +101,16 @@ class SharedTensor:
         cb = np.asarray(codebook, dtype=np.float32).reshape(-1)
         flat = w.reshape(-1)
         positions = np.flatnonzero(flat).astype(np.int64)
-        if positions.size and cb.size == 0:
-            raise UserError("from_dense: empty codebook for a tensor with non-zeros")
-        values = flat[positions].astype(np.float64)
-        order = np.argsort(cb, kind="stable")
-        sorted_cb = cb[order].astype(np.float64)
-        hi = np.clip(np.searchsorted(sorted_cb, values), 0, max(cb.size - 1, 0))
-        lo = np.clip(hi - 1, 0, None)
-        pick = np.where(np.abs(values - sorted_cb[lo]) <= np.abs(values - sorted_cb[hi]), lo, hi) if cb.size else hi
-        codes = order[pick].astype(np.int64) if cb.size else np.zeros(0, dtype=np.int64)
+        codes = np.zeros(positions.size, dtype=np.int64)
+        if positions.size:
+            if cb.size == 0:
+                raise UserError("SharedTensor.from_dense: empty codebook for a tensor with non-zeros")
+            values = flat[positions].astype(np.float64)
+            order = np.argsort(cb, kind="stable")
+            sorted_cb = cb[order].astype(np.float64)
+            hi = np.minimum(np.searchsorted(sorted_cb, values), cb.size - 1)  # nearest is hi or hi - 1
+            lo = np.maximum(hi - 1, 0)
+            codes = order[np.where(np.abs(values - sorted_cb[lo]) <= np.abs(values - sorted_cb[hi]), lo, hi)].astype(np.int64)
         return cls(tuple(int(d) for d in w.shape), cb, int(bits), positions, codes, int(gap_bits))
 
 
@@ -146,6 +150,14 @@ def _name_bytes(name) -> bytes:
     return raw
 
 
+def _extent(dims) -> int:
+    """Product of the non-zero dims: what numpy checks for overflow even when a dim is 0."""
+    out = 1
+    for d in dims:
+        out *= d or 1
+    return out
+
+
 def _check_shape(name: str, shape) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in shape)
@@ -153,11 +165,8 @@ def _check_shape(name: str, shape) -> tuple[int, ...]:
         raise UserError(f"tensor {name!r}: shape must be a tuple of ints, got {shape!r}") from None
     if len(dims) > MAX_NDIM or any(d < 0 for d in dims):
         raise UserError(f"tensor {name!r}: shape {dims} needs at most {MAX_NDIM} non-negative dims")
-    numel = 1
-    for d in dims:
-        numel *= d
-    if numel > MAX_ELEMENTS:
-        raise UserError(f"tensor {name!r}: {numel} elements exceeds the .nnc limit of {MAX_ELEMENTS}")
+    if _extent(dims) > MAX_ELEMENTS:
+        raise UserError(f"tensor {name!r}: shape {dims} exceeds the .nnc limit of {MAX_ELEMENTS} elements")
     return dims
 
 
@@ -328,11 +337,9 @@ def _read_shape(r: _Reader, name: str) -> tuple[tuple[int, ...], int]:
     if ndim > MAX_NDIM:
         raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} claims {ndim} dims (max {MAX_NDIM})")
     dims = r.unpack(f"{ndim}Q", f"shape of {name!r}")
-    numel = 1
-    for d in dims:
-        numel *= d
-    if numel > MAX_ELEMENTS:
-        raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} claims shape {dims} = {numel} elements (max {MAX_ELEMENTS})")
+    if _extent(dims) > MAX_ELEMENTS:
+        raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} claims shape {dims}, beyond {MAX_ELEMENTS} elements")
+    numel = 0 if 0 in dims else _extent(dims)
     return tuple(dims), numel
 
 
