@@ -1,0 +1,24 @@
+"""k-means weight sharing with centroid fine-tuning (Han, Mao, Dally, Deep Compression, ICLR 2016)."""
+from nncompress.sharing.kmeans import INITS, init_centroids, kmeans_1d
+from nncompress.sharing.shared_weight import (
+    DEFAULT_BITS,
+    SharedWeight,
+    SharingInfo,
+    finalize_sharing,
+    get_codebook,
+    share_weights,
+    shared_layers,
+)
+
+__all__ = [
+    "DEFAULT_BITS",
+    "INITS",
+    "SharedWeight",
+    "SharingInfo",
+    "finalize_sharing",
+    "get_codebook",
+    "init_centroids",
+    "kmeans_1d",
+    "share_weights",
+    "shared_layers",
+]

@@ -1,0 +1,140 @@
+"""Weight sharing as a parametrization: weight = centroids[codes] · mask (Deep Compression §3, Han et al. 2016).
+
+Each layer keeps a codebook of k = 2^bits shared values (an nn.Parameter) and, per weight, the index of its
+centroid. Because the forward pass gathers centroids[codes], autograd gives each centroid the sum of the
+gradients of the weights in its cluster (the paper's eq. 3: ∂L/∂C_k = Σ_ij ∂L/∂W_ij · 1(I_ij = k));
+the mask zeroes that gradient for pruned weights, so they stay exactly zero during fine-tuning.
+The original dense weight is frozen (requires_grad=False) so an optimizer built from trainable
+parameters updates only centroids and biases. Share after pruning: the zeros of the effective weight
+at sharing time become the mask. `finalize_sharing` bakes the shared values into a plain weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from nncompress.core.errors import UserError
+from nncompress.core.layers import compressible_layers
+from nncompress.sharing.kmeans import check_bits, kmeans_1d
+
+DEFAULT_BITS: dict[str, int] = {"conv": 8, "linear": 5}  # the paper's choice for LeNet/AlexNet/VGG
+
+
+class SharedWeight(nn.Module):
+    """Parametrization returning centroids[codes] · mask; ignores the original tensor it is given."""
+
+    def __init__(self, centroids: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        if codes.shape != mask.shape:
+            raise UserError(f"codes {tuple(codes.shape)} and mask {tuple(mask.shape)} must have the same shape")
+        self.centroids = nn.Parameter(centroids.detach().clone().float().reshape(-1))
+        self.register_buffer("codes", codes.detach().clone().long())
+        self.register_buffer("mask", mask.detach().clone().bool())
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return (self.centroids[self.codes] * self.mask).to(original.dtype)
+
+    def extra_repr(self) -> str:
+        return f"k={self.centroids.numel()}, shape={tuple(self.codes.shape)}, nnz={int(self.mask.sum())}"
+
+
+@dataclass(frozen=True)
+class SharingInfo:
+    name: str
+    bits: int
+    num_centroids: int  # k ≤ 2^bits (fewer when the layer has fewer distinct non-zero values)
+    nnz: int
+    numel: int
+    mse: float  # mean squared error between the non-zero weights and their centroids
+
+
+def _kind(module: nn.Module) -> str:
+    return "linear" if isinstance(module, nn.Linear) else "conv"
+
+
+def _shared(module: nn.Module) -> SharedWeight | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    found = [p for p in module.parametrizations.weight if isinstance(p, SharedWeight)]
+    return found[-1] if found else None
+
+
+def shared_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers whose weight is currently shared, by qualified name."""
+    return {name: m for name, m in model.named_modules() if _shared(m) is not None}
+
+
+def _resolve_bits(bits: int | dict[str, int], layers: dict[str, nn.Module], explicit: bool) -> dict[str, int]:
+    if not isinstance(bits, dict):
+        b = check_bits(bits)
+        return {name: b for name in layers}
+    unknown = [k for k in bits if k not in layers and k not in DEFAULT_BITS]
+    if unknown:
+        raise UserError(f"bits has keys that are neither a layer nor 'conv'/'linear': {', '.join(unknown)}; "
+                        f"layers: {', '.join(layers)}")
+    out = {}
+    for name, m in layers.items():
+        b = bits.get(name, bits.get(_kind(m)))
+        if b is None:
+            if explicit:
+                raise UserError(f"no bits given for layer '{name}': add it (or '{_kind(m)}') to the bits dict")
+            continue
+        out[name] = check_bits(b)
+    return out
+
+
+@torch.no_grad()
+def share_weights(model: nn.Module, bits: int | dict[str, int] | None = None, init: str = "linear",
+                  layers: list[str] | None = None, seed: int = 0, max_iter: int = 100) -> dict[str, SharingInfo]:
+    """Replace each layer's weight by k-means shared values; returns what was done per layer.
+
+    bits: an int for every layer, or a dict keyed by layer name and/or 'conv' / 'linear' (a layer name wins);
+    default {'conv': 8, 'linear': 5}. layers: which Linear/Conv layers (default: all that the bits dict covers).
+    """
+    available = compressible_layers(model)
+    if layers is not None:
+        missing = [n for n in layers if n not in available]
+        if missing:
+            raise UserError(f"no Linear/Conv layer named {', '.join(missing)}; the model has: {', '.join(available)}")
+        available = {n: available[n] for n in layers}
+    per_layer = _resolve_bits(DEFAULT_BITS if bits is None else bits, available, explicit=layers is not None)
+    already = [n for n in per_layer if _shared(available[n]) is not None]
+    if already:
+        raise UserError(f"layer(s) {', '.join(already)} already shared: call finalize_sharing(model) before sharing again")
+    infos = {}
+    for name, b in per_layer.items():
+        module = available[name]
+        w = module.weight.detach()
+        mask = w != 0
+        centroids, nz_codes = kmeans_1d(w, b, init=init, max_iter=max_iter, seed=seed)
+        if centroids.numel() == 0:  # nothing left after pruning: one zero centroid keeps forward valid
+            centroids = torch.zeros(1)
+        codes = torch.zeros(w.shape, dtype=torch.int64, device=w.device)
+        codes[mask] = nz_codes.to(w.device)
+        centroids = centroids.to(w.device)
+        nz = w[mask].float()
+        mse = float(((centroids[nz_codes.to(w.device)] - nz) ** 2).mean()) if nz.numel() else 0.0
+        parametrize.register_parametrization(module, "weight", SharedWeight(centroids, codes, mask))
+        module.parametrizations.weight.original.requires_grad_(False)
+        infos[name] = SharingInfo(name, b, centroids.numel(), int(mask.sum()), w.numel(), mse)
+    return infos
+
+
+def get_codebook(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(centroids [k], codes [weight shape], mask [weight shape]) of a shared layer, detached."""
+    p = _shared(module)
+    if p is None:
+        raise UserError(f"{type(module).__name__} layer is not weight-shared: call share_weights first")
+    return p.centroids.detach(), p.codes, p.mask
+
+
+@torch.no_grad()
+def finalize_sharing(model: nn.Module) -> nn.Module:
+    """Bake centroids[codes] · mask into a plain trainable `weight` on every shared layer (removes its parametrizations)."""
+    for module in shared_layers(model).values():
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        module.weight.requires_grad_(True)
+    return model
