@@ -195,8 +195,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
 
     top = int(ls.max())
     first, per_len = _first_codes(ls)
-    lens_1 = np.arange(1, top + 1)
-    limits = (first[1:] + per_len[1:]) << (top - lens_1)  # exclusive upper bound, left-aligned
+    limits = (first[1:] + per_len[1:]) << (top - np.arange(1, top + 1))  # exclusive upper bounds, left-aligned
     offset = np.concatenate([[0], np.cumsum(per_len)])[:-1]  # rank of the first code of each length
     order = np.lexsort((np.arange(ls.size), ls))
     sorted_syms = order[ls[order] > 0].astype(np.int64)
@@ -217,7 +216,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
         k = np.searchsorted(limits, win, side="right")  # 0-based length index; == top means no code
         valid = k < top
         code_len = k + 1
-        nxt = np.where(valid & (p + code_len <= nbits), code_len + np.arange(hi - lo), _BAD)
+        nxt = np.where(valid & (p + code_len <= nbits), p - lo + code_len, _BAD)  # next start, chunk-local
         step = memoryview(nxt)
         # Walk code starts inside this chunk.
         starts = []
@@ -233,8 +232,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
                 raise CorruptFileError(f"invalid Huffman code at bit {lo + at}")
             raise CorruptFileError(f"Huffman stream ends inside a code word at bit {lo + at}")
         st = np.asarray(starts, dtype=np.int64)
-        kk = k[st]
-        length = kk + 1
+        length = code_len[st]
         out[done : done + st.size] = sorted_syms[offset[length] + (win[st] >> (top - length)) - first[length]]
         done += st.size
         pos = lo + j
