@@ -142,3 +142,27 @@ def test_all_zero_layer_stays_zero():
         model[0].weight.zero_()
     info = share_weights(model, bits=2)["0"]
     assert info.nnz == 0 and torch.equal(model[0].weight, torch.zeros(2, 4))
+
+
+def test_save_and_load_a_shared_model(tmp_path):
+    from nncompress.core import load_weights, save_weights
+    from nncompress.sharing import load_shared_state_dict
+
+    lin = nn.Linear(3, 3)
+    parametrize.register_parametrization(lin, "weight", _Mask((W != 0).float()))  # shared on top of a mask
+    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(3, 2))
+    share_weights(model, bits={"0": 1, "2": 2})
+    path = save_weights(model.state_dict(), tmp_path / "shared.safetensors")
+    fresh = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    load_shared_state_dict(fresh, load_weights(path))
+    assert set(shared_layers(fresh)) == {"0", "2"}
+    x = torch.randn(4, 3)
+    assert torch.equal(fresh(x), model(x))
+    for name in ("0", "2"):
+        assert all(torch.equal(a, b) for a, b in zip(get_codebook(fresh.get_submodule(name)), get_codebook(model.get_submodule(name))))
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {
+        "0.bias", "0.parametrizations.weight.0.centroids", "2.bias", "2.parametrizations.weight.0.centroids"}
+    with pytest.raises(UserError):
+        load_shared_state_dict(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), load_weights(path))
+    with pytest.raises(UserError):
+        load_shared_state_dict(nn.Sequential(nn.Linear(3, 3)), load_weights(path))  # unexpected layer 2

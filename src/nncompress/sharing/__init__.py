@@ -6,6 +6,7 @@ from nncompress.sharing.shared_weight import (
     SharingInfo,
     finalize_sharing,
     get_codebook,
+    load_shared_state_dict,
     share_weights,
     shared_layers,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "get_codebook",
     "init_centroids",
     "kmeans_1d",
+    "load_shared_state_dict",
     "share_weights",
     "shared_layers",
 ]

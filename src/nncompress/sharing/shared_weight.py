@@ -10,6 +10,7 @@ at sharing time become the mask. `finalize_sharing` bakes the shared values into
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from nncompress.core.layers import compressible_layers
 from nncompress.sharing.kmeans import check_bits, kmeans_1d
 
 DEFAULT_BITS: dict[str, int] = {"conv": 8, "linear": 5}  # the paper's choice for LeNet/AlexNet/VGG
+_CENTROIDS_KEY = re.compile(r"^(?:(?P<layer>.+)\.)?parametrizations\.weight\.(?P<index>\d+)\.centroids$")
 
 
 class SharedWeight(nn.Module):
@@ -137,4 +139,43 @@ def finalize_sharing(model: nn.Module) -> nn.Module:
     for module in shared_layers(model).values():
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         module.weight.requires_grad_(True)
+    return model
+
+
+@torch.no_grad()
+def load_shared_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> nn.Module:
+    """Load a state dict saved from a weight-shared model (e.g. via save_weights) into a fresh, unshared `model`.
+
+    Each `<layer>.parametrizations.weight.<i>.centroids/codes/mask` triple becomes a SharedWeight on that
+    layer and `...original` its frozen dense tensor. Other parametrizations saved on the same weight
+    (e.g. a pruning mask before the sharing) are dropped: SharedWeight ignores its input, so they do not
+    change the weight. Every remaining key loads as usual.
+    """
+    state, loaded_prefixes = dict(state_dict), []
+    for key in [k for k in state_dict if _CENTROIDS_KEY.match(k)]:
+        layer = _CENTROIDS_KEY.match(key).group("layer") or ""
+        prefix = f"{layer}.parametrizations.weight." if layer else "parametrizations.weight."
+        try:
+            module = model.get_submodule(layer)
+            codes, mask = state[key[: -len("centroids")] + "codes"], state[key[: -len("centroids")] + "mask"]
+            original = state[prefix + "original"]
+        except (AttributeError, KeyError) as e:
+            raise UserError(f"weights do not fit the model: shared layer '{layer}' is incomplete or missing ({e})") from None
+        if parametrize.is_parametrized(module, "weight"):
+            raise UserError(f"layer '{layer}' of the model is already parametrized: load into a fresh model")
+        if tuple(original.shape) != tuple(module.weight.shape) or tuple(codes.shape) != tuple(original.shape):
+            raise UserError(f"weights do not fit the model: layer '{layer}' has weight {tuple(module.weight.shape)}, "
+                            f"the file {tuple(original.shape)}")
+        module.weight.copy_(original)
+        parametrize.register_parametrization(module, "weight", SharedWeight(state[key], codes, mask).to(module.weight.device))
+        module.parametrizations.weight.original.requires_grad_(False)
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        loaded_prefixes.append(prefix)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"weights do not fit the model: {str(e).splitlines()[0][:300]}") from None
+    missing = [k for k in result.missing_keys if not k.startswith(tuple(loaded_prefixes))]
+    if strict and (missing or result.unexpected_keys):
+        raise UserError(f"weights do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return model
