@@ -47,6 +47,19 @@ def test_analyze_weights_file_shows_pruning(app, tmp_path):
     assert fc2["weight_sparsity"] == 0.5 and fc2["sparse_macs"] == 15_000
 
 
+def test_analyze_a_weight_shared_file(app, tmp_path):
+    from nncompress.sharing import share_weights
+
+    model = build_model("lenet300", (1, 8, 8))
+    share_weights(model, bits=2)
+    path = save_weights(model.state_dict(), tmp_path / "shared.safetensors")
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits", "--weights", str(path), "--bits", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    # 2-bit codes: fc1 64·300 weights = 4,800 B + 300 biases at 32 bits = 1,200 B
+    assert d["layers"][0]["dense_bytes"] == 6_000 and d["totals"]["params"] == 19_200 + 300 + 30_000 + 100 + 1_000 + 10
+
+
 def test_table_output(app):
     r = CliRunner().invoke(app, ["analyze", "--model", "lenet5", "--data", "digits"])
     assert r.exit_code == 0, r.output

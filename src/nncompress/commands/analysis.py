@@ -30,7 +30,11 @@ def register(app: typer.Typer) -> None:
         state = load_weights(weights) if weights is not None else None  # fail fast, before loading data
         ds = load_dataset(data)
         net = build_model(model, ds.input_shape, ds.num_classes)
-        if state is not None:
+        if state is not None and any(k.endswith(".centroids") for k in state):  # saved while weight-shared
+            from nncompress.sharing import load_shared_state_dict
+
+            load_shared_state_dict(net, state)
+        elif state is not None:
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as e:
