@@ -136,6 +136,15 @@ def test_shares_on_top_of_a_mask_parametrization_and_finalizes():
     assert set(dict(model.named_parameters())) == {"0.weight", "0.bias"}
 
 
+def test_codes_must_index_the_codebook():
+    from nncompress.sharing import SharedWeight
+
+    with pytest.raises(UserError):
+        SharedWeight(torch.tensor([0.5, 1.0]), torch.tensor([[0, 2]]), torch.tensor([[True, True]]))
+    with pytest.raises(UserError):
+        SharedWeight(torch.tensor([0.5]), torch.tensor([[0, 0]]), torch.tensor([[True]]))  # shapes differ
+
+
 def test_all_zero_layer_stays_zero():
     model = nn.Sequential(nn.Linear(4, 2))
     with torch.no_grad():

@@ -32,6 +32,9 @@ class SharedWeight(nn.Module):
         super().__init__()
         if codes.shape != mask.shape:
             raise UserError(f"codes {tuple(codes.shape)} and mask {tuple(mask.shape)} must have the same shape")
+        k = centroids.numel()
+        if k == 0 or (codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k)):
+            raise UserError(f"every code must index one of the {k} centroids (0..{k - 1}); pruned positions may use any valid code")
         self.centroids = nn.Parameter(centroids.detach().clone().float().reshape(-1))
         self.register_buffer("codes", codes.detach().clone().long())
         self.register_buffer("mask", mask.detach().clone().bool())
