@@ -80,3 +80,17 @@ def test_bad_arguments():
         kmeans_1d(torch.ones(3), bits=2, init="kmeans++")
     with pytest.raises(UserError):
         kmeans_1d(torch.tensor([1.0, float("nan")]), bits=2)
+
+
+def test_matches_scikit_learn_lloyd_from_the_same_start():
+    from sklearn.cluster import KMeans
+
+    w = np.random.default_rng(0).laplace(size=2000)
+    w[np.abs(w) < 0.3] = 0.0
+    nz = np.sort(w[w != 0])
+    start = init_centroids(nz, 8, "linear")
+    ref = KMeans(8, init=start[:, None], n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(nz[:, None])
+    ours, codes = kmeans_1d(w, bits=3)
+    assert ours.numpy() == pytest.approx(np.sort(ref.cluster_centers_[:, 0]), abs=1e-5)
+    order = np.argsort(w[w != 0], kind="stable")  # our codes follow the weights' order, sklearn's the sorted one
+    assert ours.numpy()[codes.numpy()][order] == pytest.approx(ref.cluster_centers_[ref.labels_, 0], abs=1e-5)
