@@ -131,6 +131,8 @@ def register(app: typer.Typer) -> None:
         from nncompress.training import TrainConfig, evaluate, train
 
         names = _parse_layers(layers)
+        if criterion != "level" and scope != "layer":
+            raise UserError(f"--scope {scope} applies to --criterion level only; drop it for --criterion {criterion}")
         if criterion == "level":
             pruner = LevelPruner(sparsity, scope=scope, layers=names)
         elif criterion == "magnitude":

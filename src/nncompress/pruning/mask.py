@@ -108,6 +108,7 @@ def finalize(model: nn.Module) -> nn.Module:
     """Bake every mask in: `weight` becomes a plain nn.Parameter equal to weight·mask; returns `model`.
 
     The Parameter object is kept (its data is overwritten), so an optimizer built earlier still holds it.
+    Any other parametrization stacked on a masked tensor is baked in with it.
     """
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
