@@ -75,7 +75,7 @@ class MagnitudePruner:
 
     def prune(self, model: nn.Module) -> nn.Module:
         with torch.no_grad():
-            for _, (module, t) in _targets(model, self.thresholds, self.layers, check_nonnegative).items():
+            for module, t in _targets(model, self.thresholds, self.layers, check_nonnegative).values():
                 apply_mask(module, magnitude_threshold_mask(module.weight, t))
         return model
 
@@ -93,7 +93,7 @@ class SensitivityPruner:
 
     def prune(self, model: nn.Module) -> nn.Module:
         with torch.no_grad():
-            for _, (module, s) in _targets(model, self.s, self.layers, check_nonnegative).items():
+            for module, s in _targets(model, self.s, self.layers, check_nonnegative).values():
                 apply_mask(module, sensitivity_mask(dense_tensor(module), s))
         return model
 
