@@ -1,0 +1,46 @@
+"""Quantization: the math, calibration, post-training (dynamic, static, fp16/bf16), quantization-aware
+training (STE, LSQ), mixed precision, accumulator overflow analysis, and lowering to real int8 kernels.
+
+    gm = quantize_static(model, calib_loader, bits=8, calibration="entropy")   # simulated, fake-quantized
+    int8 = to_int8_kernels(gm)                                                 # torch.ao quantized CPU kernels
+    compare_with_simulation(gm, int8, x)                                       # max |error|, in output steps
+"""
+from nncompress.quantization.backends import Int8Model, compare_with_simulation, cpu_has_vnni, to_int8_kernels
+from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, fake_quantize_ste
+from nncompress.quantization.fusion import fold_bn, fuse_conv_bn
+from nncompress.quantization.graph import QuantConfig, QuantLayer, freeze, prepare, quantizers
+from nncompress.quantization.measure import float_weight_bytes, latency_ms, quantized_weight_bytes
+from nncompress.quantization.observers import (
+    OBSERVERS,
+    EntropyObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+    make_observer,
+)
+from nncompress.quantization.ptq import calibrate, quantize_dynamic, quantize_static, quantize_weights, to_reduced_precision
+from nncompress.quantization.qat import convert_qat, prepare_qat, quantize_qat, train_qat
+from nncompress.quantization.quantizer import (
+    binarize,
+    check_bits,
+    compute_qparams,
+    dequantize,
+    fake_quantize,
+    minmax_qparams,
+    qrange,
+    quantize,
+    round_stochastic,
+    ternarize,
+)
+
+__all__ = [
+    "OBSERVERS", "EntropyObserver", "FakeQuantize", "Int8Model", "LSQQuantizer", "MSEObserver", "MinMaxObserver",
+    "MovingAverageMinMaxObserver", "Observer", "PercentileObserver", "QuantConfig", "QuantLayer", "binarize", "calibrate",
+    "check_bits", "compare_with_simulation", "compute_qparams", "convert_qat", "cpu_has_vnni", "dequantize", "fake_quantize",
+    "fake_quantize_ste", "float_weight_bytes", "fold_bn", "freeze", "fuse_conv_bn", "latency_ms", "make_observer",
+    "minmax_qparams", "prepare", "prepare_qat", "qrange", "quantize", "quantize_dynamic", "quantize_qat", "quantize_static",
+    "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels",
+    "to_reduced_precision", "train_qat",
+]
