@@ -5,13 +5,26 @@ from collections.abc import Callable
 
 from torch import nn
 
+from nncompress.architectures.inception import InceptionV3
 from nncompress.architectures.lenet import LeNet5, LeNet300100
+from nncompress.architectures.mobilenet import MobileNetV1, MobileNetV2, mobilenet_v3_large, mobilenet_v3_small
 from nncompress.architectures.resnet_cifar import resnet20, resnet56
+from nncompress.architectures.shufflenet import ShuffleNetV1, ShuffleNetV2
+from nncompress.architectures.squeezenet import squeezenet1_0, squeezenet1_1
 from nncompress.core.errors import UserError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300100,
     "lenet5": LeNet5,
+    "mobilenet_v1": MobileNetV1,
+    "mobilenet_v2": MobileNetV2,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "shufflenet_v1": ShuffleNetV1,
+    "shufflenet_v2": ShuffleNetV2,
+    "squeezenet1_0": squeezenet1_0,
+    "squeezenet1_1": squeezenet1_1,
+    "inception_v3": InceptionV3,
     "resnet20": resnet20,
     "resnet56": resnet56,
 }
