@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "nncompress.commands.pruning",
     "nncompress.commands.core",
     "nncompress.commands.analysis",
+    "nncompress.commands.distill",
+    "nncompress.commands.quantization",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,150 @@
+"""`train`, `evaluate`, `compress` (the Deep Compression main job) and `decompress`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from nncompress.core.errors import UserError
+
+
+def _parse_per_layer(text: str | None, cast, what: str):
+    """'0.9' → 0.9; 'fc1=0.95,fc2=0.9' → {'fc1': 0.95, 'fc2': 0.9}."""
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            return cast(text)
+        out = {}
+        for part in text.split(","):
+            key, value = part.split("=")
+            out[key.strip()] = cast(value)
+        return out
+    except ValueError:
+        raise UserError(f"--{what}: cannot parse {text!r}; use a number or layer=value pairs like fc1=0.95,fc2=0.9") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        model: str = typer.Option("lenet300", "--model", help="Model name (see `nncompress zoo list`)."),
+        data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz with x and y."),
+        epochs: int = typer.Option(20, "--epochs", min=1),
+        lr: float = typer.Option(0.05, "--lr"),
+        seed: int = typer.Option(0, "--seed"),
+        threads: int = typer.Option(2, "--threads", min=1),
+        out: Path = typer.Option(Path("model.safetensors"), "--out", help="Weights file to write (safetensors)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Train a model with a fixed seed and save its weights as safetensors.
+
+        Example: nncompress train --model lenet5 --data mnist5k --epochs 20 --out lenet5.safetensors
+        """
+        import torch
+
+        from nncompress.architectures import build_model
+        from nncompress.core.io import save_weights
+        from nncompress.core.seed import seed_everything
+        from nncompress.data import load_dataset, make_loaders
+        from nncompress.training import TrainConfig, evaluate, train
+
+        torch.set_num_threads(threads)
+        seed_everything(seed)
+        ds = load_dataset(data, seed=seed)
+        net = build_model(model, ds.input_shape, ds.num_classes)
+        train_loader, test_loader = make_loaders(ds, seed=seed)
+        train(net, train_loader, TrainConfig(epochs=epochs, lr=lr, seed=seed))
+        top1 = evaluate(net, test_loader)
+        save_weights(net.state_dict(), out, metadata={"model": model, "data": data, "seed": str(seed)})
+        result = {"model": model, "data": data, "epochs": epochs, "top1": top1, "weights": str(out)}
+        typer.echo(json.dumps(result) if as_json else f"{model} on {data}: top-1 {top1:.2f}% → {out}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model: str = typer.Option("lenet300", "--model"),
+        data: str = typer.Option("mnist5k", "--data"),
+        weights: Path | None = typer.Option(None, "--weights", help=".safetensors weights, or use --nnc."),
+        nnc: Path | None = typer.Option(None, "--nnc", help="A .nnc file written by `nncompress compress`."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Top-1 accuracy of saved weights (or of a .nnc file) on the test split."""
+        from nncompress.data import load_dataset, make_loaders
+        from nncompress.training import evaluate
+
+        if (weights is None) == (nnc is None):
+            raise UserError("give exactly one of --weights or --nnc")
+        if nnc is not None:
+            from nncompress.export import decompress_model
+
+            net, meta = decompress_model(nnc)
+            model = str(meta.get("model"))
+            ds = load_dataset(data)
+            if tuple(ds.input_shape) != tuple(meta.get("in_shape", ())):
+                raise UserError(f"{nnc} was built for inputs {meta.get('in_shape')}, but {data} has {list(ds.input_shape)}")
+        else:
+            from nncompress.commands.common import model_and_data
+
+            net, ds = model_and_data(model, data, weights)
+        _, test_loader = make_loaders(ds)
+        top1 = evaluate(net, test_loader)
+        typer.echo(json.dumps({"model": model, "data": data, "top1": top1}) if as_json else f"top-1 {top1:.2f}%")
+
+    @app.command("compress")
+    def compress_cmd(
+        model: str = typer.Option("lenet300", "--model", help="lenet300 or lenet5 (any registered model works)."),
+        data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz with x and y."),
+        weights: Path | None = typer.Option(None, "--weights", help="Trained weights; default: train (or reuse a cached) baseline."),
+        out: Path = typer.Option(Path("nncompress-out"), "--out", help="Output directory for the .nnc file, reports and plots."),
+        sparsity: str | None = typer.Option(None, "--sparsity", help="One value for all layers or fc1=0.95,fc2=0.9; default: the model's preset."),
+        bits: str | None = typer.Option(None, "--bits", help="Codebook bits: one value or conv=8,linear=5 / layer=bits; default conv 8, linear 5."),
+        prune_steps: int = typer.Option(3, "--prune-steps", help="Iterative pruning rounds."),
+        epochs: int = typer.Option(6, "--finetune-epochs", help="Fine-tuning epochs per pruning round."),
+        seed: int = typer.Option(0, "--seed"),
+        threads: int = typer.Option(2, "--threads"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """The Deep Compression pipeline: prune → fine-tune → k-means share → fine-tune → Huffman (.nnc).
+
+        Example: nncompress compress --model lenet5 --data mnist5k --out out/
+        """
+        from nncompress.recipes.deep_compression import DeepCompressionConfig, run_deep_compression
+
+        if weights is not None and not weights.is_file():
+            raise UserError(f"weights file not found: {weights}")
+        cfg = DeepCompressionConfig(
+            model=model, data=data, weights=str(weights) if weights else None, out_dir=str(out),
+            sparsity=_parse_per_layer(sparsity, float, "sparsity"), bits=_parse_per_layer(bits, int, "bits"),
+            prune_steps=prune_steps, prune_finetune_epochs=epochs, seed=seed, threads=threads,
+        )
+        log = (lambda *a: None) if as_json else (lambda msg: typer.echo(msg, err=True))
+        result = run_deep_compression(cfg, log=log)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Deep Compression: {model} on {data}")
+        for col in ("stage", "bytes", "ratio vs fp32", "top-1 %"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for s in result.stages:
+            table.add_row(s.stage, f"{s.bytes:,}", f"{s.ratio:.1f}×", f"{s.top1:.2f}")
+        console = Console() if Console().is_terminal else Console(width=120)
+        console.print(table)
+        console.print(f"wrote {', '.join(result.files)}")
+
+    @app.command("decompress")
+    def decompress_cmd(
+        nnc: Path = typer.Argument(..., help="A .nnc file written by `nncompress compress`."),
+        out: Path = typer.Option(Path("decompressed.safetensors"), "--out", help="Weights file to write (safetensors)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Rebuild the model from a .nnc file (bit-exact weights) and save them as safetensors."""
+        from nncompress.core.io import save_weights
+        from nncompress.export import decompress_model
+
+        net, meta = decompress_model(nnc)
+        save_weights(net.state_dict(), out, metadata={"model": str(meta.get("model"))})
+        info = {"model": meta.get("model"), "in_shape": meta.get("in_shape"), "num_classes": meta.get("num_classes"), "weights": str(out)}
+        typer.echo(json.dumps(info) if as_json else f"{meta.get('model')} rebuilt from {nnc} → {out}")
