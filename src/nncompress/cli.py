@@ -15,11 +15,8 @@ import typer
 from nncompress.core.errors import UserError
 
 COMMAND_MODULES = [
-    "nncompress.commands.pruning",
     "nncompress.commands.core",
     "nncompress.commands.analysis",
-    "nncompress.commands.distill",
-    "nncompress.commands.quantization",
 ]
 
 app = typer.Typer(
