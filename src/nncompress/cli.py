@@ -15,8 +15,11 @@ import typer
 from nncompress.core.errors import UserError
 
 COMMAND_MODULES = [
+    "nncompress.commands.pruning",
     "nncompress.commands.core",
     "nncompress.commands.analysis",
+    "nncompress.commands.distill",
+    "nncompress.commands.quantization",
 ]
 
 app = typer.Typer(
