@@ -71,17 +71,17 @@ def _clamp_reduced(graph: fx.Graph, node: fx.Node, q: nn.Module) -> fx.Node:
 
 
 class _DynamicLinear(nn.Module):
-    """fbgemm's dynamic linear: per-batch activation range (full 8-bit, like our simulation), int8 weights."""
+    """The engine's dynamic linear: per-batch activation range (8 bits, or 7 with reduce_range, as simulated), int8 weights."""
 
-    def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, relu: bool):
+    def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, relu: bool, reduce_range: bool):
         super().__init__()
         with quiet_torch_ao():
             self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.relu = relu
+        self.relu, self.reduce_range = relu, reduce_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = torch.ops.quantized.linear_relu_dynamic if self.relu else torch.ops.quantized.linear_dynamic
-        return op(x, self._packed, reduce_range=False)
+        return op(x, self._packed, reduce_range=self.reduce_range)
 
 
 def _int8_module(ql: QuantLayer, out_scale: float, out_zp: int) -> nn.Module:
@@ -137,7 +137,7 @@ def to_int8_kernels(gm: fx.GraphModule, backend: str = "x86") -> Int8Model:
     cfg = getattr(gm, "quant_config", None)
     if cfg is None or cfg.mode == "weight_only":
         raise UserError("lower a graph from quantize_static, quantize_dynamic or a converted QAT model (weight-only has no int8 kernels)")
-    if backend in ("x86", "fbgemm") and cfg.mode != "dynamic" and not cfg.reduce_range and not cpu_has_vnni():
+    if backend in ("x86", "fbgemm") and not cfg.reduce_range and not cpu_has_vnni():
         warnings.warn(f"backend '{backend}' on this CPU (no VNNI) adds pairs of u8·s8 products in int16 and saturates with 8-bit "
                       "activations; outputs may differ from the simulation: quantize with reduce_range=True or use backend='qnnpack'",
                       stacklevel=2)
@@ -175,7 +175,8 @@ def to_int8_kernels(gm: fx.GraphModule, backend: str = "x86") -> Int8Model:
             if m.input_quant is not None:  # dynamic
                 w, b = m.folded()
                 name = f"{node.target.replace('.', '_')}_int8"
-                root.add_submodule(name, _DynamicLinear(_weight_codes(m), None if b is None else b.detach().float(), m.relu))
+                root.add_submodule(name, _DynamicLinear(_weight_codes(m), None if b is None else b.detach().float(), m.relu,
+                                                      cfg.reduce_range))
                 env[node], is_q[node] = graph.call_module(name, (as_float(src),)), False
                 continue
             users = list(node.users)

@@ -226,7 +226,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, cfg: QuantConfig) -> 
         wq = _weight_quantizer(cfg, bits)
         iq = None
         if cfg.mode == "dynamic":
-            iq = FakeQuantize(MinMaxObserver(cfg.act_bits, signed=False), dynamic=True)
+            iq = FakeQuantize(MinMaxObserver(cfg.act_observer_bits, signed=False), dynamic=True)
         _set_module(gm, n.target, QuantLayer(layer, wq, bn, relu, iq))
         quantized.append(n.target)
     mods = dict(gm.named_modules())

@@ -67,11 +67,11 @@ def quantize_static(model: nn.Module, calib_data, bits: int = 8, granularity: st
 
 
 def quantize_dynamic(model: nn.Module, example_input: torch.Tensor, bits: int = 8, granularity: str = "channel",
-                     keep_first_last: bool = False, skip: tuple[str, ...] = ()) -> fx.GraphModule:
+                     keep_first_last: bool = False, skip: tuple[str, ...] = (), reduce_range: bool = False) -> fx.GraphModule:
     """Dynamic PTQ: Linear weights quantized ahead; each input's 8-bit range is its own min and max."""
     if not isinstance(example_input, torch.Tensor):
         raise UserError("dynamic quantization needs one example input tensor to trace the model")
-    cfg = QuantConfig("dynamic", bits, 8, granularity, keep_first_last=keep_first_last, skip=tuple(skip))
+    cfg = QuantConfig("dynamic", bits, 8, granularity, keep_first_last=keep_first_last, skip=tuple(skip), reduce_range=reduce_range)
     return prepare(model, example_input, cfg).eval()
 
 

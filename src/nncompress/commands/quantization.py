@@ -1,0 +1,108 @@
+"""`nncompress quantize`: thin command over `nncompress.quantization.quantize_and_measure` (its API twin)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nncompress.core.errors import UserError
+
+
+def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int, train_epochs: int, subset: int | None, quiet: bool):
+    """Build the model for the dataset; load weights, or train a quick float baseline when none are given."""
+    from nncompress.architectures import build_model
+    from nncompress.core.io import load_weights
+    from nncompress.core.seed import seed_everything
+    from nncompress.data import load_dataset, make_loaders
+    from nncompress.training import TrainConfig, evaluate, train
+
+    seed_everything(seed)
+    ds = load_dataset(data, seed=seed)
+    if subset is not None:
+        if subset < 1:
+            raise UserError(f"--subset {subset} must be a positive number of training samples")
+        ds = ds.subset(subset, max(subset // 4, 1))
+    net = build_model(model_name, ds.input_shape, ds.num_classes)
+    if weights is not None:
+        try:
+            net.load_state_dict(load_weights(weights))
+        except RuntimeError as e:
+            raise UserError(f"weights {weights} do not fit model '{model_name}': {str(e).splitlines()[0][:160]}") from None
+    else:
+        if train_epochs < 1:
+            raise UserError("no --weights given and --train-epochs < 1: pass --weights or a positive --train-epochs")
+        train_loader, test_loader = make_loaders(ds, seed=seed)
+        train(net, train_loader, TrainConfig(epochs=train_epochs, lr=0.05, seed=seed))
+        if not quiet:
+            Console(stderr=True).print(f"no --weights given: trained {model_name} on {data} for {train_epochs} epochs "
+                                       f"(top-1 {evaluate(net, test_loader):.2f}%)")
+    return net.eval(), ds
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    def quantize_cmd(
+        model: str = typer.Option("lenet5", "--model", help="Model name (see build_model)."),
+        data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or a path to an .npz."),
+        weights: Path | None = typer.Option(None, "--weights", help="Trained float weights (.safetensors); trained quickly if missing."),
+        mode: str = typer.Option("static", "--mode", help="dynamic | static | qat."),
+        bits: int = typer.Option(8, "--bits", help="Weight bits, 1..16 (int8 kernels run up to 8)."),
+        act_bits: int = typer.Option(8, "--act-bits", help="Activation bits (static and qat)."),
+        granularity: str = typer.Option("channel", "--granularity", help="tensor | channel (weight scales)."),
+        calibration: str = typer.Option("minmax", "--calibration", help="minmax | moving_average | percentile | mse | entropy (static)."),
+        calib_batches: int = typer.Option(8, "--calib-batches", help="Unlabeled batches of 64 used for calibration."),
+        epochs: int = typer.Option(2, "--epochs", help="QAT fine-tuning epochs."),
+        lr: float = typer.Option(0.005, "--lr", help="QAT learning rate (a tenth of a training rate)."),
+        qat_method: str = typer.Option("lsq", "--qat-method", help="lsq (learned step size) | ste."),
+        keep_first_last: bool = typer.Option(False, "--keep-first-last", help="Leave the first and last layers in float."),
+        backend: str = typer.Option("x86", "--backend", help="torch.ao quantized engine: x86 | fbgemm | onednn | qnnpack."),
+        threads: int = typer.Option(2, "--threads", help="Intra-op threads for the latency measurement."),
+        batch_size: int = typer.Option(32, "--batch-size", help="Batch size for the latency measurement."),
+        train_epochs: int = typer.Option(3, "--train-epochs", help="Epochs for the quick float baseline when --weights is missing."),
+        subset: int | None = typer.Option(None, "--subset", help="Use only this many training samples (and a quarter as many test)."),
+        output: Path | None = typer.Option(None, "--output", help="Write integer codes and scales (.safetensors)."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Quantize a model; report bytes, top-1 and measured latency before/after, and kernel vs simulation error."""
+        from nncompress.quantization import check_bits
+        from nncompress.quantization.backends import quiet_torch_ao
+        from nncompress.quantization.pipeline import CLI_MODES, quantize_and_measure, save_quantized
+
+        if mode not in CLI_MODES:
+            raise UserError(f"--mode {mode!r} is not supported: use one of {', '.join(CLI_MODES)}")
+        check_bits(bits, "--bits")
+        check_bits(act_bits, "--act-bits")
+        if threads < 1 or batch_size < 1:
+            raise UserError("--threads and --batch-size must be positive")
+        net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
+        with quiet_torch_ao():
+            gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
+                                              qat_method, keep_first_last, backend, None, batch_size, threads, seed=seed)
+        if output is not None:
+            save_quantized(gm, output)
+            report["output"] = str(output)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+            return
+        console = Console()
+        table = Table(title=f"{model} on {data}: {mode}, {bits}-bit weights ({granularity}), {threads} threads, batch {batch_size}")
+        for col in ("", "fp32", "quantized", "ratio"):
+            table.add_column(col, justify="right")
+        table.add_row("weight bytes", f"{report['fp32_bytes']:,}", f"{report['quantized_bytes']:,}", f"{report['size_ratio']:.2f}×")
+        q_top1 = report.get("int8_top1", report["quantized_top1"])
+        table.add_row("top-1 %", f"{report['fp32_top1']:.2f}", f"{q_top1:.2f}", f"{q_top1 - report['fp32_top1']:+.2f} pp")
+        if "int8_latency_ms" in report:
+            table.add_row("latency ms (median)", f"{report['fp32_latency_ms']:.2f}", f"{report['int8_latency_ms']:.2f}",
+                          f"{report['speedup']:.2f}×")
+        console.print(table)
+        if "kernel_max_abs_error" in report:
+            console.print(f"int8 kernels ({backend}) vs simulation: max |error| {report['kernel_max_abs_error']:.4g} "
+                          f"= {report['kernel_error_in_steps']:.2f} output steps")
+        else:
+            console.print(report["int8_note"])
+        for name, why in report["skipped_layers"].items():
+            console.print(f"skipped {name}: {why}")

@@ -1,0 +1,95 @@
+"""One call from a trained float model to a quantized, measured one: what `nncompress quantize` runs.
+
+Quantizes (dynamic, static or QAT), lowers to torch.ao int8 kernels where the bit widths allow, and reports
+bytes, top-1 and median CPU latency before and after, and the kernels' max |error| against the simulation.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from nncompress.core.errors import UserError
+from nncompress.core.io import save_weights
+from nncompress.data import Dataset, make_loaders
+from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels
+from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
+from nncompress.quantization.graph import QuantLayer
+from nncompress.quantization.measure import float_weight_bytes, latency_ms, quantized_weight_bytes
+from nncompress.quantization.ptq import quantize_dynamic, quantize_static
+from nncompress.quantization.qat import DEFAULT_QAT_LR, quantize_qat
+from nncompress.quantization.quantizer import quantize
+from nncompress.training import evaluate
+
+CLI_MODES = ("dynamic", "static", "qat")
+
+
+def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bits: int = 8, act_bits: int = 8,
+                         granularity: str = "channel", calibration: str = "minmax", calib_batches: int = 8,
+                         epochs: int = 2, lr: float = DEFAULT_QAT_LR, qat_method: str = "lsq", keep_first_last: bool = False,
+                         backend: str = "x86", reduce_range: bool | None = None, batch_size: int = 32, threads: int = 2,
+                         repeats: int = 20, seed: int = 0) -> tuple[nn.Module, dict]:
+    """Quantize `model` on `ds` and measure it; returns (simulated quantized graph, report dict)."""
+    if mode not in CLI_MODES:
+        raise UserError(f"unknown mode '{mode}': use one of {', '.join(CLI_MODES)}")
+    if reduce_range is None:  # fbgemm/x86 without VNNI saturates int16 pair sums with 8-bit activations
+        reduce_range = backend in ("x86", "fbgemm") and not cpu_has_vnni()
+    train_loader, test_loader = make_loaders(ds, batch_size=64, seed=seed)
+    model.eval()
+    if mode == "static":
+        gm = quantize_static(model, train_loader, bits, granularity, calibration, calib_batches, act_bits,
+                             keep_first_last, reduce_range=reduce_range)
+    elif mode == "dynamic":
+        gm = quantize_dynamic(model, ds.x_train[:batch_size], bits, granularity, keep_first_last, reduce_range=reduce_range)
+    else:
+        gm = quantize_qat(model, train_loader, bits, act_bits, epochs, lr, granularity, qat_method, keep_first_last,
+                          reduce_range, seed)
+    x = ds.x_test[:batch_size]
+    report = {
+        "mode": mode, "bits": bits, "act_bits": act_bits, "granularity": granularity,
+        "calibration": calibration if mode == "static" else None, "reduce_range": reduce_range,
+        "quantized_layers": list(gm.quant_layers), "skipped_layers": dict(gm.quant_skipped),
+        "fp32_bytes": float_weight_bytes(model), "quantized_bytes": quantized_weight_bytes(gm)["total"],
+        "fp32_top1": evaluate(model, test_loader), "quantized_top1": evaluate(gm, test_loader),
+        "threads": threads, "batch_size": batch_size, "backend": backend,
+    }
+    report["size_ratio"] = report["fp32_bytes"] / report["quantized_bytes"]
+    report["fp32_latency_ms"] = latency_ms(model, x, threads, repeats)
+    kernels_ok = bits <= 8 and act_bits == 8
+    if kernels_ok:
+        real = to_int8_kernels(gm, backend)
+        report["int8_top1"] = evaluate(real, test_loader)
+        report["int8_latency_ms"] = latency_ms(real, x, threads, repeats)
+        report["speedup"] = report["fp32_latency_ms"] / report["int8_latency_ms"]
+        report.update({f"kernel_{k}": v for k, v in compare_with_simulation(gm, real, ds.x_test[:256]).items()})
+    else:
+        report["int8_note"] = f"no int8 kernels for {bits}-bit weights / {act_bits}-bit activations: simulated only"
+    return gm, report
+
+
+def quantized_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
+    """Deployable tensors: integer weight codes, their scales, float biases, activation scales/zero points."""
+    out: dict[str, torch.Tensor] = {}
+    for name, m in gm.named_modules():
+        if isinstance(m, QuantLayer) and m.weight_quant is not None:
+            w, b = m.folded()
+            w = w.detach()
+            s, z = m.weight_quant.qparams_for(w)
+            dtype = torch.int8 if m.weight_quant.bits <= 8 else torch.int16
+            out[f"{name}.weight_codes"] = quantize(w, s, z, m.weight_quant.qmin, m.weight_quant.qmax, m.weight_quant.axis).to(dtype)
+            out[f"{name}.weight_scale"] = torch.as_tensor(s, dtype=torch.float32).reshape(-1)
+            if b is not None:
+                out[f"{name}.bias"] = b.detach().float()
+        elif isinstance(m, (FakeQuantize, LSQQuantizer)) and not getattr(m, "dynamic", False) and "." not in name:
+            s, z = m.qparams()
+            out[f"{name}.scale"] = torch.as_tensor(s, dtype=torch.float32).reshape(-1)
+            out[f"{name}.zero_point"] = torch.as_tensor(z, dtype=torch.int32).reshape(-1)
+    return out
+
+
+def save_quantized(gm: nn.Module, path: str | os.PathLike) -> None:
+    """Write `quantized_state_dict` as safetensors (atomically), with the config in the metadata."""
+    cfg = gm.quant_config
+    save_weights(quantized_state_dict(gm), path, metadata={"mode": cfg.mode, "weight_bits": str(cfg.weight_bits),
+                                                           "act_bits": str(cfg.act_bits), "granularity": cfg.granularity})
