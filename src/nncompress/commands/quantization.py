@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("x86", "--backend", help="torch.ao quantized engine: x86 | fbgemm | onednn | qnnpack."),
         threads: int = typer.Option(2, "--threads", help="Intra-op threads for the latency measurement."),
         batch_size: int = typer.Option(32, "--batch-size", help="Batch size for the latency measurement."),
+        repeats: int = typer.Option(20, "--repeats", help="Timed calls per model; the median is reported."),
         train_epochs: int = typer.Option(3, "--train-epochs", help="Epochs for the quick float baseline when --weights is missing."),
         subset: int | None = typer.Option(None, "--subset", help="Use only this many training samples (and a quarter as many test)."),
         output: Path | None = typer.Option(None, "--output", help="Write integer codes and scales (.safetensors)."),
@@ -76,12 +77,12 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--mode {mode!r} is not supported: use one of {', '.join(CLI_MODES)}")
         check_bits(bits, "--bits")
         check_bits(act_bits, "--act-bits")
-        if threads < 1 or batch_size < 1:
-            raise UserError("--threads and --batch-size must be positive")
+        if threads < 1 or batch_size < 1 or repeats < 1:
+            raise UserError("--threads, --batch-size and --repeats must be positive")
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
         with quiet_torch_ao():
             gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
-                                              qat_method, keep_first_last, backend, None, batch_size, threads, seed=seed)
+                                              qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed)
         if output is not None:
             save_quantized(gm, output)
             report["output"] = str(output)
