@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "nncompress.commands.analysis",
     "nncompress.commands.distill",
     "nncompress.commands.quantization",
+    "nncompress.commands.zoo",
+    "nncompress.commands.search",
 ]
 
 app = typer.Typer(

@@ -85,3 +85,47 @@ def compare_published(names: list[str] | None = None) -> list[dict]:
                      "params_error": params / ref.params - 1, "macs_error": macs / ref.macs - 1,
                      "source": ref.source, "paper": ref.paper})
     return rows
+
+
+def zoo_list() -> list[dict]:
+    """Every registered model: its name, the first line of its docstring, and any published reference figures."""
+    from nncompress.architectures import MODELS
+
+    refs: dict[str, list[str]] = {}
+    for key, ref in REFERENCES.items():
+        refs.setdefault(ref.model, []).append(key)
+    rows = []
+    for name, builder in MODELS.items():
+        doc = (builder.__doc__ or "").strip().splitlines()
+        if not doc and hasattr(builder, "__wrapped__"):
+            doc = (builder.__wrapped__.__doc__ or "").strip().splitlines()
+        rows.append({"name": name, "description": doc[0] if doc else "", "references": refs.get(name, [])})
+    return rows
+
+
+def zoo_summary(name: str, in_shape: tuple[int, ...] | None = None, num_classes: int = 1000, **kwargs) -> dict:
+    """Per-layer parameters and MACs of model `name` (built on the meta device: no memory, no compute).
+
+    `in_shape` defaults to the model's ImageNet size (3×299×299 for Inception V3, else 3×224×224). The published
+    reference is attached when the configuration is one the zoo has figures for.
+    """
+    from nncompress.architectures import build_model
+
+    if in_shape is None:
+        in_shape = (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
+    if len(in_shape) != 3 or min(in_shape) < 1:
+        raise UserError(f"input shape must be C×H×W with positive sizes, got {'x'.join(map(str, in_shape))}")
+    try:
+        with torch.device("meta"):
+            model = build_model(name, tuple(in_shape), num_classes, **kwargs)
+        result = model_summary(model, tuple(in_shape))
+    except (TypeError, ValueError, RuntimeError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"cannot build {name} for input {'x'.join(map(str, in_shape))}: {str(e).splitlines()[0][:200]}") from None
+    result.update({"name": name, "num_classes": num_classes, "kwargs": kwargs, "reference": None})
+    for key, ref in REFERENCES.items():
+        if (ref.model, dict(ref.kwargs), tuple(ref.in_shape), ref.num_classes) == (name, kwargs, tuple(in_shape), num_classes):
+            result["reference"] = {"name": key, "params": ref.params, "macs": ref.macs, "source": ref.source,
+                                   "paper": ref.paper}
+    return result

@@ -1,0 +1,80 @@
+"""Score one architecture the platform-aware way: short training, top-1 on held-out data, latency measured here."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from nncompress.analysis.latency import measure_latency_ms
+from nncompress.architectures.summary import count_macs, count_params
+from nncompress.data import Dataset, make_loaders
+from nncompress.search.reward import latency_reward
+from nncompress.search.space import Arch, MobileNetSpace
+from nncompress.training import TrainConfig, evaluate, train
+
+
+@dataclass
+class Candidate:
+    name: str
+    params: int
+    macs: int
+    latency_ms: float
+    top1: float
+    reward: float = math.nan
+    arch: dict | None = None
+    strategy: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Evaluator:
+    """Trains each model `epochs` epochs on `dataset` (seeded), measures top-1 on its test split and the median
+    batch-1 latency over `latency_repeats` calls on `threads` threads; scores ACC·(LAT/T)^w. Caches by architecture.
+
+    `target_ms` may be set after construction (e.g. to a baseline's measured latency) but before the first call.
+    """
+
+    space: MobileNetSpace
+    dataset: Dataset
+    target_ms: float | None = None
+    epochs: int = 1
+    lr: float = 0.05  # SGD, Nesterov momentum 0.9, cosine schedule
+    batch_size: int = 64
+    threads: int = 1
+    latency_repeats: int = 20
+    alpha: float = -0.07
+    beta: float = -0.07
+    seed: int = 0
+    cache: dict[Arch, Candidate] = field(default_factory=dict)
+
+    def measure(self, model: nn.Module, name: str) -> Candidate:
+        """Train, evaluate and time any model under the same protocol as the searched ones."""
+        train_loader, test_loader = make_loaders(self.dataset, self.batch_size, self.seed)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            train(model, train_loader, TrainConfig(epochs=self.epochs, lr=self.lr, seed=self.seed, progress=False))
+            top1 = evaluate(model, test_loader)
+        finally:
+            torch.set_num_threads(before)
+        shape = self.dataset.input_shape
+        lat = measure_latency_ms(model, torch.zeros(1, *shape), warmup=3, repeats=self.latency_repeats, threads=self.threads)
+        cand = Candidate(name, count_params(model), count_macs(model, shape), lat.median_ms, top1)
+        if self.target_ms is not None:
+            cand.reward = latency_reward(top1, cand.latency_ms, self.target_ms, self.alpha, self.beta)
+        return cand
+
+    def __call__(self, arch: Arch) -> Candidate:
+        if self.target_ms is None:
+            raise ValueError("set target_ms before scoring architectures")
+        if arch not in self.cache:
+            torch.manual_seed(self.seed)
+            model = self.space.build(arch, self.dataset.input_shape, self.dataset.num_classes)
+            cand = self.measure(model, str(arch))
+            cand.arch = arch.to_dict()
+            self.cache[arch] = cand
+        return self.cache[arch]
