@@ -26,10 +26,4 @@ def plain_state_dict(model: nn.Module) -> dict[str, "torch.Tensor"]:
                 prefix = f"{name}." if name else ""
                 for tensor_name in module.parametrizations.keys():
                     state[prefix + tensor_name] = getattr(module, tensor_name).detach().clone()
-    ordered = {}
-    reference = [k.replace(".parametrizations.", ".").replace(".original", "") for k in model.state_dict()]
-    for k in reference:
-        if k in state and k not in ordered:
-            ordered[k] = state[k]
-    ordered.update({k: v for k, v in state.items() if k not in ordered})
-    return ordered
+    return state

@@ -1,0 +1,66 @@
+import pickle
+
+import pytest
+import torch
+
+from nncompress.core import UserError, atomic_write_bytes, load_weights, save_weights
+from nncompress.core.layers import plain_state_dict
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_safetensors_round_trip(tmp_path):
+    state = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+    save_weights(state, tmp_path / "w.safetensors")
+    back = load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(back["a"], state["a"]) and torch.equal(back["b"], state["b"])
+
+
+def test_pickled_object_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(UserError, match="cannot read weights"):
+        load_weights(path)
+
+
+def test_garbage_safetensors_is_a_user_error(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x00\x01not a safetensors file")
+    with pytest.raises(UserError, match="not a valid safetensors"):
+        load_weights(path)
+    with pytest.raises(UserError, match="not found"):
+        load_weights(tmp_path / "missing.safetensors")
+
+
+def test_plain_state_dict_bakes_parametrizations_without_touching_the_model():
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    w0 = net[0].weight.detach().clone()
+    parametrize.register_parametrization(net[0], "weight", Double())
+    state = plain_state_dict(net)
+    assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert torch.equal(state["0.weight"], 2 * w0)
+    assert parametrize.is_parametrized(net[0], "weight")  # untouched
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    fresh.load_state_dict(state)
