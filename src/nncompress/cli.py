@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "nncompress.commands.quantization",
     "nncompress.commands.zoo",
     "nncompress.commands.search",
+    "nncompress.commands.structured",
 ]
 
 app = typer.Typer(

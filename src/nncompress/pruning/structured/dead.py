@@ -22,7 +22,13 @@ from nncompress.pruning.structured.thin import remove_channels
 
 def _capture_inputs(model: nn.Module, names: set[str], example_input: torch.Tensor) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
-    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, a[0].detach())) for n in names]
+
+    def remember(name):
+        def hook(module, args):
+            seen.setdefault(name, args[0].detach())
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(remember(n)) for n in names]
     was_training = model.training
     try:
         with torch.no_grad():

@@ -1,0 +1,174 @@
+"""Structured pruning side by side with Torch-Pruning (Fang et al., DepGraph, CVPR 2023; `torch-pruning` 1.6).
+
+Same ResNet-20 trained on mnist5k, same target (50% of MACs removed, uniform per-group ratio found by
+bisection for both), same L1 filter criterion, same fine-tuning budget and seed. Printed: params, MACs,
+measured CPU latency (median over interleaved repeats, fixed thread count), top-1 before/after fine-tuning;
+then the criteria ablation of Li et al. 2017 (L1 vs random vs largest-norm), and a NetAdapt run on a
+LeNet-5. Writes benchmarks/results/structured.json.
+
+    .venv/bin/python benchmarks/structured.py            # ~6-8 min on 2 shared cores
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.fx.experimental.optimization import fuse
+
+from nncompress.architectures import build_model
+from nncompress.core.io import atomic_write_text
+from nncompress.data import Dataset, load_dataset, make_loaders
+from nncompress.pruning.structured import count_macs, count_params, prune_channels
+from nncompress.pruning.structured.measure import latency_ms
+from nncompress.pruning.structured.netadapt import FirstBatches, netadapt
+from nncompress.training import TrainConfig, evaluate, train
+
+THREADS = 1
+LAT_BATCH = 64
+REPEATS = 25
+TRAIN_EPOCHS = 3
+FT_EPOCHS = 2
+ABLATION_STEPS = 30  # batches of fine-tuning in the criteria ablation
+REMOVE_MACS = 0.5
+ROUND_TO = 8  # kept widths in multiples of 8 (AVX2 blocks), for both tools
+OUT = Path(__file__).parent / "results" / "structured.json"
+
+
+def finetune(model, loader, epochs=FT_EPOCHS):
+    train(model, loader, TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, seed=1, progress=False))
+    return model
+
+
+def torch_pruning_at_macs(model, x, remove_macs):
+    """Torch-Pruning's MetaPruner, L1 magnitude importance, uniform ratio bisected to the same MAC target."""
+    import torch_pruning as tp
+
+    base = count_macs(model, x)
+
+    def pruned(ratio):
+        m = copy.deepcopy(model)
+        pruner = tp.pruner.MetaPruner(m, x[:1], importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                      pruning_ratio=ratio, ignored_layers=[m.fc], round_to=ROUND_TO)
+        pruner.step()
+        return m
+
+    lo, hi = 0.0, 0.95
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if count_macs(pruned(mid), x) <= (1 - remove_macs) * base else (mid, hi)
+    return pruned(hi), hi
+
+
+def interleaved_latency(models: dict, x, repeats=REPEATS, threads=THREADS):
+    """Median ms per model; the models take turns so background load hits all of them alike."""
+    times = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            times[k].append(latency_ms(m, x, repeats=3, warmup=1, threads=threads))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def row(name, m, x, top1_pruned, top1_ft, lat, base):
+    return {"method": name, "params": count_params(m), "macs": count_macs(m, x), "latency_ms": round(lat, 3),
+            "speedup": round(base["latency_ms"] / lat, 3), "macs_ratio": round(base["macs"] / count_macs(m, x), 3),
+            "top1_pruned": top1_pruned, "top1_finetuned": top1_ft, "drop_pp": round(base["top1"] - top1_ft, 2)}
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(THREADS)
+    t0 = time.time()
+    ds = load_dataset("mnist5k")
+    train_loader, test_loader = make_loaders(ds, batch_size=64)
+    x1 = ds.x_train[:2]
+    xb = ds.x_test[:LAT_BATCH]
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", ds.input_shape, ds.num_classes)
+    train(model, train_loader, TrainConfig(epochs=TRAIN_EPOCHS, lr=0.05, weight_decay=5e-4, progress=False))
+    model.eval()
+    base = {"params": count_params(model), "macs": count_macs(model, x1), "top1": evaluate(model, test_loader)}
+    print(f"ResNet-20 on mnist5k: {base['params']:,} params, {base['macs']:,} MACs, top-1 {base['top1']:.2f}%  "
+          f"({time.time() - t0:.0f} s)", flush=True)
+
+    ours = prune_channels(model, x1, "l1", remove_macs=REMOVE_MACS, round_to=ROUND_TO)
+    peer, peer_ratio = torch_pruning_at_macs(model, x1, REMOVE_MACS)
+    pruned_top1 = {"ours": evaluate(ours, test_loader), "peer": evaluate(peer, test_loader)}
+    finetune(ours, train_loader)
+    finetune(peer, train_loader)
+    lat = interleaved_latency({"base": model, "ours": ours, "peer": peer}, xb)
+    base["latency_ms"] = lat["base"]
+    # deployed form: batch norm folded into the convolutions (torch.fx), same for all three
+    fused = interleaved_latency({k: fuse(copy.deepcopy(m).eval()) for k, m in {"base": model, "ours": ours, "peer": peer}.items()}, xb)
+    rows = [row("nncompress l1", ours, x1, pruned_top1["ours"], evaluate(ours, test_loader), lat["ours"], base),
+            row(f"torch-pruning l1 (ratio {peer_ratio:.3f})", peer, x1, pruned_top1["peer"], evaluate(peer, test_loader), lat["peer"], base)]
+    lat2 = interleaved_latency({"base": model, "ours": ours, "peer": peer}, xb, repeats=REPEATS // 2, threads=2)
+    print(f"\n50% of MACs removed; latency batch {LAT_BATCH}, {THREADS} thread, median of {REPEATS} interleaved repeats; "
+          f"fine-tune {FT_EPOCHS} epochs, same seed")
+    print(f"{'method':38s} {'params':>8s} {'MACs':>11s} {'MAC×':>5s} {'ms':>7s} {'speedup':>7s} {'pruned':>7s} {'tuned':>7s} {'drop':>6s}")
+    print(f"{'baseline':38s} {base['params']:8,d} {base['macs']:11,d} {1.0:5.2f} {base['latency_ms']:7.2f} {1.0:7.2f} "
+          f"{base['top1']:7.2f} {base['top1']:7.2f} {0.0:6.2f}")
+    for r in rows:
+        print(f"{r['method']:38s} {r['params']:8,d} {r['macs']:11,d} {r['macs_ratio']:5.2f} {r['latency_ms']:7.2f} "
+              f"{r['speedup']:7.2f} {r['top1_pruned']:7.2f} {r['top1_finetuned']:7.2f} {r['drop_pp']:6.2f}")
+    print(f"batch norm folded (1 thread): speedup ours {fused['base'] / fused['ours']:.2f}×, torch-pruning {fused['base'] / fused['peer']:.2f}× "
+          f"({fused['base']:.1f} / {fused['ours']:.1f} / {fused['peer']:.1f} ms)")
+    print(f"2 threads: speedup ours {lat2['base'] / lat2['ours']:.2f}×, torch-pruning {lat2['base'] / lat2['peer']:.2f}×", flush=True)
+
+    # Li et al. 2017 ablation: same MAC target, which filters to drop
+    ablation = {}
+    for crit, seeds in (("l1", [0]), ("largest", [0]), ("random", [0, 1, 2])):
+        accs, tuned = [], []
+        for s in seeds:
+            m = prune_channels(model, x1, crit, remove_macs=REMOVE_MACS, seed=s, round_to=ROUND_TO)
+            accs.append(evaluate(m, test_loader))
+            train(m, FirstBatches(train_loader, ABLATION_STEPS), TrainConfig(epochs=1, lr=0.01, lr_schedule="constant", seed=1, progress=False))
+            tuned.append(evaluate(m, test_loader))
+        ablation[crit] = {"top1_pruned": statistics.mean(accs), "top1_short_finetune": statistics.mean(tuned), "seeds": seeds}
+    print(f"\ncriterion ablation (50% MACs removed): top-1 right after pruning → after {ABLATION_STEPS} batches of fine-tuning")
+    for crit, r in ablation.items():
+        print(f"  {crit:8s} {r['top1_pruned']:6.2f}% → {r['top1_short_finetune']:6.2f}%" + (" (mean of 3 seeds)" if crit == "random" else ""))
+    order = sorted(ablation, key=lambda c: -ablation[c]["top1_short_finetune"])
+    print(f"  ordering after fine-tuning: {' > '.join(order)}", flush=True)
+
+    # NetAdapt on LeNet-5: measured-latency budget of 50%
+    torch.manual_seed(0)
+    lenet = build_model("lenet5", ds.input_shape, ds.num_classes)
+    train(lenet, train_loader, TrainConfig(epochs=3, lr=0.02, progress=False))
+    lenet_top1 = evaluate(lenet, test_loader)
+    # NetAdapt picks proposals on data held out of the training set, never on the test set
+    holdout_train, holdout_val = make_loaders(Dataset(ds.name, ds.x_train[:3500], ds.y_train[:3500], ds.x_train[3500:],
+                                                      ds.y_train[3500:], ds.num_classes), batch_size=64)
+    na = netadapt(lenet, holdout_train, holdout_val, ds.x_test[:32], latency_budget=0.5, short_steps=15, long_epochs=2,
+                  threads=THREADS)
+    na_lat = interleaved_latency({"base": lenet, "netadapt": na.model}, ds.x_test[:32])
+    netadapt_result = {"top1_before": lenet_top1, "top1_after": evaluate(na.model, test_loader),
+                       "latency_ms_before": na_lat["base"], "latency_ms_after": na_lat["netadapt"],
+                       "speedup": na_lat["base"] / na_lat["netadapt"], "iterations": len(na.history), "reached_budget": na.reached,
+                       "params_before": count_params(lenet), "params_after": count_params(na.model),
+                       "widths": {k: v for k, v in na.history[-1]["widths"].items()} if na.history else {}}
+    print(f"\nNetAdapt LeNet-5, budget 50% of measured latency (batch 32, {THREADS} thread): "
+          f"{na_lat['base']:.2f} → {na_lat['netadapt']:.2f} ms ({netadapt_result['speedup']:.2f}×), "
+          f"top-1 {lenet_top1:.2f} → {netadapt_result['top1_after']:.2f}%, {netadapt_result['iterations']} iterations")
+
+    result = {"model": "resnet20", "dataset": "mnist5k", "threads": THREADS, "latency_batch": LAT_BATCH, "repeats": REPEATS,
+              "train_epochs": TRAIN_EPOCHS, "finetune_epochs": FT_EPOCHS, "remove_macs": REMOVE_MACS,
+              "baseline": base, "methods": rows,
+              "bn_folded_speedup": {"ours": fused["base"] / fused["ours"], "peer": fused["base"] / fused["peer"], "ms": fused},
+              "round_to": ROUND_TO, "two_threads": {"speedup_ours": lat2["base"] / lat2["ours"], "speedup_peer": lat2["base"] / lat2["peer"]},
+              "criteria_ablation": ablation, "netadapt_lenet5": netadapt_result,
+              "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),
+              "seconds": round(time.time() - t0, 1)}
+    atomic_write_text(OUT, json.dumps(result, indent=2))
+    print(f"\nwrote {OUT} ({result['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
