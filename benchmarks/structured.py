@@ -99,15 +99,20 @@ def main() -> None:
           f"({time.time() - t0:.0f} s)", flush=True)
 
     ours = prune_channels(model, x1, "l1", remove_macs=REMOVE_MACS, round_to=ROUND_TO)
+    taylor = prune_channels(model, x1, "taylor", remove_macs=REMOVE_MACS, round_to=ROUND_TO,
+                            data=list(FirstBatches(train_loader, 8)))
     peer, peer_ratio = torch_pruning_at_macs(model, x1, REMOVE_MACS)
-    pruned_top1 = {"ours": evaluate(ours, test_loader), "peer": evaluate(peer, test_loader)}
-    finetune(ours, train_loader)
-    finetune(peer, train_loader)
-    lat = interleaved_latency({"base": model, "ours": ours, "peer": peer}, xb)
+    same_shapes = [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in peer.parameters()]
+    same_channels = same_shapes and all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), peer.state_dict().values()))
+    pruned_top1 = {"ours": evaluate(ours, test_loader), "taylor": evaluate(taylor, test_loader), "peer": evaluate(peer, test_loader)}
+    for m in (ours, taylor, peer):
+        finetune(m, train_loader)
+    lat = interleaved_latency({"base": model, "ours": ours, "peer": peer, "taylor": taylor}, xb)
     base["latency_ms"] = lat["base"]
     # deployed form: batch norm folded into the convolutions (torch.fx), same for all three
     fused = interleaved_latency({k: fuse(copy.deepcopy(m).eval()) for k, m in {"base": model, "ours": ours, "peer": peer}.items()}, xb)
     rows = [row("nncompress l1", ours, x1, pruned_top1["ours"], evaluate(ours, test_loader), lat["ours"], base),
+            row("nncompress taylor", taylor, x1, pruned_top1["taylor"], evaluate(taylor, test_loader), lat["taylor"], base),
             row(f"torch-pruning l1 (ratio {peer_ratio:.3f})", peer, x1, pruned_top1["peer"], evaluate(peer, test_loader), lat["peer"], base)]
     lat2 = interleaved_latency({"base": model, "ours": ours, "peer": peer}, xb, repeats=REPEATS // 2, threads=2)
     print(f"\n50% of MACs removed; latency batch {LAT_BATCH}, {THREADS} thread, median of {REPEATS} interleaved repeats; "
@@ -118,6 +123,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:38s} {r['params']:8,d} {r['macs']:11,d} {r['macs_ratio']:5.2f} {r['latency_ms']:7.2f} "
               f"{r['speedup']:7.2f} {r['top1_pruned']:7.2f} {r['top1_finetuned']:7.2f} {r['drop_pp']:6.2f}")
+    print(f"same layer widths as torch-pruning: {same_shapes}; same channels kept: {same_channels} "
+          "(then latency differences between the two are timing noise from the shared CPU)")
     print(f"batch norm folded (1 thread): speedup ours {fused['base'] / fused['ours']:.2f}×, torch-pruning {fused['base'] / fused['peer']:.2f}× "
           f"({fused['base']:.1f} / {fused['ours']:.1f} / {fused['peer']:.1f} ms)")
     print(f"2 threads: speedup ours {lat2['base'] / lat2['ours']:.2f}×, torch-pruning {lat2['base'] / lat2['peer']:.2f}×", flush=True)
@@ -153,14 +160,18 @@ def main() -> None:
                        "latency_ms_before": na_lat["base"], "latency_ms_after": na_lat["netadapt"],
                        "speedup": na_lat["base"] / na_lat["netadapt"], "iterations": len(na.history), "reached_budget": na.reached,
                        "params_before": count_params(lenet), "params_after": count_params(na.model),
+                       "steps": [{k: h[k] for k in ("group", "removed", "measured_ms", "target_ms", "val_top1")} for h in na.history],
                        "widths": {k: v for k, v in na.history[-1]["widths"].items()} if na.history else {}}
     print(f"\nNetAdapt LeNet-5, budget 50% of measured latency (batch 32, {THREADS} thread): "
           f"{na_lat['base']:.2f} → {na_lat['netadapt']:.2f} ms ({netadapt_result['speedup']:.2f}×), "
-          f"top-1 {lenet_top1:.2f} → {netadapt_result['top1_after']:.2f}%, {netadapt_result['iterations']} iterations")
+          f"top-1 {lenet_top1:.2f} → {netadapt_result['top1_after']:.2f}%, {netadapt_result['iterations']} iterations, "
+          f"budget {'met' if na.reached else 'NOT met'} by its own measurement ({na.latency_ms_before:.2f} → {na.latency_ms_after:.2f} ms)")
+    for h in netadapt_result["steps"]:
+        print(f"  removed {h['removed']:3d} from {h['group']:6s} → measured {h['measured_ms']:.2f} ms (target {h['target_ms']:.2f}), val top-1 {h['val_top1']:.1f}%")
 
     result = {"model": "resnet20", "dataset": "mnist5k", "threads": THREADS, "latency_batch": LAT_BATCH, "repeats": REPEATS,
               "train_epochs": TRAIN_EPOCHS, "finetune_epochs": FT_EPOCHS, "remove_macs": REMOVE_MACS,
-              "baseline": base, "methods": rows,
+              "baseline": base, "methods": rows, "same_widths_as_peer": same_shapes, "same_channels_as_peer": same_channels,
               "bn_folded_speedup": {"ours": fused["base"] / fused["ours"], "peer": fused["base"] / fused["peer"], "ms": fused},
               "round_to": ROUND_TO, "two_threads": {"speedup_ours": lat2["base"] / lat2["ours"], "speedup_peer": lat2["base"] / lat2["peer"]},
               "criteria_ablation": ablation, "netadapt_lenet5": netadapt_result,

@@ -31,6 +31,7 @@ def tiny():
     with torch.no_grad():
         m.c1.weight.copy_(torch.tensor([1.0, -3.0, 2.0]).view(3, 1, 1, 1))
         m.bn.weight.copy_(torch.tensor([0.5, -0.1, 2.0]))
+        m.c2.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [1.0, 1.0, -1.0]]).view(2, 3, 1, 1))
     return m
 
 
@@ -38,9 +39,13 @@ def test_l1_l2_bn_largest_scores_hand_worked():
     m = tiny()
     graph = build_dependency_graph(m, torch.randn(1, 1, 2, 2))
     assert [g.name for g in graph.groups] == ["c1"]
-    assert channel_scores(m, graph, "l1")["c1"].tolist() == [1.0, 3.0, 2.0]
-    assert channel_scores(m, graph, "l2")["c1"].tolist() == [1.0, 3.0, 2.0]
-    assert channel_scores(m, graph, "largest")["c1"].tolist() == [-1.0, -3.0, -2.0]
+    assert channel_scores(m, graph, "l1", scope="filters")["c1"].tolist() == [1.0, 3.0, 2.0]
+    assert channel_scores(m, graph, "l2", scope="filters")["c1"].tolist() == [1.0, 3.0, 2.0]
+    assert channel_scores(m, graph, "largest", scope="filters")["c1"].tolist() == [-1.0, -3.0, -2.0]
+    # group scope: mean of |filter|, |c2 input column| and |γ|: ([1, 3, 2] + [2, 1, 3] + [0.5, 0.1, 2]) / 3
+    assert np.allclose(channel_scores(m, graph, "l1")["c1"], [3.5 / 3, 4.1 / 3, 7.0 / 3])
+    l2 = [(1 + 2**0.5 + 0.5) / 3, (3 + 1 + 0.1) / 3, (2 + 5**0.5 + 2) / 3]  # column L2: √2, 1, √5
+    assert np.allclose(channel_scores(m, graph, "l2")["c1"], l2)
     assert np.allclose(channel_scores(m, graph, "bn_scale")["c1"], [0.5, 0.1, 2.0])
     r1, r2 = channel_scores(m, graph, "random", seed=1)["c1"], channel_scores(m, graph, "random", seed=1)["c1"]
     assert np.array_equal(r1, r2) and not np.array_equal(r1, channel_scores(m, graph, "random", seed=2)["c1"])
@@ -52,7 +57,7 @@ def test_residual_group_score_is_the_mean_over_coupled_filters():
         m.stem.weight.fill_(1.0)  # each stem filter: 27 weights of 1 → L1 27
         m.b.weight.fill_(-2.0)  # each b filter: 54 weights of -2 → L1 108
     graph = build_dependency_graph(m, torch.randn(1, 3, 8, 8))
-    assert np.allclose(channel_scores(m, graph, "l1")["stem"], (27 + 108) / 2)
+    assert np.allclose(channel_scores(m, graph, "l1", scope="filters")["stem"], (27 + 108) / 2)
 
 
 def test_taylor_equals_squared_gradient_times_weight_summed_over_the_channel():
@@ -95,8 +100,10 @@ def test_prune_channels_uniform_and_by_hand():
     torch.manual_seed(0)
     m = tiny()
     x = torch.randn(2, 1, 4, 4)
-    p = prune_channels(m, x, "l1", 1 / 3)
+    p = prune_channels(m, x, "l1", 1 / 3, scope="filters")
     assert p.c1.out_channels == 2 and p.c1.weight.flatten().tolist() == [-3.0, 2.0]  # the weakest filter went
+    p = prune_channels(m, x, "l1", 1 / 3)
+    assert p.c1.weight.flatten().tolist() == [-3.0, 2.0] and p.c2.weight[:, :, 0, 0].tolist() == [[0.0, 2.0], [1.0, -1.0]]
     model = resnet20((1, 8, 8), 10)
     graph = build_dependency_graph(model, torch.randn(2, 1, 8, 8))
     ratios = resolve_ratios(graph, 0.25, {"layer3.1.conv1": 0.75})

@@ -1,7 +1,8 @@
 """How important is each channel of a group? Higher score = keep.
 
-  l1        Σ|W_j| over the filter producing channel j (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017)
-  l2        ‖W_j‖₂ of that filter (same paper; NetAdapt uses it too)
+  l1        Σ|W_j| over the filter producing channel j (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017);
+            by default averaged with the other slices removed with channel j (see `scope`)
+  l2        ‖W_j‖₂ of the same slices (same paper; NetAdapt uses it too)
   bn_scale  |γ_j| of the batch norm after it (Liu et al., "Learning Efficient ConvNets through Network Slimming", ICCV 2017)
   taylor    (Σ_{w in channel j} g·w)², averaged over batches: first-order estimate of the loss change when the
             channel is removed (Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019)
@@ -9,7 +10,7 @@
   largest   −l1: removes the largest filters first (ablation; Li et al. show it is the worst choice)
 
 A group couples several layers (residual branches, depthwise convs); a channel's score is the mean of its
-per-layer scores over every filter that produces it (taylor: the sum of g·w over all its parameters, squared).
+per-layer scores (taylor: the sum of g·w over all its parameters, squared).
 """
 from __future__ import annotations
 
@@ -47,12 +48,21 @@ def _reduce(group: ChannelGroup, members, vectors: dict[tuple[str, str], np.ndar
     return total / np.maximum(count, 1) if mean else total
 
 
-def _filter_norms(graph: DependencyGraph, p: int) -> dict[tuple[str, str], np.ndarray]:
+def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], np.ndarray]:
+    """Per-position norms: filters ("out", "dw") always; with scope "group" also the consumers' input slices
+    and the batch-norm scales, each a norm of a slice of the parameters that vanish with the channel."""
     vecs = {}
     for (name, role) in graph.labels:
+        m = graph.modules[name]
         if role in ("out", "dw"):
-            w = graph.modules[name].weight.detach().flatten(1)
-            vecs[(name, role)] = w.abs().sum(1).numpy() if p == 1 else w.norm(dim=1).numpy()
+            w = m.weight.detach().flatten(1)
+        elif scope == "group" and role == "in":
+            w = m.weight.detach().transpose(0, 1).flatten(1)
+        elif scope == "group" and role == "bn" and m.affine:
+            w = m.weight.detach()[:, None]
+        else:
+            continue
+        vecs[(name, role)] = w.abs().sum(1).numpy() if p == 1 else w.norm(dim=1).numpy()
     return vecs
 
 
@@ -101,14 +111,23 @@ def channel_scores(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     max_batches: int | None = 8,
     seed: int = 0,
+    scope: str = "group",
 ) -> dict[str, np.ndarray]:
-    """Score of every channel of every prunable group, by group name. `graph` must be built on `model`."""
+    """Score of every channel of every prunable group, by group name. `graph` must be built on `model`.
+
+    scope (l1, l2, largest): "filters" scores a channel by the filters producing it (Li et al.); "group"
+    (default) by every parameter slice removed with it: filters, the next layers' input weights and the
+    batch-norm scales, averaged (the group norm of DepGraph). Behind a batch norm a filter's norm says
+    little (BN undoes its scale), so the group view ranks channels of BN networks better.
+    """
     if criterion not in CRITERIA:
         raise UserError(f"unknown criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
+    if scope not in ("group", "filters"):
+        raise UserError(f"unknown scope '{scope}': use 'group' or 'filters'")
     if criterion == "random":
         rng = np.random.default_rng(seed)
         return {g.name: rng.random(g.size) for g in graph.groups}
-    norms = _filter_norms(graph, 2 if criterion == "l2" else 1) if criterion in ("l1", "l2", "largest") else {}
+    norms = _norms(graph, 2 if criterion == "l2" else 1, scope) if criterion in ("l1", "l2", "largest") else {}
     taylor = _taylor(graph, model, data, loss_fn, max_batches) if criterion == "taylor" else []
     scores = {}
     for g in graph.groups:

@@ -67,11 +67,11 @@ class LatencyTable:
                 h.remove()
         self.table: dict[tuple[str, int, int], float] = {}
         self.scale = 1.0
-        self.model_ms = self.rebase(model, example_input)
+        self.model_ms = self.rebase(model, example_input, repeats=30)
 
-    def rebase(self, model: nn.Module, example_input: torch.Tensor) -> float:
+    def rebase(self, model: nn.Module, example_input: torch.Tensor, repeats: int = 20) -> float:
         """Re-measure the whole (pruned) model and refit `scale` to it."""
-        ms = latency_ms(model, example_input, repeats=max(self.repeats, 20), warmup=5, threads=self.threads)
+        ms = latency_ms(model, example_input, repeats=max(self.repeats, repeats), warmup=5, threads=self.threads)
         self.scale = ms / max(self.sum_ms(layer_widths(model)), 1e-9)
         return ms
 

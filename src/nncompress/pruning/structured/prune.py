@@ -78,19 +78,20 @@ def prune_channels(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     round_to: int = 1,
     seed: int = 0,
+    scope: str = "group",
 ) -> nn.Module:
     """A thinned copy of `model` with `ratio` of every group's channels removed by `criterion`.
 
     ratio: fraction of each group's channels removed (uniform); ratios: per group/layer overrides;
     remove_macs: instead of `ratio`, the fraction of MACs to remove (uniform ratio found by bisection);
-    data: (inputs, labels) batches, needed by the taylor criterion.
+    data: (inputs, labels) batches, needed by the taylor criterion; scope: see `channel_scores`.
     """
     if remove_macs is not None and (ratios or not 0.0 < remove_macs < 1.0):
         raise UserError("remove_macs must be in (0, 1) and cannot be combined with per-layer ratios")
     graph = build_dependency_graph(model, example_input)
     if not graph.groups:
         raise UserError(f"{type(model).__name__} has no prunable channels (every channel reaches the input, output or an unsupported op)")
-    scores = channel_scores(model, graph, criterion, data=data, loss_fn=loss_fn, seed=seed)
+    scores = channel_scores(model, graph, criterion, data=data, loss_fn=loss_fn, seed=seed, scope=scope)
     if remove_macs is not None:
         ratio = _uniform_ratio_for_macs(model, graph, scores, example_input, remove_macs, round_to)
     plan = channels_to_remove(scores, resolve_ratios(graph, ratio, ratios), round_to)
