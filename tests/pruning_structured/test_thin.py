@@ -1,7 +1,6 @@
 """Physical removal: smaller dense modules, copied weights, outputs unchanged when removed channels were zero."""
 import pytest
 import torch
-from torch import nn
 
 from nncompress.architectures import LeNet5, LeNet300100, resnet20
 from nncompress.core.errors import UserError
@@ -157,3 +156,18 @@ def test_thinned_weights_round_trip_through_safetensors(tmp_path):
     fresh = resize_to_state_dict(resnet20((1, 12, 12), 10), load_weights(tmp_path / "w.safetensors"))
     fresh.load_state_dict(load_weights(tmp_path / "w.safetensors"))
     check_equal(pruned, fresh, x)
+
+
+def test_dead_conv_channels_only_removed_when_exact():
+    torch.manual_seed(0)
+    model, x = Inception().eval(), torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        model.b1.weight[0] = 0
+        model.b1.bias[0] = -1.0  # relu(-1) = 0 everywhere: the mix conv reads exact zeros → removable
+        model.b1.weight[1] = 0
+        model.b1.bias[1] = 0.5  # relu(0.5) = 0.5: a 1x1 conv consumer could fold it, but we only fold into linears
+        model.mix.weight[:, 13] = 0  # b4 channel 1 has no outgoing connections
+    pruned, removed = remove_dead_channels(model, x)
+    assert removed == {"b1": 1, "b4": 1}
+    assert pruned.b1.out_channels == 3 and pruned.b4.out_channels == 1 and pruned.mix.in_channels == 12
+    check_equal(model, pruned, x)

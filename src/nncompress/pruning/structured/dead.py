@@ -40,6 +40,25 @@ def _capture_inputs(model: nn.Module, names: set[str], example_input: torch.Tens
     return seen
 
 
+def _folds(graph, members, inputs: dict[str, torch.Tensor], j: int, atol: float) -> list[tuple[str, int, float]] | None:
+    """(layer, input position, constant) to fold for group channel j, or None when it cannot be done exactly:
+    the value the consumers see is not constant, or a convolution sees a non-zero constant."""
+    fold = []
+    for name, role, js in members:
+        if role != "in":
+            continue
+        for p in np.flatnonzero(js == j).tolist():
+            v = inputs[name][:, p]
+            c = float(v.flatten()[0])
+            if float((v - c).abs().max()) > 1e-6 * (1 + abs(c)):
+                return None
+            if isinstance(graph.modules[name], nn.Linear):
+                fold.append((name, p, c))
+            elif abs(c) > atol:
+                return None
+    return fold
+
+
 def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: float = 0.0) -> tuple[nn.Module, dict[str, int]]:
     """A thinned copy of `model` without dead units, and how many were removed per group.
 
@@ -66,24 +85,8 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
         if not g.consumers:
             no_out[:] = False
         for j in np.flatnonzero(no_in & ~no_out):  # constant units: fold their value into the next bias
-            fold = []
-            for name, role, js in members:
-                if role != "in":
-                    continue
-                x = inputs[name]
-                for p in np.flatnonzero(js == j).tolist():
-                    v = x[:, p]
-                    c = float(v.flatten()[0])
-                    if float((v - c).abs().max()) > 1e-6 * (1 + abs(c)):
-                        break
-                    if isinstance(graph.modules[name], nn.Linear):
-                        fold.append((name, p, c))
-                    elif abs(c) > atol:
-                        break
-                else:
-                    continue
-                break
-            else:
+            fold = _folds(graph, members, inputs, int(j), atol)
+            if fold is not None:
                 no_out[j] = True
                 fold_of[int(j)] = fold
         dead = np.flatnonzero(no_out)
