@@ -64,11 +64,14 @@ def test_flatten_to_linear_repeats_each_channel_over_the_spatial_positions():
     assert np.array_equal(fc1_in[16:32], np.repeat(conv2.channels[1], 16))
 
 
-def test_grouped_conv_and_model_output_are_pinned():
-    g = by_name(build_dependency_graph(Grouped(), torch.randn(1, 3, 6, 6)))
-    assert set(g) == set()  # c1 feeds a grouped conv (left alone), whose output feeds c2, the model output
-    graph = build_dependency_graph(Residual(), torch.randn(2, 3, 8, 8))
-    assert graph.group_of("fc") is None
+def test_grouped_conv_couples_whole_conv_groups():
+    graph = build_dependency_graph(Grouped(), torch.randn(1, 3, 6, 6))
+    (g,) = graph.groups
+    assert g.name == "c1" and g.size == 2 and g.depthwise == ("g",) and g.consumers == ("c2",)
+    c1_out, g_out = graph.labels[("c1", "out")], graph.labels[("g", "gw_out")]
+    assert len(set(c1_out[:4])) == 1 and len(set(c1_out[4:])) == 1 and c1_out[0] != c1_out[4]  # 4 channels → 1 unit
+    assert list(g_out) == [c1_out[0]] * 6 + [c1_out[4]] * 6  # conv-group k writes 6 channels
+    assert graph.group_of("c2") is None  # the model output is pinned
 
 
 def test_a_module_called_twice_keeps_one_channel_set():

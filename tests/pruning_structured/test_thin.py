@@ -13,7 +13,7 @@ from nncompress.pruning.structured import (
     resize_to_state_dict,
 )
 
-from .models import Inception, MobileNetV2Tiny, Residual, randomize_bn
+from .models import Grouped, Inception, MobileNetV2Tiny, Residual, randomize_bn
 
 
 @torch.no_grad()
@@ -102,6 +102,22 @@ def test_inception_concat_removes_the_right_consumer_columns():
     assert pruned.mix.in_channels == 14 - 3
     assert pruned.b1.in_channels == pruned.b4.in_channels == 7
     check_equal(model, pruned, x)
+
+
+def test_grouped_conv_loses_a_whole_conv_group():
+    torch.manual_seed(0)
+    model, x = Grouped().eval(), torch.randn(2, 3, 6, 6)
+    zero(model, ["c1"], idx=range(4, 8))  # the second conv-group's inputs
+    with torch.no_grad():
+        model.g.bias[6:] = 0  # ... and its outputs' bias: relu(0) = 0 reaches c2
+    pruned = remove_channels(model, build_dependency_graph(model, x), {"c1": [1]}, x)
+    assert (pruned.c1.out_channels, pruned.g.in_channels, pruned.g.out_channels, pruned.g.groups) == (4, 4, 6, 1)
+    assert pruned.c2.in_channels == 6
+    check_equal(model, pruned, x)
+    fresh = resize_to_state_dict(Grouped(), pruned.state_dict())
+    fresh.load_state_dict(pruned.state_dict())
+    assert fresh.g.groups == 1
+    check_equal(pruned, fresh, x)
 
 
 def test_removing_nonzero_channels_changes_output_so_equality_tests_can_fail():

@@ -54,7 +54,7 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
     vecs = {}
     for (name, role) in graph.labels:
         m = graph.modules[name]
-        if role in ("out", "dw"):
+        if role in ("out", "dw", "gw_out"):
             w = m.weight.detach().flatten(1)
         elif scope == "group" and role == "in":
             w = m.weight.detach().transpose(0, 1).flatten(1)
@@ -88,7 +88,7 @@ def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches
             vecs = {}
             for (name, role) in graph.labels:
                 m = graph.modules[name]
-                if role in ("out", "dw", "bn") and m.weight is not None and m.weight.grad is not None:
+                if role in ("out", "dw", "gw_out", "bn") and m.weight is not None and m.weight.grad is not None:
                     gw = (m.weight.grad * m.weight).detach().flatten(1).sum(1) if role != "bn" else (m.weight.grad * m.weight).detach()
                     if getattr(m, "bias", None) is not None and m.bias.grad is not None:
                         gw = gw + (m.bias.grad * m.bias).detach()

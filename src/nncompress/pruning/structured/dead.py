@@ -72,7 +72,7 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
         fold_of: dict[int, list[tuple[str, int, float]]] = {}
         members = member_positions(graph, g)
         no_out = np.ones(g.size, dtype=bool)
-        no_in = np.ones(g.size, dtype=bool) if not g.depthwise else np.zeros(g.size, dtype=bool)
+        no_in = np.ones(g.size, dtype=bool) if not g.depthwise else np.zeros(g.size, dtype=bool)  # conv of a constant: not constant at borders
         for name, role, js in members:
             w = graph.modules[name].weight.detach()
             ok = js >= 0

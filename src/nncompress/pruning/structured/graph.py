@@ -10,6 +10,8 @@ label per channel (dim 1) along the graph; a union-find merges labels that must 
   conv/linear output     → fresh labels (the layer "produces" them)
   bn, activations, pools → labels pass through (bn is pruned along with them)
   depthwise conv         → labels pass through (its filters are pruned along with them)
+  grouped conv (G groups)→ the channels of each conv-group are merged into one unit, in and out: whole
+                           conv-groups are removed, so every group keeps its width (ResNeXt, ShuffleNet)
   a + b, a * b           → labels of a and b are merged element by element
   cat(dim=1)             → labels concatenated (each input keeps its own offset range)
   flatten                → each channel label repeated H·W times (the next linear loses H·W columns)
@@ -61,7 +63,7 @@ class ChannelGroup:
     producers: tuple[str, ...]  # layers whose output channels (filters) belong to the group
     consumers: tuple[str, ...]  # layers whose input channels belong to it
     norms: tuple[str, ...]  # batch norms along the way
-    depthwise: tuple[str, ...]  # depthwise convolutions that carry the channels through
+    depthwise: tuple[str, ...]  # depthwise and grouped convolutions that carry the channels through
 
     @property
     def size(self) -> int:
@@ -153,7 +155,8 @@ class DependencyGraph:
 
     `labels[(module, role)]` holds, for each position along that module's pruned dimension, the id of the
     channel it belongs to; role is "out" (conv/linear output channels), "in" (their input channels),
-    "bn" (batch-norm features) or "dw" (depthwise conv channels). `groups` lists the prunable groups.
+    "bn" (batch-norm features), "dw" (depthwise conv channels), "gw_in"/"gw_out" (grouped conv input/output
+    channels). `groups` lists the prunable groups.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor):
@@ -243,6 +246,14 @@ class DependencyGraph:
         if isinstance(m, _CONVS) and m.groups == m.in_channels == m.out_channels:
             self._record(name, "dw", xl)
             return xl
+        if isinstance(m, _CONVS):  # grouped: conv-group k reads inputs [k·d_in, (k+1)·d_in), writes [k·d_out, ...)
+            d_in, d_out = m.in_channels // m.groups, m.out_channels // m.groups
+            unit = xl[::d_in]
+            for t in range(1, d_in):
+                self._uf.union(unit, xl[t::d_in])
+            self._record(name, "gw_in", xl)
+            self._record(name, "gw_out", np.repeat(unit, d_out))
+            return np.repeat(unit, d_out)
         if isinstance(m, nn.Linear) and len(in_shape) == 2:
             self._record(name, "in", xl)
             if (name, "out") not in self._raw:
@@ -301,7 +312,7 @@ class DependencyGraph:
         for (name, role), ids in sorted(self.labels.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
             for pos, c in enumerate(ids.tolist()):
                 members.setdefault(c, set()).add((name, role))
-                if role in ("out", "dw"):
+                if role in ("out", "dw", "gw_out"):
                     first_pos.setdefault(c, (order[name], pos))
         by_signature: dict[frozenset, list[int]] = {}
         for c, sig in members.items():
@@ -322,7 +333,8 @@ class DependencyGraph:
                 k += 1
                 name = f"{producers[0]}#{k}"
             used.add(name)
-            groups.append(ChannelGroup(name, np.array(chans, dtype=np.int64), producers, role("in"), role("bn"), role("dw")))
+            carriers = tuple(sorted(set(role("dw")) | set(role("gw_out")), key=order.__getitem__))
+            groups.append(ChannelGroup(name, np.array(chans, dtype=np.int64), producers, role("in"), role("bn"), carriers))
         groups.sort(key=lambda g: first_pos[int(g.channels[0])])
         return groups
 

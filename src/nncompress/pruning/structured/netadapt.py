@@ -82,7 +82,7 @@ class LatencyTable:
             if isinstance(m, nn.Linear):
                 layer = nn.Linear(c_in, c_out, bias=m.bias is not None)
             else:
-                groups = c_in if m.groups == m.in_channels == m.out_channels and m.groups > 1 else 1
+                groups = 1 if m.groups == 1 else m.groups * c_out // m.out_channels  # grouped convs lose whole groups
                 layer = type(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None, m.padding_mode)
             x = torch.randn(shape[0], c_in, *shape[2:])
             self.table[key] = latency_ms(layer, x, repeats=self.repeats, warmup=2, threads=self.threads)
@@ -127,7 +127,7 @@ def _widths_after(widths, members, removed: np.ndarray) -> dict[str, tuple[int, 
         n = int(np.isin(js, removed).sum())
         if n and name in new:
             ci, co = new[name]
-            new[name] = (ci - n if role in ("in", "dw") else ci, co - n if role in ("out", "dw") else co)
+            new[name] = (ci - n if role in ("in", "dw", "gw_in") else ci, co - n if role in ("out", "dw", "gw_out") else co)
     return new
 
 

@@ -26,7 +26,7 @@ def _producer_slices(graph: DependencyGraph) -> list[tuple[int, list[tuple[str, 
         cached = []
         for g in graph.groups:
             parts = [(name, torch.from_numpy((js >= 0).nonzero()[0]), torch.from_numpy(js[js >= 0]))
-                     for name, role, js in member_positions(graph, g) if role in ("out", "dw")]
+                     for name, role, js in member_positions(graph, g) if role in ("out", "dw", "gw_out")]
             cached.append((g.size, parts))
         graph.__dict__["_producer_slices"] = cached
     return cached

@@ -40,6 +40,12 @@ def _thin_module(m: nn.Module, keep: dict[str, np.ndarray]) -> nn.Module:
         o, i = _idx(keep.get("out"), m.out_features), _idx(keep.get("in"), m.in_features)
         new = nn.Linear(len(i), len(o), bias=m.bias is not None, dtype=m.weight.dtype)
         new.weight.data = m.weight.data[o][:, i].clone()
+    elif "gw_in" in keep or "gw_out" in keep:  # grouped: whole conv-groups go, each keeps its width
+        o, i = _idx(keep.get("gw_out"), m.out_channels), _idx(keep.get("gw_in"), m.in_channels)
+        groups = len(o) // (m.out_channels // m.groups)
+        new = type(m)(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
+                      m.padding_mode, dtype=m.weight.dtype)
+        new.weight.data = m.weight.data[o].clone()
     elif "dw" in keep:  # depthwise: one filter per channel
         o = i = _idx(keep["dw"], m.out_channels)
         new = type(m)(len(o), len(o), m.kernel_size, m.stride, m.padding, m.dilation, len(o), m.bias is not None,
@@ -119,6 +125,9 @@ def resize_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
                 roles = {"out": np.arange(m.out_features) < out_n, "in": np.arange(m.in_features) < w.shape[1]}
             elif m.groups == m.in_channels == m.out_channels and m.groups > 1:
                 roles = {"dw": np.arange(m.out_channels) < out_n}
+            elif m.groups > 1:
+                roles = {"gw_out": np.arange(m.out_channels) < out_n,
+                         "gw_in": np.arange(m.in_channels) < out_n // (m.out_channels // m.groups) * (m.in_channels // m.groups)}
             else:
                 roles = {"out": np.arange(m.out_channels) < out_n, "in": np.arange(m.in_channels) < w.shape[1]}
             model.set_submodule(name, _thin_module(m, roles))
