@@ -16,30 +16,26 @@ from torch import nn
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
 from nncompress.core.layers import plain_state_dict
-from nncompress.encoding import CompressedModel, SharedTensor, code_lengths, expected_bits, load_nnc, to_relative
+from nncompress.encoding import CompressedModel, SharedTensor, load_nnc, size_breakdown
 from nncompress.sharing import get_codebook, shared_layers
 
 GAP_BITS_CANDIDATES = tuple(range(2, 13))
 
 
-def best_gap_bits(positions: np.ndarray, codes: np.ndarray, num_codes: int, candidates: Sequence[int] = GAP_BITS_CANDIDATES) -> int:
-    """The relative-index width that minimizes the Huffman-coded size of gaps + indices for one layer.
+def best_gap_bits(positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray, bits: int,
+                  candidates: Sequence[int] = GAP_BITS_CANDIDATES) -> int:
+    """The relative-index width that gives the smallest encoded layer (exact .nnc bytes, tables included).
 
     A narrow gap field makes short gap codes but inserts filler entries (each costs a gap and an index
     symbol); a wide one avoids fillers but has a larger alphabet. Deep Compression fixed 8 (conv) and
-    5 (fc) bits; choosing per layer by exact coded size is never worse.
+    5 (fc) bits; choosing per layer by the exact encoded size is never worse.
     """
-    best, best_bits = None, None
+    sizes = {}
+    shape = (int(positions[-1]) + 1 if positions.size else 1,)
     for g in candidates:
-        gaps, is_filler = to_relative(positions, g)
-        entry_codes = np.full(gaps.size, num_codes, dtype=np.int64)
-        entry_codes[~is_filler] = codes
-        cf = np.bincount(entry_codes, minlength=num_codes + 1)
-        gf = np.bincount(gaps - 1, minlength=1 << g)
-        total = expected_bits(cf, code_lengths(cf)) + expected_bits(gf, code_lengths(gf)) + 8 * (num_codes + 1 + (1 << g))
-        if best is None or total < best:
-            best, best_bits = total, g
-    return int(best_bits if best_bits is not None else candidates[0])
+        t = SharedTensor(shape, codebook, bits, positions, codes, int(g))
+        sizes[int(g)] = size_breakdown(CompressedModel(shared={"w": t}))["total"]
+    return min(sizes, key=lambda g: (sizes[g], g))
 
 
 def compress_model(model: nn.Module, metadata: dict, gap_bits: int | str = "auto") -> CompressedModel:
@@ -61,8 +57,9 @@ def compress_model(model: nn.Module, metadata: dict, gap_bits: int | str = "auto
         layer_codes = codes.reshape(-1).cpu().numpy()[positions].astype(np.int64)
         k = int(centroids.numel())
         bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
-        g = best_gap_bits(positions, layer_codes, k) if gap_bits == "auto" else int(gap_bits)
-        shared[f"{name}.weight"] = SharedTensor(tuple(mask.shape), centroids.cpu().numpy().astype(np.float32),
+        cb = centroids.cpu().numpy().astype(np.float32)
+        g = best_gap_bits(positions, layer_codes, cb, bits) if gap_bits == "auto" else int(gap_bits)
+        shared[f"{name}.weight"] = SharedTensor(tuple(mask.shape), cb,
                                                 bits, positions, layer_codes, g)
     dense = {}
     for key, value in plain_state_dict(model).items():

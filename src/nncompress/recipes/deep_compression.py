@@ -58,8 +58,8 @@ class DeepCompressionConfig:
     baseline_lr: float = 0.05
     sparsity: dict[str, float] | float | None = None  # per layer, one value for all, or the model's preset
     prune_steps: int = 3  # iterative pruning: reach the target in this many prune → fine-tune rounds
-    prune_finetune_epochs: int = 4
-    finetune_lr: float = 0.01
+    prune_finetune_epochs: int = 6
+    finetune_lr: float = 0.02
     bits: dict[str, int] | int | None = None  # codebook bits per layer / kind; default conv 8, linear 5
     share_init: str = "linear"
     share_finetune_epochs: int = 4
@@ -189,8 +189,9 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     stages = [Stage("dense fp32", dense_bytes, 1.0, evaluate(model, test_loader), {"source": source})]
     log(f"dense: {dense_bytes} bytes, top-1 {stages[0].top1:.2f}%")
 
-    # 1. iterative pruning: reach each layer's target in prune_steps rounds, fine-tuning after each
-    levels = [{n: s * (i + 1) / cfg.prune_steps for n, s in targets.items()} for i in range(cfg.prune_steps)]
+    # 1. iterative pruning: reach each layer's target in prune_steps rounds, fine-tuning after each; every
+    #    round removes the same fraction of the surviving weights (density d_i = d_final^(i/n)), gentle at the end
+    levels = [{n: 1.0 - (1.0 - s) ** ((i + 1) / cfg.prune_steps) for n, s in targets.items()} for i in range(cfg.prune_steps)]
     round_seed = iter(range(cfg.seed + 1, cfg.seed + 1 + cfg.prune_steps))
 
     def fine_tune(m: nn.Module) -> float:
