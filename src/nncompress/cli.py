@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "nncompress.commands.zoo",
     "nncompress.commands.search",
     "nncompress.commands.structured",
+    "nncompress.commands.recipes",
 ]
 
 app = typer.Typer(

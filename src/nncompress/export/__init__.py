@@ -1,4 +1,6 @@
 """Exports: the .nnc container for a pruned + weight-shared model (more formats live beside it)."""
 from nncompress.export.nnc import best_gap_bits, compress_model, decompress_model, model_from_nnc
+from nncompress.export.onnx import compare_with_torch, export_onnx, onnx_latency_ms, run_onnx, to_onnx
 
-__all__ = ["best_gap_bits", "compress_model", "decompress_model", "model_from_nnc"]
+__all__ = ["best_gap_bits", "compare_with_torch", "compress_model", "decompress_model", "export_onnx", "model_from_nnc",
+           "onnx_latency_ms", "run_onnx", "to_onnx"]

@@ -1,0 +1,67 @@
+"""`run-recipe` (a YAML schedule of compression methods) and `export` (ONNX, checked in ONNX Runtime)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from nncompress.core.errors import UserError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run-recipe")
+    def run_recipe_cmd(
+        recipe: Path = typer.Argument(..., help="A recipe YAML file (see recipes/ for one per method)."),
+        out: Path = typer.Option(Path("nncompress-run"), "--out", help="Directory for weights, result.json (and model.onnx)."),
+        threads: int = typer.Option(1, "--threads", min=1),
+        check: bool = typer.Option(False, "--check", help="Only validate the recipe; run nothing."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Run a recipe: pruning, regularizers, QAT, distillation and sharing scheduled over one training run.
+
+        Examples:
+          nncompress run-recipe recipes/agp.yaml --out runs/agp
+          nncompress run-recipe recipes/agp_qat_kd.yaml --check
+        """
+        from nncompress.recipes.runner import run_recipe
+        from nncompress.recipes.schema import load_recipe
+
+        if check:
+            r = load_recipe(recipe)
+            msg = {"recipe": str(recipe), "valid": True, "policies": [p.method for p in r.policies]}
+            typer.echo(json.dumps(msg) if as_json else f"{recipe}: valid ({', '.join(msg['policies']) or 'no policies'})")
+            return
+        result = run_recipe(recipe, out, threads=threads)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict()))
+            return
+        typer.echo(f"{result.name}: top-1 {result.top1_pretrained:.2f}% → {result.top1_final:.2f}%, "
+                   f"sparsity {100 * result.sparsity:.1f}% ({result.nonzero_params}/{result.params} weights), "
+                   f"{result.seconds:.1f} s → {out}")
+
+    @app.command("export")
+    def export_cmd(
+        model: str = typer.Option("lenet5", "--model", help="Model name (see `nncompress zoo list`)."),
+        data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz (shapes the input; calibrates --int8)."),
+        weights: Path | None = typer.Option(None, "--weights", help="Float .safetensors weights (masked or plain)."),
+        out: Path = typer.Option(Path("model.onnx"), "--out"),
+        int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (calibrated on the train split), QDQ ONNX."),
+        threads: int = typer.Option(1, "--threads", min=1),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Export to ONNX, validate with onnx.checker, run it in ONNX Runtime, compare with PyTorch, time it.
+
+        Example: nncompress export --model lenet5 --data mnist5k --weights lenet5.safetensors --int8 --out lenet5.int8.onnx
+        """
+        from nncompress.export.onnx import export_report
+
+        if weights is not None and not weights.is_file():
+            raise UserError(f"weights file not found: {weights}")
+        report = export_report(model, data, weights, out, int8=int8, threads=threads)
+        if as_json:
+            typer.echo(json.dumps(report))
+            return
+        typer.echo(f"{out}: {report['onnx_bytes']} bytes, ORT vs PyTorch max |Δ| {report['max_abs_error']:.2e}, "
+                   f"top-1 agreement {report['top1_agreement']:.1f}%, ORT top-1 {report['ort_top1']:.2f}%, "
+                   f"ORT latency {report['ort_latency_ms']:.3f} ms (batch 1, {threads} thread{'s' if threads > 1 else ''})")

@@ -1,0 +1,140 @@
+"""ONNX export checked end to end: `onnx.checker`, then ONNX Runtime's output against PyTorch's.
+
+Float models go through PyTorch's TorchScript-based exporter (no onnxscript needed) with a dynamic batch
+axis; masks and weight-sharing parametrizations are baked in first. Quantized graphs (from
+`quantize_static` or `convert_qat`) are written in QDQ form by `quantization.onnx_qdq`, which ORT runs
+on its int8 kernels.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from nncompress.core.errors import UserError
+from nncompress.core.io import atomic_write_bytes
+
+OPSET = 17
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """A copy with every parametrization (pruning mask, shared codebook) baked into a plain tensor."""
+    model = copy.deepcopy(model).eval()
+    for m in list(model.modules()):
+        if parametrize.is_parametrized(m):
+            for name in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    cfg = getattr(model, "quant_config", None)
+    return cfg is not None and cfg.mode in ("static", "qat")
+
+
+def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET) -> bytes:
+    """Serialized, checker-validated ONNX: QDQ for a quantized graph, plain float ops otherwise."""
+    if is_quantized(model):
+        from nncompress.quantization.onnx_qdq import to_onnx_qdq
+
+        return to_onnx_qdq(model, example_input)
+    net, buf = _plain_copy(model), io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        try:
+            torch.onnx.export(net, (example_input,), buf, dynamo=False, opset_version=opset, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which module failed
+            raise UserError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0][:300]}") from None
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Write `to_onnx` atomically to `path`; returns the path."""
+    return atomic_write_bytes(path, to_onnx(model, example_input, opset))
+
+
+def ort_session(model: bytes | str | os.PathLike, threads: int = 1):
+    """An ONNX Runtime CPU session with all graph optimizations (QDQ → int8 kernels) and fixed threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: bytes | str | os.PathLike, x: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
+    """Outputs of the ONNX model on x, computed by ONNX Runtime."""
+    sess = ort_session(model, threads)
+    x = x.detach().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def compare_with_torch(model: nn.Module, onnx_model: bytes | str | os.PathLike, x: torch.Tensor) -> dict[str, float]:
+    """How far ORT's outputs are from PyTorch's on x: max |Δ|, max |Δ| / max |y|, and top-1 agreement in %."""
+    with torch.no_grad():
+        ref = model.eval()(x).float().numpy()
+    out = run_onnx(onnx_model, x)
+    diff = float(np.abs(out - ref).max())
+    return {"max_abs_error": diff, "max_rel_error": diff / max(float(np.abs(ref).max()), 1e-12),
+            "top1_agreement": 100.0 * float((out.argmax(1) == ref.argmax(1)).mean())}
+
+
+def onnx_latency_ms(onnx_model: bytes | str | os.PathLike, x: torch.Tensor, threads: int = 1, repeats: int = 50,
+                    warmup: int = 5) -> float:
+    """Median wall time of one ORT run on x, in milliseconds."""
+    sess = ort_session(onnx_model, threads)
+    feed = {sess.get_inputs()[0].name: x.detach().float().numpy()}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def export_report(model_name: str, data: str, weights: str | os.PathLike | None, out: str | os.PathLike, *,
+                  int8: bool = False, threads: int = 1, calibration_batches: int = 8, seed: int = 0) -> dict:
+    """One call behind `nncompress export`: build the model (with weights), optionally quantize it to int8
+    (static, per channel), export, and report checker-valid bytes, ORT-vs-PyTorch error, ORT top-1 and latency."""
+    from nncompress.architectures import build_model
+    from nncompress.core.io import load_weights
+    from nncompress.data import load_dataset, make_loaders
+
+    torch.set_num_threads(threads)
+    ds = load_dataset(data, seed=seed)
+    net = build_model(model_name, ds.input_shape, ds.num_classes)
+    if weights is not None:
+        from nncompress.pruning import load_masked_state_dict
+
+        load_masked_state_dict(net, load_weights(weights))
+    net.eval()
+    train_loader, _ = make_loaders(ds, seed=seed)
+    if int8:
+        from nncompress.quantization import quantize_static
+
+        net = quantize_static(_plain_copy(net), [x for x, _ in list(train_loader)[:calibration_batches]], bits=8)
+    x = ds.x_test[:1]
+    blob = to_onnx(net, x)
+    atomic_write_bytes(out, blob)
+    cmp = compare_with_torch(net, blob, ds.x_test[:256])
+    ort_top1 = 100.0 * float((run_onnx(blob, ds.x_test).argmax(1) == ds.y_test.numpy()).mean())
+    return {"path": str(out), "model": model_name, "int8": int8, "onnx_bytes": len(blob), **cmp, "ort_top1": ort_top1,
+            "ort_latency_ms": onnx_latency_ms(blob, x, threads), "threads": threads}

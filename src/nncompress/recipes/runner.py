@@ -1,0 +1,352 @@
+"""Run a recipe: one training schedule on which pruning, regularization, QAT, distillation and weight sharing
+act in their epoch/step ranges (after Distiller's compression scheduler).
+
+The run is split into phases at the epochs where a policy changes the model itself (QAT inserts fake
+quantizers, sharing swaps weights for codebooks, channel removal thins layers); within a phase one
+`training.train` call runs with every policy as a callback gated to its range. The learning rate follows
+`lr_schedule` over the whole run (not per phase), the data order depends only on (seed, epoch), and the
+RNG state is carried across phases, so a run is reproducible and can resume from any epoch checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from nncompress.architectures import build_model
+from nncompress.core.errors import UserError
+from nncompress.core.io import atomic_write_text, load_weights, save_weights
+from nncompress.core.layers import compressible_layers, plain_state_dict
+from nncompress.core.seed import seed_everything
+from nncompress.data import Dataset, load_dataset
+from nncompress.distillation import DistillationCallback
+from nncompress.pruning import AGPPruner, LevelPruner, finalize, load_masked_state_dict
+from nncompress.pruning.structured import prune_channels
+from nncompress.quantization import convert_qat, prepare_qat
+from nncompress.quantization.pipeline import save_quantized
+from nncompress.recipes.schema import LRSchedule, Recipe, load_recipe
+from nncompress.sharing import share_weights
+from nncompress.training import Callback, TrainConfig, evaluate, train
+from nncompress.training.regularizers import WeightRegularizer
+
+_STRUCTURAL = ("qat", "share", "channels")
+
+
+def lr_at(schedule: LRSchedule, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Learning rate at global step t (0-based) of a run of `epochs`·`steps_per_epoch` steps.
+
+    warmup: lr·(t+1)/W for t < W = warmup_epochs·steps_per_epoch; then, with u = (t − W)/(T − W):
+    cosine  min_lr + (lr − min_lr)·(1 + cos πu)/2  (Loshchilov & Hutter 2017, no restarts);
+    step    lr·γ^(number of milestones ≤ current epoch);  exponential  lr·γ^epoch;  constant  lr.
+    """
+    total, warm = epochs * steps_per_epoch, schedule.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    epoch = step // steps_per_epoch
+    if schedule.kind == "cosine":
+        u = (step - warm) / max(total - warm, 1)
+        return schedule.min_lr + (base_lr - schedule.min_lr) * 0.5 * (1.0 + math.cos(math.pi * u))
+    if schedule.kind == "step":
+        return base_lr * schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
+    if schedule.kind == "exponential":
+        return base_lr * schedule.gamma ** epoch
+    return base_lr
+
+
+@dataclass
+class _Clock:
+    """Where the run is, shared by every gated callback: global step and epoch."""
+    steps_per_epoch: int
+    step: int = 0
+    epoch: int = 0
+
+
+class _Gate(Callback):
+    """Forward a policy's hooks with global step/epoch, and its per-step hooks only inside [start, end) steps."""
+
+    def __init__(self, inner: Callback, clock: _Clock, start_step: int, end_step: int):
+        self.inner, self.clock, self.start_step, self.end_step = inner, clock, start_step, end_step
+
+    def _active(self) -> bool:
+        return self.start_step <= self.clock.step < self.end_step
+
+    def on_train_begin(self, model, optimizer):
+        self.inner.on_train_begin(model, optimizer)
+
+    def on_epoch_begin(self, epoch, model):
+        self.inner.on_epoch_begin(self.clock.epoch, model)
+
+    def on_step_begin(self, step, model):
+        if self._active():
+            self.inner.on_step_begin(self.clock.step, model)
+
+    def loss(self, model, x, y, output, loss):
+        return self.inner.loss(model, x, y, output, loss) if self._active() else loss
+
+    def on_after_backward(self, model):
+        if self._active():
+            self.inner.on_after_backward(model)
+
+    def on_step_end(self, step, model):
+        if self._active():
+            self.inner.on_step_end(self.clock.step, model)
+
+    def on_epoch_end(self, epoch, model, metrics):
+        self.inner.on_epoch_end(self.clock.epoch, model, metrics)
+
+    def on_train_end(self, model):
+        self.inner.on_train_end(model)
+
+
+class _OneShotLevel(Callback):
+    """Level pruning once, at the first step of its range."""
+
+    def __init__(self, pruner: LevelPruner, at_step: int):
+        self.pruner, self.at_step = pruner, at_step
+
+    def on_step_begin(self, step, model):
+        if step == self.at_step:
+            self.pruner.prune(model)
+
+
+class _Schedule(Callback):
+    """Runs first: advances the clock, sets the LR for each step, the data order for each epoch, records history,
+    and hands each finished epoch to `on_epoch_done` (checkpointing)."""
+
+    def __init__(self, run: "_Run", epoch0: int):
+        self.run, self.epoch0 = run, epoch0
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def on_train_begin(self, model, optimizer):
+        self.optimizer = optimizer
+        if self.run.rng_state is not None:  # carry the RNG across phases and resumes (train() reseeds)
+            torch.set_rng_state(self.run.rng_state)
+
+    def on_epoch_begin(self, epoch, model):
+        clock = self.run.clock
+        clock.epoch = self.epoch0 + epoch
+        clock.step = clock.epoch * clock.steps_per_epoch
+        self.run.sampler.set_epoch(clock.epoch)
+
+    def on_step_begin(self, step, model):
+        r = self.run
+        r.clock.step = self.epoch0 * r.clock.steps_per_epoch + step  # train() counts steps from 0 in each call
+        lr = lr_at(r.recipe.lr_schedule, r.recipe.training.lr, r.clock.step, r.clock.steps_per_epoch, r.recipe.training.epochs)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def on_epoch_end(self, epoch, model, metrics):
+        r = self.run
+        row = {"epoch": r.clock.epoch, "loss": metrics["loss"], "lr": self.optimizer.param_groups[0]["lr"],
+               "top1": metrics.get("val_top1"), "sparsity": weight_sparsity(model)}
+        r.history.append(row)
+        r.rng_state = torch.get_rng_state()
+        if r.on_epoch_done is not None:
+            r.on_epoch_done(r, model, self.optimizer)
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of zero weights over all Linear/Conv layers (effective weights, masks applied)."""
+    zeros = total = 0
+    for m in compressible_layers(model).values():
+        w = m.weight.detach()
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+
+
+@dataclass
+class RecipeResult:
+    name: str
+    model_name: str
+    data: str
+    top1_pretrained: float
+    top1_final: float
+    sparsity: float
+    params: int
+    nonzero_params: int
+    history: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    recipe: dict = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self) if self.model is None else asdict(RecipeResult(**{**self.__dict__, "model": None}))
+        d.pop("model")
+        return d
+
+
+class _Run:
+    """The mutable state of one run (what a checkpoint must hold besides the weights)."""
+
+    def __init__(self, recipe: Recipe, ds: Dataset, out_dir: Path | None, progress: bool | None):
+        self.recipe, self.ds, self.out_dir, self.progress = recipe, ds, out_dir, progress
+        t = recipe.training
+        self.sampler = DistributedSampler(TensorDataset(ds.x_train, ds.y_train), num_replicas=1, rank=0, shuffle=True, seed=recipe.seed)
+        self.loader = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=t.batch_size, sampler=self.sampler)
+        self.test_loader = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=512)
+        self.clock = _Clock(len(self.loader))
+        self.history: list[dict] = []
+        self.rng_state: torch.Tensor | None = None
+        self.on_epoch_done = None  # set by resumable runs
+        self.optimizer_state: dict | None = None  # restored from a checkpoint
+
+    def example_input(self) -> torch.Tensor:
+        return self.ds.x_train[: self.recipe.training.batch_size]
+
+
+def _dataset(recipe: Recipe) -> Dataset:
+    d = recipe.data
+    ds = load_dataset(d.name, test_fraction=d.test_fraction, seed=recipe.seed)
+    return ds.subset(d.train_samples, d.test_samples) if (d.train_samples or d.test_samples) else ds
+
+
+def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    t = recipe.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0, weight_decay=t.weight_decay)
+
+
+def _load_into(model: nn.Module, path: str, what: str) -> nn.Module:
+    if not Path(path).is_file():
+        raise UserError(f"{what}: weights file not found: {path}")
+    try:
+        return load_masked_state_dict(model, load_weights(path))
+    except UserError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def _teacher(policy, recipe: Recipe, pretrained: nn.Module, ds: Dataset) -> nn.Module:
+    if policy.teacher == "pretrained":
+        return copy.deepcopy(pretrained).eval()
+    net = build_model(policy.teacher_model or recipe.model, ds.input_shape, ds.num_classes)
+    return _load_into(net, policy.teacher, "distill teacher").eval()
+
+
+def _callbacks(run: _Run, pretrained: nn.Module) -> list[tuple[Any, Callback]]:
+    """(policy, gated callback) for every policy that acts through the training loop."""
+    r, spe, out = run.recipe, run.clock.steps_per_epoch, []
+    total = r.training.epochs * spe
+    for p in r.policies:
+        scale = spe if p.unit == "epoch" else 1
+        start, end = p.start * scale, (p.end * scale if p.end is not None else total)
+        if p.method == "agp":
+            freq = p.frequency * scale
+            cb = AGPPruner(p.final_sparsity, p.initial_sparsity, start=start, n_steps=max(1, (end - 1 - start) // freq),
+                           frequency=freq, unit="step", scope=p.scope, layers=p.layers)
+        elif p.method == "level":
+            cb, end = _OneShotLevel(LevelPruner(p.sparsity, scope=p.scope, layers=p.layers), start), start + 1
+        elif p.method == "regularizer":
+            cb = WeightRegularizer(p.strength, p=1.0 if p.kind == "l1" else 2.0, layers=p.layers)
+        elif p.method == "distill":
+            cb = DistillationCallback(_teacher(p, r, pretrained, run.ds), temperature=p.temperature, alpha=p.alpha)
+        else:
+            continue
+        out.append((p, _Gate(cb, run.clock, start, end)))
+    return out
+
+
+def _apply_structural(model: nn.Module, policy, run: _Run) -> nn.Module:
+    """The model-changing policies, applied at the start of their epoch."""
+    x = run.example_input()
+    if policy.method == "qat":
+        return prepare_qat(model, x, policy.weight_bits, policy.act_bits, policy.granularity, method=policy.quantizer)
+    finalize(model)  # sharing and thinning work on plain weights
+    if policy.method == "share":
+        share_weights(model, bits=policy.bits, init=policy.init, seed=run.recipe.seed)
+        return model
+    return prune_channels(model, x, policy.criterion, ratio=policy.ratio or 0.5, remove_macs=policy.remove_macs,
+                          data=[(x, run.ds.y_train[: len(x)])], seed=run.recipe.seed)
+
+
+def _pretrain(recipe: Recipe, ds: Dataset, run: _Run) -> tuple[nn.Module, float]:
+    seed_everything(recipe.seed)
+    model = build_model(recipe.model, ds.input_shape, ds.num_classes)
+    if recipe.weights:
+        _load_into(model, recipe.weights, "weights")
+    elif recipe.pretrain.epochs:
+        loader = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=recipe.training.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(recipe.seed))
+        train(model, loader, TrainConfig(epochs=recipe.pretrain.epochs, lr=recipe.pretrain.lr, seed=recipe.seed, progress=run.progress))
+    return model, evaluate(model, run.test_loader)
+
+
+def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int = 0) -> nn.Module:
+    """Train from `start_epoch` to the end, applying structural policies at their epochs."""
+    r = run.recipe
+    gated = _callbacks(run, pretrained)
+    bounds = sorted({0, r.training.epochs, *(p.start for p in r.policies if p.method in _STRUCTURAL)})
+    for a, b in zip(bounds, bounds[1:]):
+        if b <= start_epoch:
+            continue
+        if a >= start_epoch:  # a structural change at a (on resume, the checkpoint already holds it)
+            for p in r.policies:
+                if p.method in _STRUCTURAL and p.start == a:
+                    model = _apply_structural(model, p, run)
+        first = max(a, start_epoch)
+        cbs = [_Schedule(run, first)] + [g for _, g in gated]
+        opt = _optimizer(model, r)
+        if run.optimizer_state is not None:
+            opt.load_state_dict(run.optimizer_state)
+            run.optimizer_state = None
+        cfg = TrainConfig(epochs=b - first, lr=r.training.lr, lr_schedule="constant", seed=r.seed + first, progress=run.progress)
+        train(model, run.loader, cfg, callbacks=cbs, val_loader=run.test_loader, optimizer=opt)
+    if any(p.method == "qat" for p in r.policies):
+        model = convert_qat(model)
+    return finalize(model)
+
+
+def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = None, *, threads: int = 1,
+               progress: bool | None = None) -> RecipeResult:
+    """Validate and run a recipe (YAML path, YAML text or dict); returns metrics, history and the compressed model.
+
+    With `out_dir`, writes the final weights (`model.safetensors`, or `quantized.safetensors` with integer
+    codes after QAT), `result.json`, and `model.onnx` when the recipe asks for `export: {onnx: true}`.
+    """
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    recipe = load_recipe(path_or_dict)
+    ds = _dataset(recipe)
+    run = _Run(recipe, ds, Path(out_dir) if out_dir else None, progress)
+    recipe = load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch)  # step ranges vs. the real run length
+    pretrained, top1_pre = _pretrain(recipe, ds, run)
+    model = execute(run, copy.deepcopy(pretrained), pretrained)
+    return _finish(run, model, top1_pre, t0)
+
+
+def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float) -> RecipeResult:
+    r = run.recipe
+    layers = compressible_layers(model)
+    params = sum(m.weight.numel() for m in layers.values())
+    nonzero = sum(int((m.weight != 0).sum()) for m in layers.values())
+    result = RecipeResult(r.name, r.model, r.data.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
+                          params, nonzero, run.history, {}, 0.0, r.model_dump(mode="json"), model)
+    if run.out_dir is not None:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if hasattr(model, "quant_config"):
+            path = run.out_dir / "quantized.safetensors"
+            save_quantized(model, path)
+        else:
+            path = run.out_dir / "model.safetensors"
+            save_weights(plain_state_dict(model), path, metadata={"model": r.model, "recipe": r.name})
+        result.files["weights"] = str(path)
+        if r.export.onnx:
+            from nncompress.export.onnx import export_onnx
+
+            result.files["onnx"] = str(export_onnx(model, run.example_input()[:1], run.out_dir / "model.onnx"))
+    result.seconds = time.perf_counter() - t0
+    if run.out_dir is not None:
+        result.files["result"] = str(run.out_dir / "result.json")
+        atomic_write_text(run.out_dir / "result.json", json.dumps(result.to_dict(), indent=2))
+    return result
