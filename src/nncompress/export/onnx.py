@@ -28,13 +28,21 @@ OPSET = 17
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
-    """A copy with every parametrization (pruning mask, shared codebook) baked into a plain tensor."""
-    model = copy.deepcopy(model).eval()
-    for m in list(model.modules()):
-        if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-    return model
+    """A copy with every parametrization (pruning mask, shared codebook) baked into a plain tensor.
+
+    `remove_parametrizations` on a deepcopy would edit the parametrized class the original shares, so the
+    copy's modules get their original class back and plain Parameters holding the computed tensors."""
+    plain = copy.deepcopy(model).eval()
+    originals = dict(model.named_modules())
+    with torch.no_grad():
+        for name, m in list(plain.named_modules()):
+            if parametrize.is_parametrized(m):
+                tensors = {t: getattr(originals[name], t).detach().clone() for t in m.parametrizations.keys()}
+                m.__class__ = type(m).__bases__[0]  # parametrize injected a subclass of the original class
+                del m._modules["parametrizations"]
+                for t, value in tensors.items():
+                    m.register_parameter(t, nn.Parameter(value))
+    return plain
 
 
 def is_quantized(model: nn.Module) -> bool:
