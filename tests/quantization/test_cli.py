@@ -16,7 +16,7 @@ FAST = ["--model", "lenet5", "--data", "digits", "--subset", "300", "--train-epo
 
 def test_quantize_static_json_and_output(tmp_path):
     out = tmp_path / "q.safetensors"
-    r = CliRunner().invoke(app, ["quantize", *FAST, "--json", "--output", str(out)])
+    r = CliRunner().invoke(app, ["quantize", *FAST, "--json", "--output", str(out), "--onnx", str(tmp_path / "q.onnx")])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
     assert rep["mode"] == "static" and rep["quantized_layers"] == ["conv1", "conv2", "fc1", "fc2"]
@@ -24,6 +24,8 @@ def test_quantize_static_json_and_output(tmp_path):
     for key in ("fp32_top1", "int8_top1", "fp32_latency_ms", "int8_latency_ms", "speedup", "kernel_max_abs_error"):
         assert key in rep
     assert rep["kernel_max_abs_error"] <= rep["kernel_output_step"] * 1.001
+    assert (tmp_path / "q.onnx").stat().st_size == rep["onnx_bytes"] and rep["onnx_top1"] > 0
+    assert rep["onnx_max_abs_error"] <= rep["onnx_output_step"] * 1.001
     tensors = load_file(out)
     assert str(tensors["conv1.weight_codes"].dtype) == "torch.int8"
     assert tensors["conv1.weight_scale"].shape == (20,)

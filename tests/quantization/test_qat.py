@@ -5,6 +5,7 @@ from torch import nn
 from nncompress.quantization import (LSQQuantizer, QuantLayer, compare_with_simulation, convert_qat, prepare_qat, quantize_weights,
                                      to_int8_kernels, train_qat)
 from nncompress.quantization.fusion import fold_bn
+from nncompress.data import make_loaders
 from nncompress.training import evaluate
 
 
@@ -27,15 +28,16 @@ def test_qat_training_mode_uses_batch_statistics(trained_net, digits):
 
 
 @pytest.mark.parametrize("method", ["lsq", "ste"])
-def test_4bit_qat_recovers_accuracy(trained_net, loaders, digits, method):
-    fp32 = evaluate(trained_net, loaders[1])
-    ptq = evaluate(quantize_weights(trained_net, digits.x_train[:64], bits=2), loaders[1])
+def test_2bit_qat_recovers_accuracy(trained_net, digits, method):
+    train_loader, test_loader = make_loaders(digits, batch_size=64, seed=0)  # fresh: independent of test order
+    fp32 = evaluate(trained_net, test_loader)
+    ptq = evaluate(quantize_weights(trained_net, digits.x_train[:64], bits=2), test_loader)
     gm = prepare_qat(trained_net, digits.x_train[:64], weight_bits=2, method=method)
     assert sum(isinstance(m, LSQQuantizer) for m in gm.modules()) == (7 if method == "lsq" else 0)
-    train_qat(gm, loaders[0], epochs=2, progress=False)
-    qat = evaluate(convert_qat(gm), loaders[1])
-    assert qat > ptq  # 2-bit weights: fine-tuning through the quantizer beats rounding after training
-    assert qat >= fp32 - 6.0
+    train_qat(gm, train_loader, epochs=2, progress=False)
+    qat = evaluate(convert_qat(gm), test_loader)
+    assert qat > ptq + 5  # 2-bit weights: fine-tuning through the quantizer beats rounding after training
+    assert qat >= fp32 - 8.0
 
 
 def test_qat_model_lowers_to_int8_kernels(trained_net, loaders, digits):

@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
         train_epochs: int = typer.Option(3, "--train-epochs", help="Epochs for the quick float baseline when --weights is missing."),
         subset: int | None = typer.Option(None, "--subset", help="Use only this many training samples (and a quarter as many test)."),
         output: Path | None = typer.Option(None, "--output", help="Write integer codes and scales (.safetensors)."),
+        onnx: Path | None = typer.Option(None, "--onnx", help="Also write a QDQ .onnx with our scales and measure it in ONNX Runtime."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
@@ -82,7 +83,7 @@ def register(app: typer.Typer) -> None:
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
         with quiet_torch_ao():
             gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
-                                              qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed)
+                                              qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed, onnx)
         if output is not None:
             save_quantized(gm, output)
             report["output"] = str(output)
@@ -99,7 +100,13 @@ def register(app: typer.Typer) -> None:
         if "int8_latency_ms" in report:
             table.add_row("latency ms (median)", f"{report['fp32_latency_ms']:.2f}", f"{report['int8_latency_ms']:.2f}",
                           f"{report['speedup']:.2f}×")
+        if "onnx_latency_ms" in report:
+            table.add_row("ONNX Runtime QDQ ms", f"{report['fp32_latency_ms']:.2f}", f"{report['onnx_latency_ms']:.2f}",
+                          f"{report['fp32_latency_ms'] / report['onnx_latency_ms']:.2f}×")
         console.print(table)
+        if "onnx_max_abs_error" in report:
+            console.print(f"ONNX Runtime vs simulation: max |error| {report['onnx_max_abs_error']:.4g} "
+                          f"= {report['onnx_error_in_steps']:.2f} output steps (top-1 {report['onnx_top1']:.2f}%)")
         if "kernel_max_abs_error" in report:
             console.print(f"int8 kernels ({backend}) vs simulation: max |error| {report['kernel_max_abs_error']:.4g} "
                           f"= {report['kernel_error_in_steps']:.2f} output steps")

@@ -4,6 +4,7 @@ training (STE, LSQ), mixed precision, accumulator overflow analysis, and lowerin
     gm = quantize_static(model, calib_loader, bits=8, calibration="entropy")   # simulated, fake-quantized
     int8 = to_int8_kernels(gm)                                                 # torch.ao quantized CPU kernels
     compare_with_simulation(gm, int8, x)                                       # max |error|, in output steps
+    OnnxRuntimeModel(to_onnx_qdq(gm, x))                                       # QDQ ONNX with our scales, in ORT
 """
 from nncompress.quantization.backends import Int8Model, compare_with_simulation, cpu_has_vnni, to_int8_kernels
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, fake_quantize_ste
@@ -20,6 +21,8 @@ from nncompress.quantization.observers import (
     PercentileObserver,
     make_observer,
 )
+from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, save_onnx_qdq, to_onnx_qdq
+from nncompress.quantization.pipeline import quantize_and_measure, quantized_state_dict, save_quantized
 from nncompress.quantization.ptq import calibrate, quantize_dynamic, quantize_static, quantize_weights, to_reduced_precision
 from nncompress.quantization.qat import convert_qat, prepare_qat, quantize_qat, train_qat
 from nncompress.quantization.quantizer import (
@@ -42,5 +45,6 @@ __all__ = [
     "fake_quantize_ste", "float_weight_bytes", "fold_bn", "freeze", "fuse_conv_bn", "latency_ms", "make_observer",
     "minmax_qparams", "prepare", "prepare_qat", "qrange", "quantize", "quantize_dynamic", "quantize_qat", "quantize_static",
     "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels",
-    "to_reduced_precision", "train_qat",
+    "to_reduced_precision", "train_qat", "OnnxRuntimeModel", "save_onnx_qdq", "to_onnx_qdq", "quantize_and_measure",
+    "quantized_state_dict", "save_quantized",
 ]

@@ -103,12 +103,20 @@ class FakeQuantize(nn.Module):
 
 class LSQQuantizer(nn.Module):
     """Learned step size quantization (Esser et al. 2020). Symmetric, zero point 0; codes in [−Q_N, Q_P]
-    (signed: Q_N = 2^(b−1), Q_P = 2^(b−1) − 1; unsigned: Q_N = 0, Q_P = 2^b − 1). The step is initialised
-    on the first tensor seen as 2·mean|x|/√Q_P, the paper's choice; per channel along `axis` for weights."""
+    (signed: Q_N = 2^(b−1), Q_P = 2^(b−1) − 1; unsigned: Q_N = 0, Q_P = 2^b − 1); per channel along `axis`.
 
-    def __init__(self, bits: int = 4, signed: bool = True, axis: int | None = None, narrow: bool = False):
+    The step is initialised on the first tensor seen: init="lsq" uses the paper's 2·mean|x|/√Q_P;
+    init="minmax" uses max|x|/Q_P (per channel too: nothing clipped, what PTQ would use); init="mse" uses the
+    MSE-optimal clipping range (per tensor, as in LSQ+, Bhalgat et al. 2020). Starting from the PTQ
+    solution keeps short fine-tuning runs close to the float model."""
+
+    def __init__(self, bits: int = 4, signed: bool = True, axis: int | None = None, narrow: bool = False, init: str = "lsq"):
         super().__init__()
-        self.bits, self.signed, self._axis = bits, signed, axis
+        if init not in ("lsq", "minmax", "mse"):
+            raise ValueError(f"unknown LSQ init '{init}': use 'lsq', 'minmax' or 'mse'")
+        if init == "mse" and axis is not None:
+            raise ValueError("init='mse' is per tensor (activations); use init='lsq' per channel")
+        self.bits, self.signed, self._axis, self.init = bits, signed, axis, init
         self._qmin, self._qmax = qrange(bits, signed, narrow)
         self.q_n, self.q_p = -self._qmin, self._qmax
         self.step = nn.Parameter(torch.tensor(1.0))
@@ -119,12 +127,23 @@ class LSQQuantizer(nn.Module):
     axis = property(lambda self: self._axis)
 
     def _init_step(self, x: torch.Tensor) -> None:
+        if self.init == "mse":
+            from nncompress.quantization.observers import MSEObserver
+
+            obs = MSEObserver(self.bits, signed=self.signed)
+            obs(x.detach().float())
+            lo, hi = (float(v) for v in obs.clip_range())
+            step = max(hi / max(self.q_p, 1), (-lo / self.q_n) if self.q_n else 0.0, 1e-8)
+            self.step.data = torch.tensor(step, device=self.step.device)
+            self.initialized.fill_(True)
+            return
         a = x.detach().abs()
-        if self._axis is None:
-            mean = a.mean()
+        flat = a.reshape(1, -1) if self._axis is None else a.transpose(0, self._axis).reshape(x.shape[self._axis], -1)
+        if self.init == "minmax":
+            step = flat.max(1).values / max(self.q_p, 1)
         else:
-            mean = a.transpose(0, self._axis).reshape(x.shape[self._axis], -1).mean(1)
-        step = torch.clamp(2 * mean / math.sqrt(max(self.q_p, 1)), min=1e-8)
+            step = 2 * flat.mean(1) / math.sqrt(max(self.q_p, 1))
+        step = torch.clamp(step if self._axis is not None else step[0], min=1e-8)
         self.step.data = step.to(self.step.device)
         self.initialized.fill_(True)
 
@@ -144,4 +163,4 @@ class LSQQuantizer(nn.Module):
         return _round_ste(torch.clamp(x / s, -self.q_n, self.q_p)) * s
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, signed={self.signed}, axis={self._axis}"
+        return f"bits={self.bits}, signed={self.signed}, axis={self._axis}, init={self.init}"

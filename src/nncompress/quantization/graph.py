@@ -145,7 +145,7 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def _weight_quantizer(cfg: QuantConfig, bits: int) -> nn.Module:
     axis = 0 if cfg.granularity == "channel" else None
     if cfg.mode == "qat" and cfg.qat_method == "lsq":
-        return LSQQuantizer(bits, signed=True, axis=axis, narrow=True)
+        return LSQQuantizer(bits, signed=True, axis=axis, narrow=True, init="minmax")
     # weights: min-max of the current tensor (recomputed each call, so it follows training)
     return FakeQuantize(MinMaxObserver(bits, signed=True, symmetric=True, narrow=True, axis=axis), dynamic=True)
 
@@ -153,7 +153,7 @@ def _weight_quantizer(cfg: QuantConfig, bits: int) -> nn.Module:
 def _act_quantizer(cfg: QuantConfig, signed: bool) -> nn.Module:
     if cfg.mode == "qat":
         if cfg.qat_method == "lsq":
-            return LSQQuantizer(cfg.act_observer_bits, signed=signed)
+            return LSQQuantizer(cfg.act_observer_bits, signed=signed, init="mse")
         return FakeQuantize(MovingAverageMinMaxObserver(cfg.act_observer_bits, signed=False), observing=True, quantizing=True)
     return FakeQuantize(make_observer(cfg.calibration, bits=cfg.act_observer_bits, signed=False), observing=True, quantizing=False)
 

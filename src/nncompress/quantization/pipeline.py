@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
-from nncompress.core.io import save_weights
+from nncompress.core.io import atomic_write_bytes, save_weights
 from nncompress.data import Dataset, make_loaders
 from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
 from nncompress.quantization.graph import QuantLayer
+from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, to_onnx_qdq
 from nncompress.quantization.measure import float_weight_bytes, latency_ms, quantized_weight_bytes
 from nncompress.quantization.ptq import quantize_dynamic, quantize_static
 from nncompress.quantization.qat import DEFAULT_QAT_LR, quantize_qat
@@ -29,8 +30,9 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
                          granularity: str = "channel", calibration: str = "minmax", calib_batches: int = 8,
                          epochs: int = 2, lr: float = DEFAULT_QAT_LR, qat_method: str = "lsq", keep_first_last: bool = False,
                          backend: str = "x86", reduce_range: bool | None = None, batch_size: int = 32, threads: int = 2,
-                         repeats: int = 20, seed: int = 0) -> tuple[nn.Module, dict]:
-    """Quantize `model` on `ds` and measure it; returns (simulated quantized graph, report dict)."""
+                         repeats: int = 20, seed: int = 0, onnx_path: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+    """Quantize `model` on `ds` and measure it; returns (simulated quantized graph, report dict).
+    With `onnx_path` (static/qat), also write the QDQ ONNX model and measure it in ONNX Runtime."""
     if mode not in CLI_MODES:
         raise UserError(f"unknown mode '{mode}': use one of {', '.join(CLI_MODES)}")
     if reduce_range is None:  # fbgemm/x86 without VNNI saturates int16 pair sums with 8-bit activations
@@ -65,6 +67,16 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         report.update({f"kernel_{k}": v for k, v in compare_with_simulation(gm, real, ds.x_test[:256]).items()})
     else:
         report["int8_note"] = f"no int8 kernels for {bits}-bit weights / {act_bits}-bit activations: simulated only"
+    if onnx_path is not None:
+        if mode == "dynamic" or not kernels_ok:
+            raise UserError("--onnx needs --mode static or qat with at most 8-bit weights and 8-bit activations")
+        data = to_onnx_qdq(gm, x)
+        atomic_write_bytes(onnx_path, data)
+        ort_model = OnnxRuntimeModel(data, threads)
+        report["onnx_path"], report["onnx_bytes"] = str(onnx_path), len(data)
+        report["onnx_top1"] = evaluate(ort_model, test_loader)
+        report["onnx_latency_ms"] = latency_ms(ort_model, x, threads, repeats)
+        report.update({f"onnx_{k}": v for k, v in compare_with_simulation(gm, ort_model, ds.x_test[:256]).items()})
     return gm, report
 
 

@@ -1,0 +1,183 @@
+"""ONNX export of the simulated graph in QDQ form, run in ONNX Runtime's integer kernels.
+
+Each activation quantizer becomes QuantizeLinear → DequantizeLinear with *our* scale and zero point; each
+quantized layer's weight is stored as int8 codes behind a per-channel DequantizeLinear. ONNX Runtime's
+graph optimizer fuses DQ → Conv/Gemm → Q into QLinearConv / integer GEMM, so the model runs on int8
+kernels (ONNX operator docs: QuantizeLinear, DequantizeLinear; ORT "quantization: QDQ format").
+Supported ops: conv/linear (+ReLU), ReLU, max-pool, global/adaptive average pool to 1, flatten, dropout.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from nncompress.core.errors import UserError
+from nncompress.core.io import atomic_write_bytes
+from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
+from nncompress.quantization.graph import QuantLayer
+from nncompress.quantization.quantizer import quantize
+
+OPSET = 17
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(array, n))
+        return n
+
+    def op(self, op_type: str, inputs: list[str], base: str, **attrs) -> str:
+        out = self.name(base)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+
+def _pool_args(node: fx.Node, mods) -> tuple[list[int], list[int], list[int]]:
+    if node.op == "call_module":
+        m = mods[node.target]
+        k, s, p = m.kernel_size, m.stride or m.kernel_size, m.padding
+        if getattr(m, "dilation", 1) not in (1, (1, 1)) or getattr(m, "ceil_mode", False):
+            raise UserError("ONNX export: max-pool with dilation or ceil_mode is not supported")
+    else:
+        names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"]
+        a = dict(zip(names, node.args)) | dict(node.kwargs)
+        k, s, p = a["kernel_size"], a.get("stride") or a["kernel_size"], a.get("padding", 0)
+        if a.get("dilation", 1) not in (1, (1, 1)) or a.get("ceil_mode", False):
+            raise UserError("ONNX export: max-pool with dilation or ceil_mode is not supported")
+    pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
+    p2 = pair(p)
+    return pair(k), pair(s), p2 + p2
+
+
+def _act_qdq(b: _Builder, x: str, q: nn.Module) -> str:
+    s, z = q.qparams()
+    z_u8 = int(z) - q.qmin  # shift signed codes into uint8
+    if q.qmax - q.qmin not in (127, 255):
+        raise UserError("ONNX QDQ export needs 8-bit activations (or 7 with reduce_range)")
+    scale, zp = b.const("scale", np.array(float(s), np.float32)), b.const("zp", np.array(z_u8, np.uint8))
+    if q.qmax - q.qmin == 127:  # 7-bit codes: saturate like the simulation before the uint8 QuantizeLinear
+        lo, hi = b.const("lo", np.array(float(s) * (0 - z_u8), np.float32)), b.const("hi", np.array(float(s) * (127 - z_u8), np.float32))
+        x = b.op("Clip", [x, lo, hi], "clip")
+    return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, scale, zp], "q"), scale, zp], "dq")
+
+
+def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
+    w, bias = ql.folded()
+    w = w.detach().float()
+    wq = ql.weight_quant
+    s, z = wq.qparams_for(w)
+    if wq.qmin < -128 or wq.qmax > 127 or int(torch.as_tensor(z).abs().max()) != 0:
+        raise UserError("ONNX QDQ export needs symmetric weights of at most 8 bits")
+    codes = quantize(w, s, z, wq.qmin, wq.qmax, wq.axis)
+    s_np = np.asarray(torch.as_tensor(s, dtype=torch.float32).numpy(), np.float32)
+    if weights_uint8:  # the same weights as codes + 128 with zero point 128: ORT then picks its u8·u8 kernels
+        codes, zp_np = (codes + 128).to(torch.uint8).numpy(), np.full(s_np.shape, 128, np.uint8)
+    else:
+        codes, zp_np = codes.to(torch.int8).numpy(), np.zeros(s_np.shape, np.int8)
+    attrs = {"axis": 0} if s_np.ndim == 1 else {}
+    w_name = b.op("DequantizeLinear", [b.const("w_codes", codes), b.const("w_scale", s_np), b.const("w_zp", zp_np)], "w", **attrs)
+    inputs = [x, w_name] + ([b.const("bias", bias.detach().float().numpy())] if bias is not None else [])
+    layer = ql.layer
+    if isinstance(layer, nn.Linear):
+        y = b.op("Gemm", inputs, "gemm", transB=1)
+    elif isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        ph, pw = layer.padding
+        y = b.op("Conv", inputs, "conv", kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                 pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups)
+    else:
+        raise UserError(f"ONNX export supports Linear and zero-padded Conv2d layers, not {type(layer).__name__}")
+    return b.op("Relu", [y], "relu") if ql.relu else y
+
+
+def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool | None = None) -> bytes:
+    """Serialized ONNX model (QDQ) of a calibrated static or converted QAT graph.
+
+    weights_uint8: store the int8 weight codes shifted to uint8 (zero point 128). ORT's u8·s8 kernels on
+    CPUs without VNNI sum product pairs in int16 and saturate (like fbgemm); its u8·u8 kernels do not.
+    Default: on when this CPU lacks VNNI."""
+    if weights_uint8 is None:
+        from nncompress.quantization.backends import cpu_has_vnni
+
+        weights_uint8 = not cpu_has_vnni()
+    cfg = getattr(gm, "quant_config", None)
+    if cfg is None or cfg.mode not in ("static", "qat"):
+        raise UserError("ONNX QDQ export takes a graph from quantize_static or convert_qat")
+    mods = dict(gm.named_modules())
+    b, env = _Builder(), {}
+    out_name = None
+    with torch.no_grad():
+        out_shape = ["batch", *gm.eval()(example_input[:1]).shape[1:]]
+    for node in gm.graph.nodes:
+        m = mods.get(node.target) if node.op == "call_module" else None
+        arg = env.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        if node.op == "placeholder":
+            env[node] = "input"
+        elif isinstance(m, (FakeQuantize, LSQQuantizer)):
+            # after pass-through ops too: an exact no-op on values already on the grid, but it hands ORT the
+            # DQ → op → Q patterns it fuses into integer kernels
+            env[node] = _act_qdq(b, arg, m)
+        elif isinstance(m, QuantLayer):
+            env[node] = _layer(b, arg, m, weights_uint8)
+        elif isinstance(m, (nn.ReLU,)) or (node.op == "call_function" and node.target in (torch.relu, F.relu)) \
+                or (node.op == "call_method" and node.target == "relu"):
+            env[node] = b.op("Relu", [arg], "relu")
+        elif isinstance(m, nn.MaxPool2d) or (node.op == "call_function" and node.target in (torch.max_pool2d, F.max_pool2d)):
+            k, s, p = _pool_args(node, mods)
+            env[node] = b.op("MaxPool", [arg], "maxpool", kernel_shape=k, strides=s, pads=p)
+        elif (isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))) or \
+                (node.op == "call_function" and node.target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1))):
+            env[node] = b.op("GlobalAveragePool", [arg], "gap")
+        elif isinstance(m, nn.Flatten) or (node.op == "call_function" and node.target is torch.flatten) \
+                or (node.op == "call_method" and node.target == "flatten"):
+            start = m.start_dim if m is not None else (node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
+            if start != 1:
+                raise UserError("ONNX export supports flatten from dimension 1 only")
+            env[node] = b.op("Flatten", [arg], "flatten", axis=1)
+        elif isinstance(m, (nn.Dropout, nn.Identity)):
+            env[node] = arg
+        elif node.op == "output":
+            out_name = env[node.args[0]]
+        else:
+            raise UserError(f"ONNX QDQ export does not support '{node.op} {node.target}' (supported: conv, linear, relu, "
+                            "max-pool, global average pool, flatten, dropout)")
+    shape = ["batch", *example_input.shape[1:]]
+    graph = helper.make_graph(b.nodes, "nncompress_qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nncompress")
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def save_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, path: str | os.PathLike) -> None:
+    atomic_write_bytes(path, to_onnx_qdq(gm, example_input))
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An ONNX Runtime session behind a torch-like forward (CPU, all graph optimizations, fixed threads)."""
+
+    def __init__(self, model_bytes: bytes, threads: int = 1):
+        super().__init__()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().float().numpy()})[0])
