@@ -54,3 +54,11 @@ def test_bad_input_exits_2_with_one_line():
     p = subprocess.run([NNCOMPRESS, "prune-channels", "--criterion", "l3"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == "error: unknown --criterion 'l3': choose one of l1, l2, bn_scale, taylor, random, largest"
+
+
+def test_prune_channels_with_sensitivity_ratios():
+    r = CliRunner().invoke(app, ["prune-channels", "--model", "lenet5", "--data", "digits", "--sensitivity-drop", "2",
+                                 "--pretrain-epochs", "1", "--finetune-epochs", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    ratios = json.loads(r.output)["layer_ratios"]
+    assert set(ratios) == {"conv1", "conv2", "fc1"} and set(ratios.values()) <= {0.0, 0.1, 0.25, 0.5, 0.75}
