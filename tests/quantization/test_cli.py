@@ -58,3 +58,20 @@ def test_bad_bits_exits_2_with_one_line():
 def test_bad_input_is_a_user_error(args, message):
     r = CliRunner().invoke(app, ["quantize", *FAST, *args])
     assert isinstance(r.exception, UserError) and message in str(r.exception)
+
+
+def test_accumulators_command_values():
+    r = CliRunner().invoke(app, ["accumulators", "--model", "lenet5", "--acc-bits", "24", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["layer"]: row for row in json.loads(r.output)}
+    assert rows["conv2"]["needed_bits"] == 25 and not rows["conv2"]["fits"] and rows["conv1"]["fits"]
+
+
+def test_mixed_precision_command_reports_bits_per_layer():
+    r = CliRunner().invoke(app, ["mixed-precision", "--model", "lenet5", "--data", "digits", "--subset", "300", "--train-epochs", "1",
+                                 "--budget-bytes", "120000", "--bits-options", "2,4,8", "--calib-batches", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    assert set(res["bits"]) == {"conv1", "conv2", "fc1", "fc2"} and res["weight_bytes"] <= 120000
+    bad = CliRunner().invoke(app, ["mixed-precision", "--budget-bytes", "10", "--bits-options", "2,x"])
+    assert isinstance(bad.exception, UserError)

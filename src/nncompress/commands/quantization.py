@@ -1,4 +1,6 @@
-"""`nncompress quantize`: thin command over `nncompress.quantization.quantize_and_measure` (its API twin)."""
+"""Quantization commands, thin over the API:
+`nncompress quantize` → `quantize_and_measure`; `nncompress mixed-precision` → `mixed_precision`;
+`nncompress accumulators` → `accumulator_report` (+ `simulate_accumulator` for the narrow-accumulator error)."""
 from __future__ import annotations
 
 import json
@@ -114,3 +116,78 @@ def register(app: typer.Typer) -> None:
             console.print(report["int8_note"])
         for name, why in report["skipped_layers"].items():
             console.print(f"skipped {name}: {why}")
+
+    @app.command("mixed-precision")
+    def mixed_precision_cmd(
+        budget_bytes: int = typer.Option(..., "--budget-bytes", help="Size budget for the quantized weights (codes + scales)."),
+        model: str = typer.Option("lenet5", "--model", help="Model name (see build_model)."),
+        data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or a path to an .npz."),
+        weights: Path | None = typer.Option(None, "--weights", help="Trained float weights (.safetensors); trained quickly if missing."),
+        bits_options: str = typer.Option("2,3,4,6,8", "--bits-options", help="Comma-separated candidate weight bit widths."),
+        calib_batches: int = typer.Option(2, "--calib-batches", help="Unlabeled batches of 64 for the sensitivity sweep."),
+        train_epochs: int = typer.Option(3, "--train-epochs", help="Epochs for the quick float baseline when --weights is missing."),
+        subset: int | None = typer.Option(None, "--subset", help="Use only this many training samples."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Per-layer weight bits from measured sensitivity under a size budget; report bits per layer."""
+        from nncompress.data import make_loaders
+        from nncompress.quantization.mixed_precision import mixed_precision
+
+        try:
+            options = tuple(int(b) for b in bits_options.split(",") if b.strip())
+        except ValueError:
+            raise UserError(f"--bits-options must be comma-separated integers like 2,4,8; got {bits_options!r}") from None
+        if not options:
+            raise UserError("--bits-options is empty: give comma-separated bit widths like 2,4,8")
+        net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
+        res = mixed_precision(net, make_loaders(ds, seed=seed)[0], budget_bytes, options, calib_batches)
+        if as_json:
+            typer.echo(json.dumps({"bits": res.bits, "weight_bytes": res.weight_bytes, "budget_bytes": res.budget_bytes,
+                                   "fp32_weight_bytes": res.float_weight_bytes, "compression_ratio": res.compression_ratio,
+                                   "layers": res.layers, "sensitivity": res.sensitivity}, indent=2))
+            return
+        table = Table(title=f"{model}: {res.weight_bytes:,} of {budget_bytes:,} bytes ({res.compression_ratio:.1f}× smaller than fp32)")
+        for col in ("layer", "bits", "params", "bytes", "KL at chosen bits"):
+            table.add_column(col, justify="right")
+        for r in res.layers:
+            table.add_row(r["layer"], str(r["bits"]), f"{r['params']:,}", f"{r['weight_bytes']:,}", f"{r['sensitivity']:.2e}")
+        Console().print(table)
+
+    @app.command("accumulators")
+    def accumulators_cmd(
+        model: str = typer.Option("lenet5", "--model", help="Model name (see build_model)."),
+        bits: int = typer.Option(8, "--bits", help="Weight bits."),
+        act_bits: int = typer.Option(8, "--act-bits", help="Activation bits."),
+        acc_bits: int = typer.Option(32, "--acc-bits", help="Accumulator width to check."),
+        in_shape: str = typer.Option("1,28,28", "--in-shape", help="Input shape C,H,W."),
+        num_classes: int = typer.Option(10, "--num-classes"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Accumulator width each layer needs, n_w + n_a + ⌈log2(c·k²)⌉, against a chosen width (warns if too narrow)."""
+        import warnings
+
+        from nncompress.architectures import build_model
+        from nncompress.quantization import check_bits
+        from nncompress.quantization.overflow import accumulator_report
+
+        check_bits(bits, "--bits")
+        check_bits(act_bits, "--act-bits")
+        if not 2 <= acc_bits <= 64:
+            raise UserError(f"--acc-bits {acc_bits} must be between 2 and 64")
+        try:
+            shape = tuple(int(v) for v in in_shape.split(","))
+        except ValueError:
+            raise UserError(f"--in-shape must look like 1,28,28; got {in_shape!r}") from None
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            rows = accumulator_report(build_model(model, shape, num_classes), bits, act_bits, acc_bits)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title=f"{model}: {bits}-bit weights × {act_bits}-bit activations into a {acc_bits}-bit accumulator")
+        for col in ("layer", "fan-in c·k²", "needed bits", "fits"):
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(r["layer"], f"{r['fan_in']:,}", str(r["needed_bits"]), "yes" if r["fits"] else "[red]NO[/red]")
+        Console().print(table)

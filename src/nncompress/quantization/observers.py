@@ -174,7 +174,10 @@ class EntropyObserver(HistogramObserver):
     candidate range [α·min, α·max] with the clipped tails folded into the edge bins, Q is P merged into as
     many groups as there are integer codes and spread back evenly over each group's non-empty bins.
     Candidates scale both ends together (α on a grid in (0, 1]), so asymmetric ranges (ReLU outputs,
-    standardized images) keep their shape; exact zeros are left out (they are exact in every quantizer)."""
+    standardized images) keep their shape; exact zeros are left out (they are exact in every quantizer).
+    Caveat (measured in benchmarks/quantization.py): Q spreads each group evenly over its bins, so tensors
+    made of isolated spikes (a conv's response to a constant image background, one per channel) look
+    "smoother" when clipped hard; KL then picks far too small a range. Prefer mse for such first layers."""
 
     def __init__(self, *args, grid: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
