@@ -65,3 +65,29 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{out}: {report['onnx_bytes']} bytes, ORT vs PyTorch max |Δ| {report['max_abs_error']:.2e}, "
                    f"top-1 agreement {report['top1_agreement']:.1f}%, ORT top-1 {report['ort_top1']:.2f}%, "
                    f"ORT latency {report['ort_latency_ms']:.3f} ms (batch 1, {threads} thread{'s' if threads > 1 else ''})")
+
+    @app.command("report")
+    def report_cmd(
+        run_dir: Path = typer.Argument(..., help="A directory written by `nncompress run-recipe --out`."),
+        html: Path | None = typer.Option(None, "--html", help="HTML file to write (default RUN_DIR/report.html)."),
+        markdown: Path | None = typer.Option(None, "--markdown", help="Markdown file (default RUN_DIR/report.md)."),
+        sensitivity: bool = typer.Option(False, "--sensitivity", help="Add per-layer pruning sensitivity curves (slower)."),
+        threads: int = typer.Option(1, "--threads", min=1),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Write a self-contained HTML + Markdown report of a recipe run: stages and ratios, per-layer table,
+        accuracy-vs-size plot, weight histograms before/after, history, sensitivity, environment.
+
+        Example: nncompress report runs/agp --sensitivity
+        """
+        import torch
+
+        from nncompress.report import report_run
+
+        torch.set_num_threads(threads)
+        report = report_run(run_dir, html, markdown, sensitivity=sensitivity)
+        paths = [str(html or run_dir / "report.html"), str(markdown or run_dir / "report.md")]
+        if as_json:
+            typer.echo(json.dumps({"files": paths, "stages": report.stages, "summary": report.summary}))
+            return
+        typer.echo(f"{report.title}: {report.summary['compression']} → {paths[0]}, {paths[1]}")

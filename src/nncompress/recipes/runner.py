@@ -321,11 +321,13 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
     run = _Run(recipe, ds, Path(out_dir) if out_dir else None, progress)
     recipe = load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch)  # step ranges vs. the real run length
     pretrained, top1_pre = _pretrain(recipe, ds, run)
+    if run.out_dir is not None:
+        save_weights(pretrained.state_dict(), run.out_dir / "pretrained.safetensors", metadata={"model": recipe.model})
     model = execute(run, copy.deepcopy(pretrained), pretrained)
-    return _finish(run, model, top1_pre, t0)
+    return _finish(run, model, top1_pre, t0, pretrained)
 
 
-def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float) -> RecipeResult:
+def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained: nn.Module) -> RecipeResult:
     r = run.recipe
     layers = compressible_layers(model)
     params = sum(m.weight.numel() for m in layers.values())
@@ -345,6 +347,13 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float) -> RecipeRe
             from nncompress.export.onnx import export_onnx
 
             result.files["onnx"] = str(export_onnx(model, run.example_input()[:1], run.out_dir / "model.onnx"))
+        from nncompress.report import build_report
+        from nncompress.report.run import value_bits
+
+        report = build_report(pretrained, model, run.ds.input_shape, top1_pre, result.top1_final, title=f"nncompress report: {r.name}",
+                              value_bits=value_bits(result.recipe), history=run.history, extra={"model": r.model, "data": r.data.name})
+        html, md = report.write(run.out_dir / "report.html", run.out_dir / "report.md")
+        result.files.update(report_html=str(html), report_md=str(md))
     result.seconds = time.perf_counter() - t0
     if run.out_dir is not None:
         result.files["result"] = str(run.out_dir / "result.json")

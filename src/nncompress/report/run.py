@@ -1,0 +1,62 @@
+"""`nncompress report RUN_DIR`: the report of a recipe run, rebuilt from the files the run wrote."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from nncompress.architectures import build_model
+from nncompress.core.errors import UserError
+from nncompress.core.io import load_weights
+from nncompress.data import load_dataset
+from nncompress.report.document import Report, build_report
+
+
+def value_bits(recipe: dict) -> int:
+    """Bits per stored weight after the run: QAT's weight bits, the widest sharing codebook index, or 32."""
+    for p in recipe.get("policies", []):
+        if p["method"] == "qat":
+            return int(p["weight_bits"])
+        if p["method"] == "share":
+            bits = p.get("bits")
+            return int(bits) if isinstance(bits, int) else max((bits or {"conv": 8, "linear": 5}).values())
+    return 32
+
+
+def report_run(run_dir: str | os.PathLike, html_path: str | os.PathLike | None = None, markdown_path: str | os.PathLike | None = None,
+               sensitivity: bool = False) -> Report:
+    """Rebuild a run's report (optionally with a per-layer pruning sensitivity sweep of the pretrained model)
+    and write it (default: RUN_DIR/report.html and report.md)."""
+    run = Path(run_dir)
+    result_file, pre_file, post_file = run / "result.json", run / "pretrained.safetensors", run / "model.safetensors"
+    if not result_file.is_file() or not pre_file.is_file():
+        raise UserError(f"{run} is not a recipe run directory (no result.json / pretrained.safetensors): run `nncompress run-recipe` first")
+    if not post_file.is_file():
+        raise UserError(f"{run} holds a quantized model only; `run-recipe` already wrote {run / 'report.html'} for it")
+    result = json.loads(result_file.read_text())
+    recipe = result["recipe"]
+    d = recipe["data"]
+    ds = load_dataset(d["name"], test_fraction=d["test_fraction"], seed=recipe["seed"]).subset(d["train_samples"], d["test_samples"])
+    before = build_model(recipe["model"], ds.input_shape, ds.num_classes)
+    before.load_state_dict(load_weights(pre_file))
+    after = build_model(recipe["model"], ds.input_shape, ds.num_classes)
+    state = load_weights(post_file)
+    if any(state[k].shape != v.shape for k, v in after.state_dict().items() if k in state):  # thinned by channel removal
+        from nncompress.pruning.structured import resize_to_state_dict
+
+        resize_to_state_dict(after, state)
+    after.load_state_dict(state)
+    sens = None
+    if sensitivity:
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from nncompress.pruning import sensitivity_analysis
+        from nncompress.training import evaluate
+
+        loader = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=512)
+        sens = sensitivity_analysis(before, lambda m: evaluate(m, loader), progress=False).to_dict()
+    report = build_report(before, after, ds.input_shape, result["top1_pretrained"], result["top1_final"],
+                          title=f"nncompress report: {result['name']}", value_bits=value_bits(recipe), history=result["history"],
+                          sensitivity=sens, extra={"model": recipe["model"], "data": d["name"]})
+    report.write(html_path or run / "report.html", markdown_path or run / "report.md")
+    return report
