@@ -87,11 +87,11 @@ def test_deep_compression_recipe_prunes_then_shares():
 
 
 def test_qat_recipe_writes_integer_codes(tmp_path):
-    r = run_recipe(fast("qat", training={"epochs": 1, "lr": 0.005}), tmp_path, progress=False)
+    r = run_recipe(fast("qat", training={"epochs": 1, "lr": 0.005}, pretrain={"epochs": 4, "lr": 0.05}), tmp_path, progress=False)
     codes = load_weights(tmp_path / "quantized.safetensors")
     w = [v for k, v in codes.items() if k.endswith("weight_codes")]
     assert len(w) == 4 and all(v.dtype == torch.int8 and int(v.min()) >= -8 and int(v.max()) <= 7 for v in w)  # 4-bit
-    assert r.top1_final > 50
+    assert r.top1_pretrained > 60 and r.top1_final > r.top1_pretrained - 10  # 4-bit LSQ keeps most of the accuracy
 
 
 def test_agp_qat_kd_keeps_masks_through_qat():
