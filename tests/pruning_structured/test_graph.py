@@ -74,6 +74,20 @@ def test_grouped_conv_couples_whole_conv_groups():
     assert graph.group_of("c2") is None  # the model output is pinned
 
 
+def test_a_tensor_split_into_chunks_is_pinned():
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 1)
+            self.d = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            a, b = self.c(x).chunk(2, dim=1)
+            return self.d(a + b)
+
+    assert build_dependency_graph(Split(), torch.randn(1, 3, 4, 4)).groups == []
+
+
 def test_a_module_called_twice_keeps_one_channel_set():
     class Twice(nn.Module):
         def __init__(self):

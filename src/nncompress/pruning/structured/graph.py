@@ -51,6 +51,7 @@ _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, oper
                 torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum}
 _ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+_SHAPE_QUERIES = {"size", "dim", "numel", getattr}
 _RESHAPES = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
 
 
@@ -205,7 +206,9 @@ class DependencyGraph:
         if node.op == "output":
             self._pin_inputs(node, env)
             return None
-        if _shape(node) is None:  # sizes, tuples, scalars: they carry no channels
+        if _shape(node) is None:  # sizes, scalars, tuples (split, chunk): no channel labels of their own
+            if node.target not in _SHAPE_QUERIES:
+                self._pin_inputs(node, env)  # a tensor split into pieces keeps its width
             return None
         x = node.args[0] if node.args else None
         xl = env.get(x) if isinstance(x, fx.Node) else None
