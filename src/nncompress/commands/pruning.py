@@ -124,8 +124,23 @@ def register(app: typer.Typer) -> None:
         train_epochs: int = typer.Option(10, "--train-epochs", help="Epochs for the quick baseline when --weights is missing."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        structured: bool = typer.Option(False, "--structured", help="Remove whole channels for real (criterion l1, l2, bn, taylor, random, largest)."),
+        ratio: float = typer.Option(0.5, "--ratio", help="With --structured: fraction of each channel group to remove."),
     ) -> None:
-        """Prune weights (masks finalized in the saved file); print per-layer sparsity and top-1 before/after."""
+        """Prune weights (masks finalized in the saved file); print per-layer sparsity and top-1 before/after.
+
+        Examples: nncompress prune --model lenet300 --sparsity 0.9 --out p.safetensors;
+        nncompress prune --structured --criterion l1 --ratio 0.5 --model resnet20 --data mnist5k --out r.safetensors
+        """
+        if structured:  # channel removal: the same command as `nncompress prune-channels`
+            from nncompress.commands.structured import _print
+            from nncompress.pruning.structured.api import run_prune_channels
+
+            crit = "l1" if criterion == "level" else criterion
+            report = run_prune_channels(model, data, weights, criterion=crit, ratio=ratio,
+                                        finetune_epochs=max(fine_tune_epochs, 0), seed=seed, out=out)
+            _print(report, f"structured pruning: {model}, {crit}, ratio {ratio}", as_json, None)
+            return
         from nncompress.core.io import save_weights
         from nncompress.pruning import LevelPruner, MagnitudePruner, SensitivityPruner, finalize
         from nncompress.training import TrainConfig, evaluate, train

@@ -248,7 +248,7 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     files = [str(nnc_path)]
     files.append(str(weight_histogram(dense_model, out / "weights_before.png")))
     files.append(str(weight_histogram(decoded, out / "weights_after.png")))
-    analysis = analyze(decoded, (1, *ds.input_shape))
+    analysis = analyze(decoded, ds.input_shape)
     files.append(str(sparsity_bar_plot(analysis, out / "sparsity.png")))
     layers = []
     for row in prune_rows:
