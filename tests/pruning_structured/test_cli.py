@@ -62,3 +62,11 @@ def test_prune_channels_with_sensitivity_ratios():
     assert r.exit_code == 0, r.output
     ratios = json.loads(r.output)["layer_ratios"]
     assert set(ratios) == {"conv1", "conv2", "fc1"} and set(ratios.values()) <= {0.0, 0.1, 0.25, 0.5, 0.75}
+
+
+def test_weights_of_another_shape_are_a_user_error(tmp_path):
+    from nncompress.core.io import save_weights
+
+    save_weights(LeNet5((1, 28, 28), 10).state_dict(), tmp_path / "w.safetensors")  # fc1 sized for 28×28, data is 8×8
+    r = CliRunner().invoke(app, ["prune-channels", "--model", "lenet5", "--data", "digits", "--weights", str(tmp_path / "w.safetensors")])
+    assert isinstance(r.exception, UserError) and "fc1.weight" in str(r.exception)

@@ -37,7 +37,8 @@ def _load(model_name: str, ds: Dataset, weights: str | os.PathLike | None, pretr
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise UserError(f"weights {weights} do not fit model '{model_name}': {str(e).splitlines()[1].strip()[:160]}") from None
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:200]
+            raise UserError(f"weights {weights} do not fit model '{model_name}' on this data: {detail}") from None
     elif pretrain_epochs > 0:
         train(model, loader, TrainConfig(epochs=pretrain_epochs, lr=0.05, weight_decay=5e-4, seed=seed))
     return model.eval()
