@@ -172,6 +172,7 @@ def netadapt(
         graph = build_dependency_graph(current, example_input)
         scores = channel_scores(current, graph, criterion, seed=seed)
         widths = layer_widths(current)
+        batches = list(FirstBatches(train_loader, short_steps))  # every proposal fine-tunes on the same batches
         best = None
         for g in graph.groups:
             members = member_positions(graph, g)
@@ -188,8 +189,7 @@ def netadapt(
                 lo, hi = (lo, mid) if estimate(mid) <= target else (mid, hi)
             k, new_est = hi, estimate(hi)
             proposal = remove_channels(current, graph, {g.name: sorted(order[:k].tolist())}, example_input)
-            train(proposal, FirstBatches(train_loader, short_steps),
-                  TrainConfig(epochs=1, lr=lr, lr_schedule="constant", seed=seed + i, progress=False))
+            train(proposal, batches, TrainConfig(epochs=1, lr=lr, lr_schedule="constant", seed=seed + i, progress=False))
             top1 = evaluate(proposal, val_loader)
             if best is None or (top1, -new_est) > (best[0], -best[1]):
                 best = (top1, new_est, proposal, g.name, k)
