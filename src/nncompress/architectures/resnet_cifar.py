@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nncompress.core.errors import UserError
+
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
@@ -32,7 +34,7 @@ class ResNetCifar(nn.Module):
     def __init__(self, depth: int = 20, in_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10, width: int = 16):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"ResNetCifar depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
+            raise UserError(f"ResNetCifar depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
         widths = (width, 2 * width, 4 * width)
         self.conv1 = nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False)
