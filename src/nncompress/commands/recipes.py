@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("nncompress-run"), "--out", help="Directory for weights, result.json (and model.onnx)."),
         threads: int = typer.Option(1, "--threads", min=1),
         check: bool = typer.Option(False, "--check", help="Only validate the recipe; run nothing."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Run a recipe: pruning, regularizers, QAT, distillation and sharing scheduled over one training run.
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
         Examples:
           nncompress run-recipe recipes/agp.yaml --out runs/agp
           nncompress run-recipe recipes/agp_qat_kd.yaml --check
+          nncompress run-recipe recipes/agp.yaml --out runs/agp --resume   # after a crash or kill -9
         """
         from nncompress.recipes.runner import run_recipe
         from nncompress.recipes.schema import load_recipe
@@ -32,7 +34,7 @@ def register(app: typer.Typer) -> None:
             msg = {"recipe": str(recipe), "valid": True, "policies": [p.method for p in r.policies]}
             typer.echo(json.dumps(msg) if as_json else f"{recipe}: valid ({', '.join(msg['policies']) or 'no policies'})")
             return
-        result = run_recipe(recipe, out, threads=threads)
+        result = run_recipe(recipe, out, threads=threads, resume=resume)
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
             return

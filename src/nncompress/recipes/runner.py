@@ -10,6 +10,7 @@ RNG state is carried across phases, so a run is reproducible and can resume from
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from nncompress.architectures import build_model
@@ -35,6 +37,7 @@ from nncompress.quantization.pipeline import save_quantized
 from nncompress.recipes.schema import LRSchedule, Recipe, load_recipe
 from nncompress.sharing import share_weights
 from nncompress.training import Callback, TrainConfig, evaluate, train
+from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
 from nncompress.training.regularizers import WeightRegularizer
 
 _STRUCTURAL = ("qat", "share", "channels")
@@ -210,9 +213,27 @@ def _dataset(recipe: Recipe) -> Dataset:
     return ds.subset(d.train_samples, d.test_samples) if (d.train_samples or d.test_samples) else ds
 
 
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters in an order that does not depend on whether masks are attached yet (module order,
+    then plain tensor name), so a resumed run's optimizer state lines up with the interrupted run's."""
+    out, seen = [], set()
+    for _, m in model.named_modules():
+        if isinstance(m, parametrize.ParametrizationList):
+            continue  # its `original` is listed under the owning module's plain name
+        local = {n: p for n, p in m._parameters.items() if p is not None}
+        if parametrize.is_parametrized(m):
+            local.update({t: plist.original for t, plist in m.parametrizations.items()})
+        for name in sorted(local):
+            p = local[name]
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     t = recipe.training
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _trainable(model)
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0, weight_decay=t.weight_decay)
@@ -298,7 +319,8 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
         cbs = [_Schedule(run, first)] + [g for _, g in gated]
         opt = _optimizer(model, r)
         if run.optimizer_state is not None:
-            opt.load_state_dict(run.optimizer_state)
+            if a < start_epoch:  # resuming inside this phase (a phase that starts now begins with a fresh optimizer)
+                opt.load_state_dict(run.optimizer_state)
             run.optimizer_state = None
         cfg = TrainConfig(epochs=b - first, lr=r.training.lr, lr_schedule="constant", seed=r.seed + first, progress=run.progress)
         train(model, run.loader, cfg, callbacks=cbs, val_loader=run.test_loader, optimizer=opt)
@@ -307,23 +329,67 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
     return finalize(model)
 
 
+def _fingerprint(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _checkpointer(run: _Run, fingerprint: str):
+    def save(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        save_checkpoint(run.out_dir / "checkpoints", run.clock.epoch, model.state_dict(), optimizer,
+                        {"epoch": run.clock.epoch, "history": run.history, "recipe": fingerprint}, {"rng_state": run.rng_state})
+    return save
+
+
+def _resume(run: _Run, pretrained: nn.Module, fingerprint: str) -> tuple[nn.Module, int]:
+    """The model as it was at the end of the last checkpointed epoch, and the epoch to continue from."""
+    ckpt = load_checkpoint(run.out_dir / "checkpoints")
+    if ckpt is None:
+        return copy.deepcopy(pretrained), 0
+    if ckpt.state["recipe"] != fingerprint:
+        raise UserError(f"the checkpoint in {run.out_dir} was written by a different recipe: use another --out, or run without --resume")
+    start = ckpt.state["epoch"] + 1
+    model = copy.deepcopy(pretrained)
+    for p in run.recipe.policies:  # rebuild the structure (fake quantizers, codebooks, thinned layers) the weights need
+        if p.method in _STRUCTURAL and p.start < start:
+            model = _apply_structural(model, p, run)
+    if set(model.state_dict()) == set(ckpt.model):  # structure complete (e.g. codebooks, whose buffers include a mask)
+        model.load_state_dict(ckpt.model)
+    else:  # pruning masks still to attach
+        load_masked_state_dict(model, ckpt.model)
+    run.history, run.optimizer_state, run.rng_state = ckpt.state["history"], ckpt.optimizer, ckpt.tensors["rng_state"]
+    return model, start
+
+
 def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = None, *, threads: int = 1,
-               progress: bool | None = None) -> RecipeResult:
+               progress: bool | None = None, resume: bool = False) -> RecipeResult:
     """Validate and run a recipe (YAML path, YAML text or dict); returns metrics, history and the compressed model.
 
-    With `out_dir`, writes the final weights (`model.safetensors`, or `quantized.safetensors` with integer
-    codes after QAT), `result.json`, and `model.onnx` when the recipe asks for `export: {onnx: true}`.
+    With `out_dir`, writes `pretrained.safetensors`, a checkpoint after every epoch (`checkpoints/`), the final
+    weights (`model.safetensors`, or `quantized.safetensors` with integer codes after QAT), `result.json`,
+    `report.html`/`report.md`, and `model.onnx` when the recipe asks for `export: {onnx: true}`.
+    `resume=True` continues from the last checkpoint in `out_dir` (after a crash or kill -9) and ends with the
+    same numbers as an uninterrupted run.
     """
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     recipe = load_recipe(path_or_dict)
+    if resume and out_dir is None:
+        raise UserError("resume needs the output directory of the interrupted run (--out)")
     ds = _dataset(recipe)
     run = _Run(recipe, ds, Path(out_dir) if out_dir else None, progress)
     recipe = load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch)  # step ranges vs. the real run length
-    pretrained, top1_pre = _pretrain(recipe, ds, run)
+    fingerprint = _fingerprint(recipe)
+    pre_file = run.out_dir / "pretrained.safetensors" if run.out_dir else None
+    if resume and pre_file.is_file():
+        pretrained = _load_into(build_model(recipe.model, ds.input_shape, ds.num_classes), str(pre_file), "pretrained weights")
+        top1_pre = evaluate(pretrained, run.test_loader)
+    else:
+        pretrained, top1_pre = _pretrain(recipe, ds, run)
     if run.out_dir is not None:
-        save_weights(pretrained.state_dict(), run.out_dir / "pretrained.safetensors", metadata={"model": recipe.model})
-    model = execute(run, copy.deepcopy(pretrained), pretrained)
+        save_weights(pretrained.state_dict(), pre_file, metadata={"model": recipe.model})
+        run.on_epoch_done = _checkpointer(run, fingerprint)
+    model, start = _resume(run, pretrained, fingerprint) if resume else (copy.deepcopy(pretrained), 0)
+    model = execute(run, model, pretrained, start_epoch=start)
     return _finish(run, model, top1_pre, t0, pretrained)
 
 
