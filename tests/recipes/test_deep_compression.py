@@ -86,3 +86,14 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, args, message):
 def test_config_validation_without_cli():
     with pytest.raises(UserError, match="bits"):
         run_deep_compression(DeepCompressionConfig(data="digits", bits={"linear": 0}, progress=False), log=lambda *a: None)
+
+
+def test_compress_with_a_recipe_runs_the_yaml_schedule(tmp_path):
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "level.yaml"
+    r = _run(["compress", "--recipe", str(recipe), "--out", "run", "--threads", "1", "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["name"] == "level-lenet300"
+    # fc1/fc2/fc3 at 92/91/74 % of 64·300 + 300·100 + 100·10 weights, biases dense
+    expected_zeros = round(0.92 * 19200) + round(0.91 * 30000) + round(0.74 * 1000)
+    assert res["params"] - res["nonzero_params"] == pytest.approx(expected_zeros, abs=3)

@@ -103,11 +103,23 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         threads: int = typer.Option(2, "--threads"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        recipe: Path | None = typer.Option(None, "--recipe", help="Run a YAML recipe instead (see recipes/); same as `nncompress run-recipe`."),
+        resume: bool = typer.Option(False, "--resume", help="With --recipe: continue an interrupted run from its last checkpoint in --out."),
     ) -> None:
         """The Deep Compression pipeline: prune → fine-tune → k-means share → fine-tune → Huffman (.nnc).
 
-        Example: nncompress compress --model lenet5 --data mnist5k --out out/
+        Examples: nncompress compress --model lenet5 --data mnist5k --out out/;
+        nncompress compress --recipe recipes/agp_qat_kd.yaml --out runs/agp
         """
+        if recipe is not None:
+            from nncompress.recipes.runner import run_recipe
+
+            result = run_recipe(recipe, out, threads=threads, resume=resume)
+            summary = result.to_dict()
+            typer.echo(json.dumps(summary) if as_json else
+                       f"{result.name}: top-1 {result.top1_pretrained:.2f}% → {result.top1_final:.2f}%, sparsity "
+                       f"{100 * result.sparsity:.1f}% ({result.nonzero_params}/{result.params} weights) → {out}")
+            return
         from nncompress.recipes.deep_compression import DeepCompressionConfig, run_deep_compression
 
         if weights is not None and not weights.is_file():
