@@ -49,3 +49,14 @@ def test_onnx_rejects_dynamic_graphs(trained_net, digits):
     with pytest.raises(UserError, match="quantize_static or convert_qat"):
         to_onnx_qdq(dyn, digits.x_train[:2])
     assert torch.is_tensor(digits.x_train)
+
+
+def test_float_export_matches_the_float_model(trained_net, digits):
+    from nncompress.quantization.onnx_qdq import to_onnx_float
+
+    model = onnx.load_from_string(to_onnx_float(trained_net, digits.x_test[:2]))
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    x = digits.x_test[:64]
+    with torch.no_grad():
+        ref = trained_net(x)
+    assert torch.allclose(OnnxRuntimeModel(model.SerializeToString())(x), ref, atol=1e-4)

@@ -75,10 +75,30 @@ def _act_qdq(b: _Builder, x: str, q: nn.Module) -> str:
     return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, scale, zp], "q"), scale, zp], "dq")
 
 
+def _float_layer(b: _Builder, x: str, layer: nn.Module, relu: bool = False) -> str:
+    w = b.const("w", layer.weight.detach().float().numpy())
+    return _op_for(b, layer, x, w, layer.bias, relu)
+
+
+def _op_for(b: _Builder, layer: nn.Module, x: str, w_name: str, bias: torch.Tensor | None, relu: bool) -> str:
+    inputs = [x, w_name] + ([b.const("bias", bias.detach().float().numpy())] if bias is not None else [])
+    if isinstance(layer, nn.Linear):
+        y = b.op("Gemm", inputs, "gemm", transB=1)
+    elif isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        ph, pw = layer.padding
+        y = b.op("Conv", inputs, "conv", kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                 pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups)
+    else:
+        raise UserError(f"ONNX export supports Linear and zero-padded Conv2d layers, not {type(layer).__name__}")
+    return b.op("Relu", [y], "relu") if relu else y
+
+
 def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
     w, bias = ql.folded()
     w = w.detach().float()
     wq = ql.weight_quant
+    if wq is None:
+        return _op_for(b, ql.layer, x, b.const("w", w.numpy()), bias, ql.relu)
     s, z = wq.qparams_for(w)
     if wq.qmin < -128 or wq.qmax > 127 or int(torch.as_tensor(z).abs().max()) != 0:
         raise UserError("ONNX QDQ export needs symmetric weights of at most 8 bits")
@@ -90,17 +110,7 @@ def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
         codes, zp_np = codes.to(torch.int8).numpy(), np.zeros(s_np.shape, np.int8)
     attrs = {"axis": 0} if s_np.ndim == 1 else {}
     w_name = b.op("DequantizeLinear", [b.const("w_codes", codes), b.const("w_scale", s_np), b.const("w_zp", zp_np)], "w", **attrs)
-    inputs = [x, w_name] + ([b.const("bias", bias.detach().float().numpy())] if bias is not None else [])
-    layer = ql.layer
-    if isinstance(layer, nn.Linear):
-        y = b.op("Gemm", inputs, "gemm", transB=1)
-    elif isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
-        ph, pw = layer.padding
-        y = b.op("Conv", inputs, "conv", kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                 pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups)
-    else:
-        raise UserError(f"ONNX export supports Linear and zero-padded Conv2d layers, not {type(layer).__name__}")
-    return b.op("Relu", [y], "relu") if ql.relu else y
+    return _op_for(b, ql.layer, x, w_name, bias, ql.relu)
 
 
 def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool | None = None) -> bytes:
@@ -116,6 +126,17 @@ def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: 
     cfg = getattr(gm, "quant_config", None)
     if cfg is None or cfg.mode not in ("static", "qat"):
         raise UserError("ONNX QDQ export takes a graph from quantize_static or convert_qat")
+    return _export(gm, example_input, weights_uint8)
+
+
+def to_onnx_float(model: nn.Module, example_input: torch.Tensor) -> bytes:
+    """The float model (BN folded) through the same exporter: the fp32 baseline in the same runtime."""
+    from nncompress.quantization.fusion import fuse_conv_bn
+
+    return _export(fuse_conv_bn(model), example_input, False)
+
+
+def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool) -> bytes:
     mods = dict(gm.named_modules())
     b, env = _Builder(), {}
     out_name = None
@@ -132,6 +153,8 @@ def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: 
             env[node] = _act_qdq(b, arg, m)
         elif isinstance(m, QuantLayer):
             env[node] = _layer(b, arg, m, weights_uint8)
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+            env[node] = _float_layer(b, arg, m)
         elif isinstance(m, (nn.ReLU,)) or (node.op == "call_function" and node.target in (torch.relu, F.relu)) \
                 or (node.op == "call_method" and node.target == "relu"):
             env[node] = b.op("Relu", [arg], "relu")
