@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from nncompress.core import UserError
 from nncompress.encoding import load_nnc

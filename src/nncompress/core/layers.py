@@ -1,4 +1,5 @@
 """Which modules carry compressible weights."""
+import torch
 from torch import nn
 
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -9,14 +10,13 @@ def compressible_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = C
     return {name: m for name, m in model.named_modules() if isinstance(m, types)}
 
 
-def plain_state_dict(model: nn.Module) -> dict[str, "torch.Tensor"]:
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict a plain (un-parametrized) copy of `model` would have: effective tensors under plain names.
 
     Pruning masks and weight sharing are parametrizations; their internals (`.parametrizations.<t>.original`,
     masks, codebooks) are replaced by the tensor they compute. Nothing is modified (no deepcopy +
     remove_parametrizations, which would edit the parametrized class the original shares).
     """
-    import torch
     from torch.nn.utils import parametrize
 
     state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k and not k.startswith("parametrizations.")}
