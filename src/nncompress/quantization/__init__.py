@@ -1,7 +1,8 @@
 """Quantization: the math, calibration, post-training (dynamic, static, fp16/bf16), quantization-aware
 training (STE, LSQ), mixed precision, accumulator overflow analysis, and lowering to real int8 kernels.
 
-    gm = quantize_static(model, calib_loader, bits=8, calibration="entropy")   # simulated, fake-quantized
+    gm = quantize_static(model, calib_loader, bits=8, calibration="mse",
+                         reduce_range=not cpu_has_vnni())                      # simulated, fake-quantized
     int8 = to_int8_kernels(gm)                                                 # torch.ao quantized CPU kernels
     compare_with_simulation(gm, int8, x)                                       # max |error|, in output steps
     OnnxRuntimeModel(to_onnx_qdq(gm, x))                                       # QDQ ONNX with our scales, in ORT
@@ -21,7 +22,7 @@ from nncompress.quantization.observers import (
     PercentileObserver,
     make_observer,
 )
-from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, save_onnx_qdq, to_onnx_qdq
+from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, save_onnx_qdq, to_onnx_float, to_onnx_qdq
 from nncompress.quantization.pipeline import quantize_and_measure, quantized_state_dict, save_quantized
 from nncompress.quantization.ptq import calibrate, quantize_dynamic, quantize_static, quantize_weights, to_reduced_precision
 from nncompress.quantization.qat import convert_qat, prepare_qat, quantize_qat, train_qat
@@ -45,6 +46,6 @@ __all__ = [
     "fake_quantize_ste", "float_weight_bytes", "fold_bn", "freeze", "fuse_conv_bn", "latency_ms", "make_observer",
     "minmax_qparams", "prepare", "prepare_qat", "qrange", "quantize", "quantize_dynamic", "quantize_qat", "quantize_static",
     "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels",
-    "to_reduced_precision", "train_qat", "OnnxRuntimeModel", "save_onnx_qdq", "to_onnx_qdq", "quantize_and_measure",
+    "to_reduced_precision", "train_qat", "OnnxRuntimeModel", "save_onnx_qdq", "to_onnx_float", "to_onnx_qdq", "quantize_and_measure",
     "quantized_state_dict", "save_quantized",
 ]
