@@ -35,6 +35,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(msg) if as_json else f"{recipe}: valid ({', '.join(msg['policies']) or 'no policies'})")
             return
         result = run_recipe(recipe, out, threads=threads, resume=resume)
+        from nncompress.training.distributed import is_main_process
+
+        if not is_main_process():  # under torchrun only rank 0 reports
+            return
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
             return

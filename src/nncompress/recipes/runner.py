@@ -38,6 +38,7 @@ from nncompress.recipes.schema import LRSchedule, Recipe, load_recipe
 from nncompress.sharing import share_weights
 from nncompress.training import Callback, TrainConfig, evaluate, train
 from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
+from nncompress.training.distributed import GradientAllReduce, broadcast_module, init_distributed, mean_over_ranks, world
 from nncompress.training.regularizers import WeightRegularizer
 
 _STRUCTURAL = ("qat", "share", "channels")
@@ -148,7 +149,7 @@ class _Schedule(Callback):
 
     def on_epoch_end(self, epoch, model, metrics):
         r = self.run
-        row = {"epoch": r.clock.epoch, "loss": metrics["loss"], "lr": self.optimizer.param_groups[0]["lr"],
+        row = {"epoch": r.clock.epoch, "loss": mean_over_ranks(metrics["loss"]), "lr": self.optimizer.param_groups[0]["lr"],
                "top1": metrics.get("val_top1"), "sparsity": weight_sparsity(model)}
         r.history.append(row)
         r.rng_state = torch.get_rng_state()
@@ -194,8 +195,13 @@ class _Run:
     def __init__(self, recipe: Recipe, ds: Dataset, out_dir: Path | None, progress: bool | None):
         self.recipe, self.ds, self.out_dir, self.progress = recipe, ds, out_dir, progress
         t = recipe.training
-        self.sampler = DistributedSampler(TensorDataset(ds.x_train, ds.y_train), num_replicas=1, rank=0, shuffle=True, seed=recipe.seed)
-        self.loader = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=t.batch_size, sampler=self.sampler)
+        self.rank, self.world = world()
+        if t.batch_size % self.world or len(ds.x_train) % self.world:
+            raise UserError(f"training.batch_size ({t.batch_size}) and the number of training samples ({len(ds.x_train)}) must be "
+                            f"divisible by the number of processes ({self.world}) for data-parallel runs")
+        self.sampler = DistributedSampler(TensorDataset(ds.x_train, ds.y_train), num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=recipe.seed)
+        self.loader = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=t.batch_size // self.world, sampler=self.sampler)
         self.test_loader = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=512)
         self.clock = _Clock(len(self.loader))
         self.history: list[dict] = []
@@ -316,7 +322,7 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
                 if p.method in _STRUCTURAL and p.start == a:
                     model = _apply_structural(model, p, run)
         first = max(a, start_epoch)
-        cbs = [_Schedule(run, first)] + [g for _, g in gated]
+        cbs = [_Schedule(run, first), GradientAllReduce()] + [g for _, g in gated]
         opt = _optimizer(model, r)
         if run.optimizer_state is not None:
             if a < start_epoch:  # resuming inside this phase (a phase that starts now begins with a fresh optimizer)
@@ -373,6 +379,7 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     recipe = load_recipe(path_or_dict)
+    init_distributed()  # under torchrun: join the group; each rank trains on its shard, rank 0 writes the files
     if resume and out_dir is None:
         raise UserError("resume needs the output directory of the interrupted run (--out)")
     ds = _dataset(recipe)
@@ -385,7 +392,8 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
         top1_pre = evaluate(pretrained, run.test_loader)
     else:
         pretrained, top1_pre = _pretrain(recipe, ds, run)
-    if run.out_dir is not None:
+    broadcast_module(pretrained)
+    if run.out_dir is not None and run.rank == 0:
         save_weights(pretrained.state_dict(), pre_file, metadata={"model": recipe.model})
         run.on_epoch_done = _checkpointer(run, fingerprint)
     model, start = _resume(run, pretrained, fingerprint) if resume else (copy.deepcopy(pretrained), 0)
@@ -400,6 +408,8 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
     nonzero = sum(int((m.weight != 0).sum()) for m in layers.values())
     result = RecipeResult(r.name, r.model, r.data.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
                           params, nonzero, run.history, {}, 0.0, r.model_dump(mode="json"), model)
+    if run.rank != 0:
+        run.out_dir = None  # rank 0 writes the files
     if run.out_dir is not None:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(model, "quant_config"):

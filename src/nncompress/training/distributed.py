@@ -1,0 +1,76 @@
+"""Data-parallel training under `torchrun` on PyTorch's distributed engine (gloo on CPU, nccl on GPU).
+
+Each rank trains on its shard of every batch (a DistributedSampler gives rank r the indices perm[r::world]
+of the same (seed, epoch) permutation), and `GradientAllReduce` averages the gradients across ranks after
+backward: the same synchronous update DistributedDataParallel computes, g = (1/W)·Σ_r g_r, which for a mean
+loss over equal shards is the gradient of the whole batch. It is a callback rather than the DDP wrapper
+because compression callbacks address layers by name and re-parametrize them (masks, fake quantizers)
+mid-run; a wrapper would rename every layer `module.<name>` and must be rebuilt after each change.
+
+    torchrun --standalone --nproc-per-node 2 --no-python nncompress run-recipe recipes/agp.yaml --out runs/agp
+"""
+from __future__ import annotations
+
+import os
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nncompress.training.callbacks import Callback
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torchrun with an initialized process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, MASTER_ADDR…); a no-op outside torchrun.
+    Backend: nccl when CUDA is available, gloo otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return world()
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return world()
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def broadcast_module(model: nn.Module, src: int = 0) -> nn.Module:
+    """Copy rank `src`'s parameters and buffers to every rank (all start from the same weights)."""
+    if world()[1] > 1:
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                dist.broadcast(t, src)
+    return model
+
+
+def mean_over_ranks(value: float) -> float:
+    """The average of a per-rank number (e.g. the epoch loss over each rank's shard)."""
+    if world()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / world()[1]
+
+
+class GradientAllReduce(Callback):
+    """Average every gradient over the ranks after backward (one flat all-reduce per step)."""
+
+    def on_after_backward(self, model: nn.Module) -> None:
+        _, size = world()
+        if size == 1:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()

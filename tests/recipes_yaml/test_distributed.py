@@ -1,0 +1,46 @@
+"""Scale-out: a recipe under torchrun with 2 CPU processes (gloo) ends where the 1-process run ends."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nncompress.core.io import load_weights
+from nncompress.recipes.runner import run_recipe
+
+RECIPE = {
+    "name": "ddp-test", "model": "lenet300", "data": {"name": "digits", "train_samples": 256, "test_samples": 128},
+    "pretrain": {"epochs": 1}, "training": {"epochs": 3, "lr": 0.02, "batch_size": 32},
+    "policies": [{"method": "agp", "final_sparsity": 0.7, "start": 0, "end": 3}, {"method": "distill", "start": 0}],
+}
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.skipif(not (BIN / "torchrun").exists(), reason="torchrun not installed")
+def test_two_gloo_processes_match_one(tmp_path):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(BIN / "nncompress"),
+                           "run-recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "two"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])  # only rank 0 prints
+    one = run_recipe(RECIPE, tmp_path / "one", progress=False)
+    # each rank saw half of every batch; the averaged gradient is the whole batch's, up to float summation order
+    assert [h["top1"] for h in two["history"]] == [h["top1"] for h in one.history]
+    assert [h["sparsity"] for h in two["history"]] == [h["sparsity"] for h in one.history]
+    assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one.history], rel=1e-4)
+    a, b = load_weights(tmp_path / "two/model.safetensors"), load_weights(tmp_path / "one/model.safetensors")
+    for k in a:
+        assert torch.equal(a[k] == 0, b[k] == 0) and torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_batch_must_split_evenly(monkeypatch):
+    from nncompress.core.errors import UserError
+    from nncompress.recipes import runner
+
+    monkeypatch.setattr(runner, "world", lambda: (0, 3))
+    with pytest.raises(UserError, match=r"batch_size \(32\) .* divisible by the number of processes \(3\)"):
+        run_recipe(RECIPE, progress=False)
