@@ -118,3 +118,17 @@ def test_torch_ao_warnings_kept_inside(static_x86, digits):
         real(digits.x_test[:8])
     with quiet_torch_ao():
         pass
+
+
+def test_binary_weights_run_on_int8_kernels(trained_net, digits):
+    from nncompress.quantization import quantize_weights
+
+    gm = quantize_weights(trained_net, digits.x_train[:8], bits=1)
+    w = gm.get_submodule("conv2").quantized_weight().detach()
+    alpha = gm.get_submodule("conv2").folded()[0].detach().abs().flatten(1).mean(1)
+    assert torch.allclose(w.abs().flatten(1), alpha[:, None].expand(-1, w[0].numel()))  # ±α per channel
+    sim = quantize_static(trained_net, digits.x_train[:64], bits=1, num_batches=1)
+    assert quantized_weight_bytes(sim)["weights"] == sum(-(-m.weight.numel() // 8) for m in (trained_net.conv1, trained_net.conv2, trained_net.fc))
+    real = to_int8_kernels(sim, "qnnpack")
+    cmp = compare_with_simulation(sim, real, digits.x_test[:128])
+    assert cmp["max_abs_error"] <= cmp["output_step"] * 1.001

@@ -16,9 +16,8 @@ import torch.fx as fx
 from torch import nn
 
 from nncompress.core.errors import UserError
-from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
+from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weight_codes
 from nncompress.quantization.graph import QuantLayer, is_pass_through
-from nncompress.quantization.quantizer import quantize
 
 BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")
 
@@ -41,12 +40,12 @@ def _weight_codes(ql: QuantLayer) -> torch.Tensor:
     w, _ = ql.folded()
     w = w.detach().float()
     wq = ql.weight_quant
-    s, z = wq.qparams_for(w)
     if wq.qmin < -128 or wq.qmax > 127:
         raise UserError(f"int8 kernels hold at most 8-bit weights; a layer has {wq.bits}-bit weights (use --bits 8 or less)")
-    if int(torch.as_tensor(z).abs().max()) != 0:
+    if int(torch.as_tensor(wq.qparams_for(w)[1]).abs().max()) != 0:
         raise UserError("int8 weight kernels need symmetric weights (zero point 0)")
-    codes = quantize(w, s, z, wq.qmin, wq.qmax, wq.axis).to(torch.int8)
+    codes, s = weight_codes(wq, w)
+    codes = codes.to(torch.int8)
     with quiet_torch_ao():
         if wq.axis is None:
             return torch._make_per_tensor_quantized_tensor(codes, float(s), 0)

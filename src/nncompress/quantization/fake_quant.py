@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nncompress.quantization.observers import MinMaxObserver, Observer
-from nncompress.quantization.quantizer import _bcast, fake_quantize, qrange
+from nncompress.quantization.quantizer import _bcast, binarize, fake_quantize, qrange, quantize
 
 
 def fake_quantize_ste(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int | None = None) -> torch.Tensor:
@@ -164,3 +164,33 @@ class LSQQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, axis={self._axis}, init={self.init}"
+
+
+class BinaryQuantizer(nn.Module):
+    """1-bit weights: α·sign(w) with α = mean|w| per channel (XNOR-Net); straight-through gradient where
+    |w| ≤ 1 (BinaryConnect's hard-tanh STE). Codes are ±1 with scale α, so int8 kernels run them too."""
+
+    bits, qmin, qmax = 1, -1, 1
+
+    def __init__(self, axis: int | None = 0):
+        super().__init__()
+        self.axis = axis
+
+    def qparams_for(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = w.detach().abs()
+        alpha = a.mean() if self.axis is None else a.transpose(0, self.axis).reshape(w.shape[self.axis], -1).mean(1)
+        return alpha, torch.zeros(alpha.shape, dtype=torch.int32)
+
+    def forward(self, w: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        wb = binarize(w.detach(), self.axis)
+        if not w.requires_grad:
+            return wb
+        return wb + (w - w.detach()) * (w.detach().abs() <= 1)
+
+
+def weight_codes(wq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer codes, scale) a weight quantizer stores for `w`; dequantized, codes · scale is its forward."""
+    s, z = wq.qparams_for(w)
+    if isinstance(wq, BinaryQuantizer):
+        return torch.where(w >= 0, 1, -1).to(torch.int32), s
+    return quantize(w, s, z, wq.qmin, wq.qmax, wq.axis), s

@@ -20,7 +20,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nncompress.core.errors import UserError
-from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
+from nncompress.quantization.fake_quant import BinaryQuantizer, FakeQuantize, LSQQuantizer
 from nncompress.quantization.fusion import fold_bn, fuse_conv_bn, trace
 from nncompress.quantization.observers import OBSERVERS, MinMaxObserver, MovingAverageMinMaxObserver, make_observer
 from nncompress.quantization.quantizer import check_bits
@@ -144,6 +144,8 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def _weight_quantizer(cfg: QuantConfig, bits: int) -> nn.Module:
     axis = 0 if cfg.granularity == "channel" else None
+    if bits == 1:  # binary: sign and a mean-magnitude scale (affine 1-bit codes cannot be symmetric)
+        return BinaryQuantizer(axis)
     if cfg.mode == "qat" and cfg.qat_method == "lsq":
         return LSQQuantizer(bits, signed=True, axis=axis, narrow=True, init="minmax")
     # weights: min-max of the current tensor (recomputed each call, so it follows training)
@@ -284,7 +286,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, mods: dict[str, nn.Module]
 
 def quantizers(gm: nn.Module) -> dict[str, nn.Module]:
     """Every fake-quant module in the graph by name (weights, activations, LSQ steps)."""
-    return {n: m for n, m in gm.named_modules() if isinstance(m, (FakeQuantize, LSQQuantizer))}
+    return {n: m for n, m in gm.named_modules() if isinstance(m, (FakeQuantize, LSQQuantizer, BinaryQuantizer))}
 
 
 def set_observing(gm: nn.Module, observing: bool) -> None:

@@ -28,7 +28,7 @@ def quantized_weight_bytes(gm: nn.Module) -> dict[str, int]:
     """{"weights": packed codes, "scales": quantization parameters, "float": biases and float layers, "total"}."""
     codes = scales = 0
     quantized_params: set[int] = set()
-    for m in gm.modules():
+    for name, m in gm.named_modules():
         if isinstance(m, QuantLayer) and m.weight_quant is not None:
             w = m.layer.weight
             codes += math.ceil(w.numel() * m.weight_quant.bits / 8)
@@ -37,7 +37,7 @@ def quantized_weight_bytes(gm: nn.Module) -> dict[str, int]:
             quantized_params.add(id(w))
             if m.bn is not None:  # folded into the weights and bias at deployment
                 quantized_params.update(id(p) for p in m.bn.parameters())
-        elif isinstance(m, (FakeQuantize, LSQQuantizer)) and not getattr(m, "dynamic", False):
+        elif isinstance(m, (FakeQuantize, LSQQuantizer)) and not getattr(m, "dynamic", False) and not name.endswith("weight_quant"):
             scales += 8  # activation scale + zero point
     floats = 0
     for p in gm.parameters():

@@ -20,9 +20,8 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_bytes
-from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
+from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weight_codes
 from nncompress.quantization.graph import QuantLayer
-from nncompress.quantization.quantizer import quantize
 
 OPSET = 17
 
@@ -99,10 +98,10 @@ def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
     wq = ql.weight_quant
     if wq is None:
         return _op_for(b, ql.layer, x, b.const("w", w.numpy()), bias, ql.relu)
-    s, z = wq.qparams_for(w)
+    z = wq.qparams_for(w)[1]
     if wq.qmin < -128 or wq.qmax > 127 or int(torch.as_tensor(z).abs().max()) != 0:
         raise UserError("ONNX QDQ export needs symmetric weights of at most 8 bits")
-    codes = quantize(w, s, z, wq.qmin, wq.qmax, wq.axis)
+    codes, s = weight_codes(wq, w)
     s_np = np.asarray(torch.as_tensor(s, dtype=torch.float32).numpy(), np.float32)
     if weights_uint8:  # the same weights as codes + 128 with zero point 128: ORT then picks its u8·u8 kernels
         codes, zp_np = (codes + 128).to(torch.uint8).numpy(), np.full(s_np.shape, 128, np.uint8)

@@ -14,13 +14,12 @@ from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_bytes, save_weights
 from nncompress.data import Dataset, make_loaders
 from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels
-from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer
+from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weight_codes
 from nncompress.quantization.graph import QuantLayer
 from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, to_onnx_qdq
 from nncompress.quantization.measure import float_weight_bytes, latency_ms, quantized_weight_bytes
 from nncompress.quantization.ptq import quantize_dynamic, quantize_static
 from nncompress.quantization.qat import DEFAULT_QAT_LR, quantize_qat
-from nncompress.quantization.quantizer import quantize
 from nncompress.training import evaluate
 
 CLI_MODES = ("dynamic", "static", "qat")
@@ -87,9 +86,9 @@ def quantized_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
         if isinstance(m, QuantLayer) and m.weight_quant is not None:
             w, b = m.folded()
             w = w.detach()
-            s, z = m.weight_quant.qparams_for(w)
+            codes, s = weight_codes(m.weight_quant, w)
             dtype = torch.int8 if m.weight_quant.bits <= 8 else torch.int16
-            out[f"{name}.weight_codes"] = quantize(w, s, z, m.weight_quant.qmin, m.weight_quant.qmax, m.weight_quant.axis).to(dtype)
+            out[f"{name}.weight_codes"] = codes.to(dtype)
             out[f"{name}.weight_scale"] = torch.as_tensor(s, dtype=torch.float32).reshape(-1)
             if b is not None:
                 out[f"{name}.bias"] = b.detach().float()
