@@ -9,7 +9,9 @@ import nncompress.search.early_exit as ee
 from nncompress.architectures import build_model
 from nncompress.architectures.summary import count_macs
 from nncompress.core.errors import UserError
-from nncompress.search import EarlyExitNet, ExitLoss, calibrate_thresholds, early_exit_report, to_sequential
+from nncompress.search import (
+    EarlyExitNet, ExitLoss, calibrate_thresholds, early_exit_report, simulate_exits, thresholds_for_budget, to_sequential,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,22 @@ def test_calibration_hand_worked(monkeypatch, net):
         calibrate_thresholds(one, None, max_drop_pp=-1)
 
 
+def test_simulated_policy_hand_worked():
+    y = torch.zeros(4, dtype=torch.long)
+    exit0 = _two_class_logits([0.9, 0.8, 0.7, 0.6], [True, False, True, True])
+    final = _two_class_logits([0.99] * 4, [True] * 4)
+    outs = [exit0, final]
+    assert thresholds_for_budget(outs, y, 0.0) == [pytest.approx(0.8)]
+    # segments cost 100 and 300 MACs, the head 10: exiting costs 110, going through 410 (head included)
+    r = simulate_exits(outs, y, [0.8], [100, 300], [10])
+    assert r["avg_macs"] == pytest.approx((110 + 3 * 410) / 4) and r["top1"] == 100.0
+    assert r["exit_fraction"] == [0.25, 0.75]
+    r = simulate_exits(outs, y, [0.0], [100, 300], [10])
+    assert r["avg_macs"] == 110 and r["top1"] == 75.0 and r["macs_saving"] == pytest.approx(1 - 110 / 400)
+    r = simulate_exits(outs, y, [1.0], [100, 300], [10])  # τ = 1: head skipped, the backbone's cost exactly
+    assert r["avg_macs"] == 400 and r["top1"] == 100.0
+
+
 def test_calibration_keeps_the_drop_within_budget_and_report_counts_macs():
     from nncompress.data import load_dataset
     from nncompress.training import TrainConfig, train
@@ -132,3 +150,6 @@ def test_calibration_keeps_the_drop_within_budget_and_report_counts_macs():
         used = [h if t < 1.0 else 0 for h, t in zip(heads, r["thresholds"])]
         want = fr[0] * (seg[0] + used[0]) + fr[1] * (seg[0] + seg[1] + used[0] + used[1]) + fr[2] * (sum(seg) + sum(used))
         assert r["avg_macs"] == pytest.approx(want, rel=1e-9)
+        outs, y = ee.collect_outputs(net, held)  # the simulated policy agrees with the real dynamic inference
+        sim = simulate_exits(outs, y, r["thresholds"], seg, heads)
+        assert sim["top1"] == pytest.approx(r["early_exit_top1"]) and sim["avg_macs"] == pytest.approx(r["avg_macs"])

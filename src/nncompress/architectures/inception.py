@@ -122,8 +122,10 @@ class AuxHead(nn.Module):
 
 
 class InceptionV3(nn.Module):
-    """Inception V3 as `features` + `classifier`; `aux_logits=True` adds the auxiliary head (used in training only:
-    in training mode forward returns (logits, aux_logits))."""
+    """Inception V3 (factorized 5×5 and asymmetric 1×n/n×1 convolutions) as `features` + `classifier`.
+
+    `aux_logits=True` adds the auxiliary head, used in training only: train-mode forward returns (logits, aux).
+    """
 
     def __init__(self, in_shape: tuple[int, ...] = (3, 299, 299), num_classes: int = 1000, width_mult: float = 1.0,
                  aux_logits: bool = False, dropout: float = 0.5):

@@ -137,8 +137,10 @@ class MobileNetV3(_Sequential):
 
 
 def mobilenet_v3_large(in_shape: tuple[int, ...] = (3, 224, 224), num_classes: int = 1000, **kwargs) -> MobileNetV3:
+    """MobileNet V3-Large (15 bneck layers, SE and h-swish; Howard et al. 2019 Table 1)."""
     return MobileNetV3(in_shape, num_classes, mode="large", **kwargs)
 
 
 def mobilenet_v3_small(in_shape: tuple[int, ...] = (3, 224, 224), num_classes: int = 1000, **kwargs) -> MobileNetV3:
+    """MobileNet V3-Small (11 bneck layers, SE and h-swish; Howard et al. 2019 Table 2)."""
     return MobileNetV3(in_shape, num_classes, mode="small", **kwargs)

@@ -2,7 +2,8 @@
 moved earlier; ~2.4× fewer MACs for the same accuracy).
 
 Convolutions carry biases and no BatchNorm, as in the paper. The classifier is a 1×1 conv to the classes,
-ReLU and global average pooling (no fully connected layer). Small inputs (< 64 px) get a stride-1 first conv.
+ReLU and global average pooling (no fully connected layer). Small inputs (< 64 px) keep the stride-2 first conv
+(padded) but drop the max pool after it, so a 28×28 input still reaches the last Fire module at 3×3 (2×2 for 1.1).
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ class SqueezeNet(_Sequential):
         if version not in LAYOUTS:
             raise ValueError(f"version must be '1.0' or '1.1', got {version!r}")
         c, k, layout = LAYOUTS[version]
-        stride = stem_stride(in_shape)
-        layers: list[nn.Module] = [nn.Conv2d(in_shape[0], c, k, stride, 0 if stride == 2 else k // 2), nn.ReLU(),
-                                   nn.MaxPool2d(3, 2, ceil_mode=True)]
+        small = stem_stride(in_shape) == 1
+        layers: list[nn.Module] = [nn.Conv2d(in_shape[0], c, k, 2, k // 2 if small else 0), nn.ReLU()]
+        if not small:
+            layers.append(nn.MaxPool2d(3, 2, ceil_mode=True))
         for item in layout:
             if item == "M":
                 layers.append(nn.MaxPool2d(3, 2, ceil_mode=True))
@@ -40,13 +42,24 @@ class SqueezeNet(_Sequential):
                 layers.append(fire)
                 c = fire.out_channels
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(c, num_classes, 1), nn.ReLU(),
-                                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        final = nn.Conv2d(c, num_classes, 1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), final, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        # He initialisation for the ReLU convs (keeps the activation scale through 9 Fire modules without BN),
+        # N(0, 0.01) for conv10 as in the reference model, zero biases; with smaller weights the net stays at chance
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                if m is final:
+                    nn.init.normal_(m.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
 
 def squeezenet1_0(in_shape: tuple[int, ...] = (3, 224, 224), num_classes: int = 1000, **kwargs) -> SqueezeNet:
+    """SqueezeNet 1.0: 7×7/96 first conv, Fire modules 2-9 (Iandola et al. 2016, Table 1)."""
     return SqueezeNet(in_shape, num_classes, version="1.0", **kwargs)
 
 
 def squeezenet1_1(in_shape: tuple[int, ...] = (3, 224, 224), num_classes: int = 1000, **kwargs) -> SqueezeNet:
+    """SqueezeNet 1.1: 3×3/64 first conv and earlier pooling, ~2.4× fewer MACs than 1.0 at the same accuracy."""
     return SqueezeNet(in_shape, num_classes, version="1.1", **kwargs)

@@ -7,6 +7,7 @@ the paper's figure alongside.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -96,9 +97,7 @@ def zoo_list() -> list[dict]:
         refs.setdefault(ref.model, []).append(key)
     rows = []
     for name, builder in MODELS.items():
-        doc = (builder.__doc__ or "").strip().splitlines()
-        if not doc and hasattr(builder, "__wrapped__"):
-            doc = (builder.__wrapped__.__doc__ or "").strip().splitlines()
+        doc = (builder.__doc__ or sys.modules[builder.__module__].__doc__ or "").strip().splitlines()
         rows.append({"name": name, "description": doc[0] if doc else "", "references": refs.get(name, [])})
     return rows
 

@@ -1,7 +1,8 @@
 """Platform-aware architecture search (MnasNet reward, random and evolutionary strategies, Pareto front) and
 early exit (exit branches, joint training, calibrated confidence thresholds)."""
 from nncompress.search.early_exit import (
-    EarlyExitNet, ExitHead, ExitLoss, calibrate_thresholds, early_exit_report, run_early_exit, to_sequential,
+    EarlyExitNet, ExitHead, ExitLoss, calibrate_thresholds, early_exit_report, run_early_exit, simulate_exits,
+    thresholds_for_budget, to_sequential, tradeoff_curve,
 )
 from nncompress.search.evaluator import Candidate, Evaluator
 from nncompress.search.pareto import pareto_front, plot_pareto
@@ -13,5 +14,6 @@ from nncompress.search.strategies import evolutionary_search, random_search
 __all__ = [
     "Arch", "Candidate", "EarlyExitNet", "Evaluator", "ExitHead", "ExitLoss", "MobileNetSpace", "SearchNet",
     "calibrate_thresholds", "early_exit_report", "evolutionary_search", "latency_reward", "pareto_front",
-    "plot_pareto", "random_search", "run_early_exit", "run_search", "to_sequential",
+    "plot_pareto", "random_search", "run_early_exit", "run_search", "simulate_exits", "thresholds_for_budget", "to_sequential",
+    "tradeoff_curve",
 ]

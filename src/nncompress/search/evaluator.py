@@ -43,7 +43,7 @@ class Evaluator:
     target_ms: float | None = None
     epochs: int = 1
     lr: float = 0.05  # SGD, Nesterov momentum 0.9, cosine schedule
-    batch_size: int = 64
+    batch_size: int = 32  # short runs need steps more than large batches
     threads: int = 1
     latency_repeats: int = 20
     alpha: float = -0.07

@@ -53,7 +53,8 @@ def run_search(data: str = "mnist5k", strategy: str = "evolution", trials: int =
     if strategy in ("random", "both"):
         candidates += random_search(space, ev, trials, seed, progress)
     if strategy in ("evolution", "both"):
-        candidates += evolutionary_search(space, ev, trials, population, min(2, population), seed, progress)
+        # a different seed than the random search, so "both" does not spend its founders on the same draws
+        candidates += evolutionary_search(space, ev, trials, population, min(2, population), seed + 1, progress)
     front = pareto_front([c.latency_ms for c in candidates], [c.top1 for c in candidates])
     best = max(candidates, key=lambda c: c.reward)
     result = {
