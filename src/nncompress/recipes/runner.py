@@ -213,10 +213,19 @@ class _Run:
         return self.ds.x_train[: self.recipe.training.batch_size]
 
 
-def _dataset(recipe: Recipe) -> Dataset:
+def _dataset(recipe: Recipe, given: Dataset | None = None) -> Dataset:
     d = recipe.data
-    ds = load_dataset(d.name, test_fraction=d.test_fraction, seed=recipe.seed)
+    ds = given if given is not None else load_dataset(d.name, test_fraction=d.test_fraction, seed=recipe.seed)
     return ds.subset(d.train_samples, d.test_samples) if (d.train_samples or d.test_samples) else ds
+
+
+def _fresh(recipe: Recipe, ds: Dataset, user_model: nn.Module | None) -> nn.Module:
+    """An untouched model: a copy of the user's module, or the zoo model the recipe names."""
+    if user_model is not None:
+        return copy.deepcopy(user_model)
+    if recipe.model is None:
+        raise UserError("recipe: 'model' is missing: name a zoo model (see `nncompress zoo list`) or pass model= to run_recipe")
+    return build_model(recipe.model, ds.input_shape, ds.num_classes)
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -257,6 +266,8 @@ def _load_into(model: nn.Module, path: str, what: str) -> nn.Module:
 def _teacher(policy, recipe: Recipe, pretrained: nn.Module, ds: Dataset) -> nn.Module:
     if policy.teacher == "pretrained":
         return copy.deepcopy(pretrained).eval()
+    if policy.teacher_model is None and recipe.model is None:
+        raise UserError("distill: set teacher_model (a zoo name) for a teacher file, or use teacher: pretrained")
     net = build_model(policy.teacher_model or recipe.model, ds.input_shape, ds.num_classes)
     return _load_into(net, policy.teacher, "distill teacher").eval()
 
@@ -297,9 +308,9 @@ def _apply_structural(model: nn.Module, policy, run: _Run) -> nn.Module:
                           data=[(x, run.ds.y_train[: len(x)])], seed=run.recipe.seed)
 
 
-def _pretrain(recipe: Recipe, ds: Dataset, run: _Run) -> tuple[nn.Module, float]:
+def _pretrain(recipe: Recipe, ds: Dataset, run: _Run, user_model: nn.Module | None) -> tuple[nn.Module, float]:
     seed_everything(recipe.seed)
-    model = build_model(recipe.model, ds.input_shape, ds.num_classes)
+    model = _fresh(recipe, ds, user_model)
     if recipe.weights:
         _load_into(model, recipe.weights, "weights")
     elif recipe.pretrain.epochs:
@@ -366,8 +377,8 @@ def _resume(run: _Run, pretrained: nn.Module, fingerprint: str) -> tuple[nn.Modu
     return model, start
 
 
-def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = None, *, threads: int = 1,
-               progress: bool | None = None, resume: bool = False) -> RecipeResult:
+def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = None, *, model: nn.Module | None = None,
+               dataset: Dataset | None = None, threads: int = 1, progress: bool | None = None, resume: bool = False) -> RecipeResult:
     """Validate and run a recipe (YAML path, YAML text or dict); returns metrics, history and the compressed model.
 
     With `out_dir`, writes `pretrained.safetensors`, a checkpoint after every epoch (`checkpoints/`), the final
@@ -375,6 +386,11 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
     `report.html`/`report.md`, and `model.onnx` when the recipe asks for `export: {onnx: true}`.
     `resume=True` continues from the last checkpoint in `out_dir` (after a crash or kill -9) and ends with the
     same numbers as an uninterrupted run.
+
+    Bring your own model: pass `model=` (any nn.Module whose Linear/Conv layers the policies act on; it is
+    copied, never modified) and `dataset=` (an `nncompress.data.Dataset`, e.g. built from your tensors);
+    the recipe's `model` and `data.name` are then ignored. Under `torchrun`, each process trains on its
+    shard of every batch and rank 0 writes the files.
     """
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -382,23 +398,23 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
     init_distributed()  # under torchrun: join the group; each rank trains on its shard, rank 0 writes the files
     if resume and out_dir is None:
         raise UserError("resume needs the output directory of the interrupted run (--out)")
-    ds = _dataset(recipe)
+    ds = _dataset(recipe, dataset)
     run = _Run(recipe, ds, Path(out_dir) if out_dir else None, progress)
     recipe = load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch)  # step ranges vs. the real run length
     fingerprint = _fingerprint(recipe)
     pre_file = run.out_dir / "pretrained.safetensors" if run.out_dir else None
     if resume and pre_file.is_file():
-        pretrained = _load_into(build_model(recipe.model, ds.input_shape, ds.num_classes), str(pre_file), "pretrained weights")
+        pretrained = _load_into(_fresh(recipe, ds, model), str(pre_file), "pretrained weights")
         top1_pre = evaluate(pretrained, run.test_loader)
     else:
-        pretrained, top1_pre = _pretrain(recipe, ds, run)
+        pretrained, top1_pre = _pretrain(recipe, ds, run, model)
     broadcast_module(pretrained)
     if run.out_dir is not None and run.rank == 0:
-        save_weights(pretrained.state_dict(), pre_file, metadata={"model": recipe.model})
+        save_weights(pretrained.state_dict(), pre_file, metadata={"model": recipe.model or type(pretrained).__name__})
         run.on_epoch_done = _checkpointer(run, fingerprint)
-    model, start = _resume(run, pretrained, fingerprint) if resume else (copy.deepcopy(pretrained), 0)
-    model = execute(run, model, pretrained, start_epoch=start)
-    return _finish(run, model, top1_pre, t0, pretrained)
+    net, start = _resume(run, pretrained, fingerprint) if resume else (copy.deepcopy(pretrained), 0)
+    net = execute(run, net, pretrained, start_epoch=start)
+    return _finish(run, net, top1_pre, t0, pretrained)
 
 
 def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained: nn.Module) -> RecipeResult:
@@ -406,7 +422,7 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
     layers = compressible_layers(model)
     params = sum(m.weight.numel() for m in layers.values())
     nonzero = sum(int((m.weight != 0).sum()) for m in layers.values())
-    result = RecipeResult(r.name, r.model, r.data.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
+    result = RecipeResult(r.name, r.model or type(pretrained).__name__, run.ds.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
                           params, nonzero, run.history, {}, 0.0, r.model_dump(mode="json"), model)
     if run.rank != 0:
         run.out_dir = None  # rank 0 writes the files
@@ -417,7 +433,7 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
             save_quantized(model, path)
         else:
             path = run.out_dir / "model.safetensors"
-            save_weights(plain_state_dict(model), path, metadata={"model": r.model, "recipe": r.name})
+            save_weights(plain_state_dict(model), path, metadata={"model": r.model or type(pretrained).__name__, "recipe": r.name})
         result.files["weights"] = str(path)
         if r.export.onnx:
             from nncompress.export.onnx import export_onnx
@@ -427,7 +443,7 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
         from nncompress.report.run import value_bits
 
         report = build_report(pretrained, model, run.ds.input_shape, top1_pre, result.top1_final, title=f"nncompress report: {r.name}",
-                              value_bits=value_bits(result.recipe), history=run.history, extra={"model": r.model, "data": r.data.name})
+                              value_bits=value_bits(result.recipe), history=run.history, extra={"model": r.model or type(pretrained).__name__, "data": run.ds.name})
         html, md = report.write(run.out_dir / "report.html", run.out_dir / "report.md")
         result.files.update(report_html=str(html), report_md=str(md))
     result.seconds = time.perf_counter() - t0

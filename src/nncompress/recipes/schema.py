@@ -183,7 +183,7 @@ class Export(_Strict):
 
 class Recipe(_Strict):
     name: str = "recipe"
-    model: str
+    model: str | None = None  # a zoo name; None when the Python API is given the model object
     data: Data = Data()
     weights: str | None = None
     seed: int = 0

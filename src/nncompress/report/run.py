@@ -35,6 +35,9 @@ def report_run(run_dir: str | os.PathLike, html_path: str | os.PathLike | None =
         raise UserError(f"{run} holds a quantized model only; `run-recipe` already wrote {run / 'report.html'} for it")
     result = json.loads(result_file.read_text())
     recipe = result["recipe"]
+    if recipe.get("model") is None:
+        raise UserError(f"{run} is a run on your own model, which cannot be rebuilt from a name: run_recipe already wrote "
+                        f"{run / 'report.html'}; call nncompress.report.build_report(before, after, ...) for a custom one")
     d = recipe["data"]
     ds = load_dataset(d["name"], test_fraction=d["test_fraction"], seed=recipe["seed"]).subset(d["train_samples"], d["test_samples"])
     before = build_model(recipe["model"], ds.input_shape, ds.num_classes)
