@@ -8,7 +8,7 @@ from torch import nn
 from nncompress.architectures import build_model
 from nncompress.core import UserError
 from nncompress.data import load_dataset, make_loaders
-from nncompress.training import Callback, TrainConfig, evaluate, train
+from nncompress.training import Callback, TrainConfig, train
 from nncompress.training.dsd import dsd
 from nncompress.training.lottery import iterative_magnitude_pruning, round_sparsities
 from nncompress.training.masking import MaskCallback, magnitude_masks, mask_sparsity
