@@ -41,8 +41,13 @@ ROUND_TO = 8  # kept widths in multiples of 8 (AVX2 blocks), for both tools
 OUT = Path(__file__).parent / "results" / "structured.json"
 
 
-def finetune(model, loader, epochs=FT_EPOCHS):
-    train(model, loader, TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, seed=1, progress=False))
+def finetune(model, ds, epochs=FT_EPOCHS, steps=None):
+    """The same budget for everyone: a fresh loader with the same seed, so every model sees the same batches."""
+    loader, _ = make_loaders(ds, batch_size=64, seed=1)
+    if steps is not None:
+        loader = FirstBatches(loader, steps)
+    schedule = "cosine" if steps is None else "constant"
+    train(model, loader, TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, lr_schedule=schedule, seed=1, progress=False))
     return model
 
 
@@ -141,7 +146,7 @@ def main() -> None:
     same_channels = same_shapes and all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), peer.state_dict().values()))
     pruned_top1 = {"ours": evaluate(ours, test_loader), "taylor": evaluate(taylor, test_loader), "peer": evaluate(peer, test_loader)}
     for m in (ours, taylor, peer):
-        finetune(m, train_loader)
+        finetune(m, ds)
     lat = interleaved_latency({"base": model, "ours": ours, "peer": peer, "taylor": taylor}, xb)
     base["latency_ms"] = lat["base"]
     # deployed form: batch norm folded into the convolutions (torch.fx), same for all three
@@ -171,7 +176,7 @@ def main() -> None:
         for s in seeds:
             m = prune_channels(model, x1, crit, remove_macs=REMOVE_MACS, seed=s, round_to=ROUND_TO)
             accs.append(evaluate(m, test_loader))
-            train(m, FirstBatches(train_loader, ABLATION_STEPS), TrainConfig(epochs=1, lr=0.01, lr_schedule="constant", seed=1, progress=False))
+            finetune(m, ds, epochs=1, steps=ABLATION_STEPS)
             tuned.append(evaluate(m, test_loader))
         ablation[crit] = {"top1_pruned": statistics.mean(accs), "top1_short_finetune": statistics.mean(tuned), "seeds": seeds}
     print(f"\ncriterion ablation (50% MACs removed): top-1 right after pruning → after {ABLATION_STEPS} batches of fine-tuning")
