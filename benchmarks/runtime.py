@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime
 import torch
 
@@ -27,7 +26,7 @@ from nncompress.data import load_dataset, make_loaders
 from nncompress.export.onnx import ort_session, to_onnx
 from nncompress.pruning import LevelPruner, finalize
 from nncompress.quantization import quantize_static
-from nncompress.training import TrainConfig, evaluate, train
+from nncompress.training import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results" / "runtime.json"
 
@@ -92,7 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     seed_everything(0)
     ds = load_dataset("mnist5k")
-    train_loader, test_loader = make_loaders(ds, seed=0)
+    train_loader, _ = make_loaders(ds, seed=0)
     epochs = 1 if args.quick else 4
     lenet = build_model("lenet5", ds.input_shape, ds.num_classes)
     train(lenet, train_loader, TrainConfig(epochs=epochs, lr=0.05, progress=False))

@@ -9,7 +9,13 @@ from typer.testing import CliRunner
 from nncompress.architectures import build_model
 from nncompress.cli import app
 from nncompress.data import load_dataset
-from nncompress.export import compare_with_torch, export_onnx, onnx_latency_ms, run_onnx, to_onnx
+from nncompress.export import (
+    compare_with_torch,
+    export_onnx,
+    onnx_latency_ms,
+    run_onnx,
+    to_onnx,
+)
 from nncompress.pruning import LevelPruner
 from nncompress.quantization import quantize_static
 
@@ -58,9 +64,10 @@ def test_export_cli_json_and_bad_weights(tmp_path):
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
     assert rep["max_abs_error"] < 1e-5 and rep["onnx_bytes"] == (tmp_path / "m.onnx").stat().st_size
-    from nncompress.cli import main
     import sys
     from unittest import mock
+
+    from nncompress.cli import main
 
     with mock.patch.object(sys, "argv", ["nncompress", "export", "--weights", str(tmp_path / "none.safetensors")]), pytest.raises(SystemExit) as e:
         main()

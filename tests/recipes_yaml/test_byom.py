@@ -24,7 +24,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         b, t, d = x.shape
-        split = lambda z: z.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        split = lambda z: z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
         return (att @ v).transpose(1, 2).reshape(b, t, d)
@@ -100,7 +100,7 @@ def test_quantize_and_factorize_the_encoder(trained):
     f = copy.deepcopy(net)
     blocks = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and n.startswith("layers.")]
     rep = factorize(f, "svd", ratio=1.5, layers=blocks)  # encoder Linears to rank r, r·(m+n) ≈ m·n / 1.5; embed/head dense
-    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    params = lambda m: sum(p.numel() for p in m.parameters())
     assert len(blocks) == 12 and all(lf.skipped is None for lf in rep.layers) and params(f) < 0.8 * params(net)
     before_ft, top1_before_ft = cosine(net, f, ds.x_test), evaluate(f, test_loader)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ds.x_train, ds.y_train), batch_size=32, shuffle=True,

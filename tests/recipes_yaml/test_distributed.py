@@ -24,7 +24,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
     proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(BIN / "nncompress"),
                            "run-recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "two"), "--json"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])  # only rank 0 prints
     one = run_recipe(RECIPE, tmp_path / "one", progress=False)

@@ -3,6 +3,7 @@ import base64
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,7 +65,7 @@ def run_dir(tmp_path_factory):
     from nncompress.recipes.runner import run_recipe
 
     torch.set_num_threads(1)
-    d = yaml.safe_load(open("recipes/level.yaml"))
+    d = yaml.safe_load((Path(__file__).parents[2] / "recipes/level.yaml").read_text())
     d.update(data={"name": "digits", "train_samples": 200, "test_samples": 100}, pretrain={"epochs": 1}, training={"epochs": 1, "lr": 0.01})
     out = tmp_path_factory.mktemp("run")
     run_recipe(d, out, progress=False)

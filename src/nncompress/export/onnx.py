@@ -37,7 +37,7 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name, m in list(plain.named_modules()):
             if parametrize.is_parametrized(m):
-                tensors = {t: getattr(originals[name], t).detach().clone() for t in m.parametrizations.keys()}
+                tensors = {t: getattr(originals[name], t).detach().clone() for t in m.parametrizations}
                 m.__class__ = type(m).__bases__[0]  # parametrize injected a subclass of the original class
                 del m._modules["parametrizations"]
                 for t, value in tensors.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -38,7 +39,13 @@ from nncompress.recipes.schema import LRSchedule, Recipe, load_recipe
 from nncompress.sharing import share_weights
 from nncompress.training import Callback, TrainConfig, evaluate, train
 from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
-from nncompress.training.distributed import GradientAllReduce, broadcast_module, init_distributed, mean_over_ranks, world
+from nncompress.training.distributed import (
+    GradientAllReduce,
+    broadcast_module,
+    init_distributed,
+    mean_over_ranks,
+    world,
+)
 from nncompress.training.regularizers import WeightRegularizer
 
 _STRUCTURAL = ("qat", "share", "channels")
@@ -125,7 +132,7 @@ class _Schedule(Callback):
     """Runs first: advances the clock, sets the LR for each step, the data order for each epoch, records history,
     and hands each finished epoch to `on_epoch_done` (checkpointing)."""
 
-    def __init__(self, run: "_Run", epoch0: int):
+    def __init__(self, run: _Run, epoch0: int):
         self.run, self.epoch0 = run, epoch0
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -325,7 +332,7 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
     r = run.recipe
     gated = _callbacks(run, pretrained)
     bounds = sorted({0, r.training.epochs, *(p.start for p in r.policies if p.method in _STRUCTURAL)})
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         if b <= start_epoch:
             continue
         if a >= start_epoch:  # a structural change at a (on resume, the checkpoint already holds it)

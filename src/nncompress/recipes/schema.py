@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nncompress.core.errors import UserError
 
@@ -172,7 +179,7 @@ class ChannelsPolicy(_AtEpochStart):
         return self
 
 
-Policy = Annotated[Union[LevelPolicy, AGPPolicy, RegularizerPolicy, QATPolicy, DistillPolicy, SharePolicy, ChannelsPolicy],
+Policy = Annotated[LevelPolicy | AGPPolicy | RegularizerPolicy | QATPolicy | DistillPolicy | SharePolicy | ChannelsPolicy,
                    Field(discriminator="method")]
 METHODS = ("level", "agp", "regularizer", "qat", "distill", "share", "channels")
 
@@ -230,7 +237,7 @@ def check_schedule(recipe: Recipe, steps_per_epoch: int | None = None) -> list[t
                            f"{p.method} runs past the end of training ({total} epochs{f' = {limit} steps' if steps_per_epoch else ''}, in {unit})"))
     if errors:
         return errors
-    by = lambda m: [i for i, p in enumerate(recipe.policies) if p.method == m]  # noqa: E731
+    by = lambda m: [i for i, p in enumerate(recipe.policies) if p.method == m]
     for m in ("qat", "share", "channels"):
         if len(by(m)) > 1:
             errors.append((("policies", by(m)[1], "method"), f"only one '{m}' policy per recipe"))

@@ -12,11 +12,13 @@ mid-run; a wrapper would rename every layer `module.<name>` and must be rebuilt 
 from __future__ import annotations
 
 import os
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from nncompress.training.callbacks import Callback
+
 
 def world() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless running under torchrun with an initialized process group."""
