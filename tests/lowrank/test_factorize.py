@@ -111,6 +111,8 @@ def test_rule_errors_are_user_errors():
         factorize(net, "qr", energy=0.9)
     with pytest.raises(UserError, match="candidates"):
         factorize(net, "tucker", energy=0.9, layers=["fc1"])
+    with pytest.raises(UserError, match="no k×k Conv2d"):
+        factorize(net, "cp", energy=0.9)
     with pytest.raises(UserError, match="example_input"):
         factorize(net, "svd", ratio=2, ratio_of="macs")
 

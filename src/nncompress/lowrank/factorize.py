@@ -238,6 +238,9 @@ def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = N
     if ratio_of == "macs" and example_input is None and ratio is not None:
         raise UserError("a MAC ratio needs example_input to know the feature-map sizes")
     cands = _candidates(model, method, list(ranks) if ranks is not None else layers)
+    if not cands:
+        kinds = "Linear" if method == "svd" else "k×k Conv2d (groups=1)"
+        raise UserError(f"{method}: the model has no {kinds} layers to factorize; use --method svd for Linear layers, tucker/cp for convolutions")
     io_all = _record_io(model, cands, example_input) if example_input is not None else {}
     report = FactorizationReport(method, [])
     for name, layer in cands.items():
