@@ -54,6 +54,7 @@ def test_bad_bits_exits_2_with_one_line():
     (["--mode", "fp8"], "--mode"),
     (["--data", "nowhere.npz"], "not found"),
     (["--calibration", "best"], "unknown calibration"),
+    (["--mode", "dynamic", "--onnx", "x.onnx"], "--onnx needs"),
 ])
 def test_bad_input_is_a_user_error(args, message):
     r = CliRunner().invoke(app, ["quantize", *FAST, *args])

@@ -80,6 +80,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--mode {mode!r} is not supported: use one of {', '.join(CLI_MODES)}")
         check_bits(bits, "--bits")
         check_bits(act_bits, "--act-bits")
+        if onnx is not None and (mode == "dynamic" or bits > 8 or act_bits != 8):
+            raise UserError("--onnx needs --mode static or qat with at most 8-bit weights and 8-bit activations")
         if threads < 1 or batch_size < 1 or repeats < 1:
             raise UserError("--threads, --batch-size and --repeats must be positive")
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
