@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from nncompress.core.io import load_weights
 from nncompress.recipes.runner import run_recipe
@@ -19,14 +18,30 @@ RECIPE = {
 BIN = Path(sys.executable).parent
 
 
+SCRIPT = """
+import json, sys
+import torch
+from nncompress.recipes.runner import run_recipe
+from nncompress.report.run import report_run
+from nncompress.training.distributed import is_main_process
+
+recipe, out = json.loads(sys.argv[1]), sys.argv[2]
+result = run_recipe(recipe, out, progress=False)
+report = report_run(out, sensitivity=True)  # the sweep's layers are shared between the processes
+if is_main_process():
+    print(json.dumps({"history": result.history, "sensitivity": report.sensitivity}))
+"""
+
+
 @pytest.mark.skipif(not (BIN / "torchrun").exists(), reason="torchrun not installed")
 def test_two_gloo_processes_match_one(tmp_path):
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
-    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(BIN / "nncompress"),
-                           "run-recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "two"), "--json"],
-                          capture_output=True, text=True, timeout=300, check=False)
+    (tmp_path / "job.py").write_text(SCRIPT)
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(tmp_path / "job.py"),
+                           json.dumps(RECIPE), str(tmp_path / "two")], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    two = json.loads(proc.stdout.strip().splitlines()[-1])  # only rank 0 prints
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # only rank 0 prints
+    two = json.loads(lines[0])
     one = run_recipe(RECIPE, tmp_path / "one", progress=False)
     # each rank saw half of every batch; the averaged gradient is the whole batch's, up to float summation order
     assert [h["top1"] for h in two["history"]] == [h["top1"] for h in one.history]
@@ -35,6 +50,12 @@ def test_two_gloo_processes_match_one(tmp_path):
     a, b = load_weights(tmp_path / "two/model.safetensors"), load_weights(tmp_path / "one/model.safetensors")
     for k in a:
         assert torch.equal(a[k] == 0, b[k] == 0) and torch.allclose(a[k], b[k], atol=1e-6), k
+    # the sweep: fc1 and fc3 on rank 0, fc2 on rank 1, gathered into the same curves as one process computes
+    from nncompress.report.run import report_run
+
+    sens_one = report_run(tmp_path / "one", sensitivity=True).sensitivity
+    assert two["sensitivity"] == sens_one and list(sens_one["metrics"]) == ["fc1", "fc2", "fc3"]
+    assert all(len(v) == len(sens_one["levels"]) for v in sens_one["metrics"].values())
 
 
 def test_batch_must_split_evenly(monkeypatch):

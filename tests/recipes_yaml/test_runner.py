@@ -56,14 +56,6 @@ def test_agp_follows_the_cubic_at_epoch_starts(tmp_path):
     assert float((saved["fc1.weight"] == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
 
 
-def test_runs_are_deterministic(tmp_path):
-    a = run_recipe(fast("distill"), tmp_path / "a", progress=False)
-    b = run_recipe(fast("distill"), tmp_path / "b", progress=False)
-    assert a.history == b.history
-    wa, wb = load_weights(tmp_path / "a/model.safetensors"), load_weights(tmp_path / "b/model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 def test_level_recipe_hits_per_layer_targets():
     r = run_recipe(fast("level"), progress=False)
     for name, s in {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}.items():

@@ -92,8 +92,13 @@ def register(app: typer.Typer) -> None:
 
         torch.set_num_threads(threads)
         report = report_run(run_dir, html, markdown, sensitivity=sensitivity)
+        from nncompress.training.distributed import is_main_process
+
+        if not is_main_process():
+            return
         paths = [str(html or run_dir / "report.html"), str(markdown or run_dir / "report.md")]
         if as_json:
-            typer.echo(json.dumps({"files": paths, "stages": report.stages, "summary": report.summary}))
+            typer.echo(json.dumps({"files": paths, "stages": report.stages, "summary": report.summary,
+                                   "sensitivity": report.sensitivity}))
             return
         typer.echo(f"{report.title}: {report.summary['compression']} → {paths[0]}, {paths[1]}")

@@ -41,6 +41,7 @@ from nncompress.training import Callback, TrainConfig, evaluate, train
 from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
 from nncompress.training.distributed import (
     GradientAllReduce,
+    barrier,
     broadcast_module,
     init_distributed,
     mean_over_ranks,
@@ -421,7 +422,9 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
         run.on_epoch_done = _checkpointer(run, fingerprint)
     net, start = _resume(run, pretrained, fingerprint) if resume else (copy.deepcopy(pretrained), 0)
     net = execute(run, net, pretrained, start_epoch=start)
-    return _finish(run, net, top1_pre, t0, pretrained)
+    result = _finish(run, net, top1_pre, t0, pretrained)
+    barrier()  # the other ranks return once rank 0's files exist
+    return result
 
 
 def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained: nn.Module) -> RecipeResult:

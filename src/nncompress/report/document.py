@@ -41,6 +41,7 @@ class Report:
     stages: list[dict]  # stage, bytes, ratio, top1
     layers: list[dict]  # name, shape, params, nnz_before, nnz_after, sparsity_after, csr_bytes_after
     figures: dict[str, bytes] = field(default_factory=dict)  # caption → PNG
+    sensitivity: dict | None = None  # the curves behind the sensitivity figure
     env: dict[str, str] = field(default_factory=environment)
 
     def _tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -129,4 +130,4 @@ def build_report(before: nn.Module, after: nn.Module, input_shape: tuple[int, ..
     summary = {"top-1 before → after": f"{top1_before:.2f}% → {top1_after:.2f}%",
                "compression": f"{stage_rows[-1]['ratio']:.1f}× ({dense_before:,} → {stage_rows[-1]['bytes']:,} bytes)",
                "weight sparsity": f"{100 * a_after.totals['sparsity']:.1f}%", **(extra or {})}
-    return Report(title, summary, stage_rows, layers, figures)
+    return Report(title, summary, stage_rows, layers, figures, sensitivity=sensitivity)

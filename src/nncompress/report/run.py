@@ -5,11 +5,19 @@ import json
 import os
 from pathlib import Path
 
+from torch import nn
+
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
 from nncompress.core.io import load_weights
-from nncompress.data import load_dataset
+from nncompress.data import Dataset, load_dataset
 from nncompress.report.document import Report, build_report
+from nncompress.training.distributed import (
+    gather_json,
+    init_distributed,
+    is_main_process,
+    shard,
+)
 
 
 def value_bits(recipe: dict) -> int:
@@ -27,6 +35,7 @@ def report_run(run_dir: str | os.PathLike, html_path: str | os.PathLike | None =
                sensitivity: bool = False) -> Report:
     """Rebuild a run's report (optionally with a per-layer pruning sensitivity sweep of the pretrained model)
     and write it (default: RUN_DIR/report.html and report.md)."""
+    init_distributed()  # under torchrun the sensitivity sweep is shared across processes
     run = Path(run_dir)
     result_file, pre_file, post_file = run / "result.json", run / "pretrained.safetensors", run / "model.safetensors"
     if not result_file.is_file() or not pre_file.is_file():
@@ -49,17 +58,27 @@ def report_run(run_dir: str | os.PathLike, html_path: str | os.PathLike | None =
 
         resize_to_state_dict(after, state)
     after.load_state_dict(state)
-    sens = None
-    if sensitivity:
-        from torch.utils.data import DataLoader, TensorDataset
-
-        from nncompress.pruning import sensitivity_analysis
-        from nncompress.training import evaluate
-
-        loader = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=512)
-        sens = sensitivity_analysis(before, lambda m: evaluate(m, loader), progress=False).to_dict()
+    sens = sensitivity_sweep(before, ds) if sensitivity else None
     report = build_report(before, after, ds.input_shape, result["top1_pretrained"], result["top1_final"],
                           title=f"nncompress report: {result['name']}", value_bits=value_bits(recipe), history=result["history"],
                           sensitivity=sens, extra={"model": recipe["model"], "data": d["name"]})
-    report.write(html_path or run / "report.html", markdown_path or run / "report.md")
+    if is_main_process():
+        report.write(html_path or run / "report.html", markdown_path or run / "report.md")
     return report
+
+
+def sensitivity_sweep(model: nn.Module, ds: Dataset) -> dict:
+    """Per-layer pruning sensitivity (top-1 on the test split) as SensitivityResult.to_dict(); under torchrun
+    the layers are shared round-robin across the processes and the curves gathered on every rank."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nncompress.core.layers import compressible_layers
+    from nncompress.pruning import DEFAULT_LEVELS, sensitivity_analysis
+    from nncompress.training import evaluate
+
+    loader = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=512)
+    names = list(compressible_layers(model))
+    mine = shard(names)
+    part = sensitivity_analysis(model, lambda m: evaluate(m, loader), layers=mine, progress=False).to_dict() if mine else {}
+    metrics = gather_json(part.get("metrics", {}))
+    return {"levels": list(DEFAULT_LEVELS), "metrics": {n: metrics[n] for n in names}, "baseline": evaluate(model, loader)}

@@ -11,7 +11,9 @@ mid-run; a wrapper would rename every layer `module.<name>` and must be rebuilt 
 """
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,6 +43,12 @@ def is_main_process() -> bool:
     return world()[0] == 0
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has written the files the others read next)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
 def broadcast_module(model: nn.Module, src: int = 0) -> nn.Module:
     """Copy rank `src`'s parameters and buffers to every rank (all start from the same weights)."""
     if world()[1] > 1:
@@ -60,7 +68,14 @@ def mean_over_ranks(value: float) -> float:
 
 
 class GradientAllReduce(Callback):
-    """Average every gradient over the ranks after backward (one flat all-reduce per step)."""
+    """Average every gradient over the ranks after backward (one flat all-reduce per step), and start each step
+    from rank 0's buffers (BN statistics, observer ranges), as DDP's broadcast_buffers does."""
+
+    def on_step_begin(self, step: int, model: nn.Module) -> None:
+        if world()[1] > 1:
+            with torch.no_grad():
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
 
     def on_after_backward(self, model: nn.Module) -> None:
         _, size = world()
@@ -76,3 +91,26 @@ class GradientAllReduce(Callback):
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def shard(items: Sequence, rank: int | None = None, size: int | None = None) -> list:
+    """This rank's round-robin share of `items` (items[rank::size]), e.g. the layers of a sensitivity sweep."""
+    r, w = world()
+    return list(items)[(r if rank is None else rank)::(w if size is None else size)]
+
+
+def gather_json(part: dict) -> dict:
+    """Merge every rank's JSON-serializable dict on all ranks (sent as UTF-8 bytes, never pickled)."""
+    _, size = world()
+    if size == 1:
+        return dict(part)
+    data = torch.tensor(list(json.dumps(part).encode()), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(size)]
+    dist.all_gather(sizes, torch.tensor([data.numel()]))
+    longest = int(max(sizes))
+    chunks = [torch.zeros(longest, dtype=torch.uint8) for _ in range(size)]
+    dist.all_gather(chunks, torch.cat([data, torch.zeros(longest - data.numel(), dtype=torch.uint8)]))
+    merged: dict = {}
+    for chunk, n in zip(chunks, sizes):
+        merged.update(json.loads(bytes(chunk[: int(n)].tolist()).decode()))
+    return merged
