@@ -1,4 +1,4 @@
-"""Data-parallel training under `torchrun` on PyTorch's distributed engine (gloo on CPU, nccl on GPU).
+"""Data-parallel training under `torchrun` on PyTorch's distributed engine (gloo: the training loop runs on CPU).
 
 Each rank trains on its shard of every batch (a DistributedSampler gives rank r the indices perm[r::world]
 of the same (seed, epoch) permutation), and `GradientAllReduce` averages the gradients across ranks after
@@ -31,11 +31,11 @@ def world() -> tuple[int, int]:
 
 def init_distributed(backend: str | None = None) -> tuple[int, int]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, MASTER_ADDR…); a no-op outside torchrun.
-    Backend: nccl when CUDA is available, gloo otherwise."""
+    Backend: gloo by default (tensors live on the CPU here); nccl only for CUDA tensors, so only when asked."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return world()
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        dist.init_process_group(backend or "gloo")
     return world()
 
 
