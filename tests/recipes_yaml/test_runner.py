@@ -86,11 +86,20 @@ def test_qat_recipe_writes_integer_codes(tmp_path):
     assert r.top1_pretrained > 60 and r.top1_final > r.top1_pretrained - 10  # 4-bit LSQ keeps most of the accuracy
 
 
-def test_agp_qat_kd_keeps_masks_through_qat():
-    r = run_recipe(fast("agp_qat_kd", training={"epochs": 5, "lr": 0.02}), progress=False)
+def test_agp_qat_kd_keeps_masks_through_qat_and_exports_qdq(tmp_path):
+    r = run_recipe(fast("agp_qat_kd", training={"epochs": 5, "lr": 0.02}), tmp_path, progress=False)
     assert [h["sparsity"] for h in r.history][2:] == pytest.approx([0.8] * 3, abs=1e-3)
     assert hasattr(r.model, "quant_config")
     assert r.sparsity == pytest.approx(0.8, abs=1e-3)
+    import onnx
+
+    from nncompress.export import compare_with_torch
+
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(tmp_path / "model.onnx").graph.node}
+    from nncompress.data import load_dataset
+
+    x = load_dataset("digits").x_test[:160]
+    assert compare_with_torch(r.model, tmp_path / "model.onnx", x)["top1_agreement"] >= 95.0  # ORT int8 kernels vs simulation
 
 
 def test_structured_recipe_thins_the_model_and_exports_onnx(tmp_path):
