@@ -111,3 +111,14 @@ def test_structured_recipe_thins_the_model_and_exports_onnx(tmp_path):
     assert r.params < 0.7 * dense  # half the MACs removed as whole channels
     x = torch.randn(5, 1, 8, 8)
     assert compare_with_torch(r.model, tmp_path / "model.onnx", x)["max_abs_error"] < 1e-4
+    # the saved thinned weights export from the command line too
+    import json
+
+    from typer.testing import CliRunner
+
+    from nncompress.cli import app
+
+    res = CliRunner().invoke(app, ["export", "--model", "lenet5", "--data", "digits", "--weights", str(tmp_path / "model.safetensors"),
+                                   "--out", str(tmp_path / "cli.onnx"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["max_abs_error"] < 1e-4

@@ -132,7 +132,12 @@ def export_report(model_name: str, data: str, weights: str | os.PathLike | None,
     if weights is not None:
         from nncompress.pruning import load_masked_state_dict
 
-        load_masked_state_dict(net, load_weights(weights))
+        state = load_weights(weights)
+        if any(k in state and state[k].shape != v.shape for k, v in net.state_dict().items()):  # thinned by channel removal
+            from nncompress.pruning.structured import resize_to_state_dict
+
+            resize_to_state_dict(net, state)
+        load_masked_state_dict(net, state)
     net.eval()
     train_loader, _ = make_loaders(ds, seed=seed)
     if int8:
