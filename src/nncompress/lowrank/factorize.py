@@ -142,22 +142,36 @@ def _tucker_ranks(c_out: int, c_in: int, t: int) -> tuple[int, int]:
 
 
 def _cp_energy_rank(weight: torch.Tensor, energy: float, max_rank: int, seed: int) -> int:
+    """Smallest CP rank whose ALS fit explains `energy`, by doubling then bisection.
+
+    Starts from the largest unfolding's energy rank: an unfolding's rank never exceeds the CP rank, so no
+    smaller rank can reach the energy. ALS gets slow at high rank, so the search fits quickly (25 sweeps).
+    """
+    w = weight.detach().double()
+
     def explained(r: int) -> float:
-        lam, factors = cp_factors(weight, r, n_iter_max=60, seed=seed, tol=1e-6)  # a quick fit is enough to rank
+        lam, factors = cp_factors(weight, r, n_iter_max=25, seed=seed, tol=1e-6)
         w_hat = torch.einsum("r,or,ir,hr,wr->oihw", *(torch.from_numpy(a) for a in (lam, *factors)))
-        w = weight.detach().double()
         return 1.0 - float((w - w_hat).norm() ** 2 / w.norm().clamp_min(1e-30) ** 2)
 
-    lo, hi = 1, max(1, max_rank)
-    if explained(hi) < energy:  # not reachable with any saving: the caller will leave the layer dense
-        return hi
-    while lo < hi:  # smallest rank reaching the energy (ALS error falls with rank, up to noise)
+    lo = min(max(energy_rank(torch.linalg.svdvals(unfold(w, m)), energy) for m in range(4)), max(1, max_rank))
+    if explained(lo) >= energy:
+        return lo
+    hi = lo
+    while True:  # invariant: explained(lo) < energy
+        hi = min(2 * hi, max_rank)
+        if explained(hi) >= energy:
+            break
+        if hi == max_rank:  # not reachable with any saving: the caller leaves the layer dense
+            return max_rank
+        lo = hi
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         if explained(mid) >= energy:
             hi = mid
         else:
-            lo = mid + 1
-    return lo
+            lo = mid
+    return hi
 
 
 def _select_ranks(layer: nn.Module, method: str, energy: float | None, ratio: float | None, vbmf: bool,
