@@ -127,3 +127,13 @@ def test_save_and_load_factorized(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(fresh(x), net(x))
     assert fresh.conv2.ranks == (10, 5) and fresh.fc1.ranks == (20,)
+
+
+def test_cp_energy_rule_finds_the_cp_rank():
+    g = torch.Generator().manual_seed(0)
+    a, b, c, d = (torch.randn(n, 3, generator=g) for n in (16, 8, 3, 3))
+    net = ConvNet()
+    with torch.no_grad():
+        net.features[2].weight.copy_(torch.einsum("or,ir,hr,wr->oihw", a, b, c, d))
+    report = factorize(net, "cp", energy=0.999, layers=["features.2"])
+    assert report.layers[0].ranks == (3,) and report.layers[0].rel_error < 1e-3
