@@ -52,7 +52,7 @@ def test_pipeline_stages_shrink_and_file_decodes_bit_exactly(small_run):
 
 
 def test_cli_compress_on_digits_then_decompress_and_evaluate(tmp_path):
-    r = _run(["compress", "--data", "digits", "--out", "o", "--sparsity", "0.7", "--bits", "5",
+    r = _run(["compress", "--data", "digits", "--out", "o", "--sparsity", "0.7", "--bits", "5", "--train-epochs", "4",
               "--prune-steps", "1", "--finetune-epochs", "1", "--threads", "1", "--json"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -73,13 +73,26 @@ def test_cli_compress_on_digits_then_decompress_and_evaluate(tmp_path):
     (["compress", "--data", "digits", "--model", "alexnet"], "unknown model"),
     (["decompress", "corrupt.nnc"], "corrupt"),
 ])
-def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, args, message):
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, monkeypatch, capsys, args, message):
+    """In-process through the real entry point (`main`), so each case costs no new interpreter."""
+    from nncompress.cli import main
+
     (tmp_path / "corrupt.nnc").write_bytes(b"NNC\x00" + b"\x01" * 40)
-    r = _run(args, cwd=tmp_path)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message.lower() in lines[0].lower(), r.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nncompress", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message.lower() in lines[0].lower(), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nnc"]
+
+
+def test_real_executable_exits_2_on_bad_sparsity(tmp_path):
+    r = _run(["compress", "--data", "digits", "--sparsity", "1.5"], cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "must be in [0, 1)" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_config_validation_without_cli():

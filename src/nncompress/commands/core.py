@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
         bits: str | None = typer.Option(None, "--bits", help="Codebook bits: one value or conv=8,linear=5 / layer=bits; default conv 8, linear 5."),
         prune_steps: int = typer.Option(3, "--prune-steps", help="Iterative pruning rounds."),
         epochs: int = typer.Option(6, "--finetune-epochs", help="Fine-tuning epochs per pruning round."),
+        train_epochs: int = typer.Option(20, "--train-epochs", help="Baseline training epochs when --weights is not given."),
         seed: int = typer.Option(0, "--seed"),
         threads: int = typer.Option(2, "--threads"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
         cfg = DeepCompressionConfig(
             model=model, data=data, weights=str(weights) if weights else None, out_dir=str(out),
             sparsity=_parse_per_layer(sparsity, float, "sparsity"), bits=_parse_per_layer(bits, int, "bits"),
-            prune_steps=prune_steps, prune_finetune_epochs=epochs, seed=seed, threads=threads,
+            prune_steps=prune_steps, prune_finetune_epochs=epochs, baseline_epochs=train_epochs, seed=seed, threads=threads,
         )
         log = (lambda *a: None) if as_json else (lambda msg: typer.echo(msg, err=True))
         result = run_deep_compression(cfg, log=log)

@@ -106,9 +106,12 @@ def _validate(cfg: DeepCompressionConfig, model: nn.Module) -> dict[str, float]:
     for b in ([bits] if isinstance(bits, int) else (bits or {}).values()):
         if not (isinstance(b, int) and 1 <= b <= 16):
             raise UserError(f"bits must be integers in 1..16, got {b!r}")
-    for name in ("prune_steps",):
+    for name in ("prune_steps", "baseline_epochs"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("prune_finetune_epochs", "share_finetune_epochs"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.threads < 1:
         raise UserError(f"threads must be >= 1, got {cfg.threads}")
     return targets
