@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from nncompress.analysis import measure_callable_ms, measure_latency_ms
+from nncompress.analysis import measure_callable_ms, measure_interleaved_ms, measure_latency_ms, measure_pair_ms, num_threads
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
 
@@ -46,3 +46,27 @@ def test_bad_arguments():
     for kwargs in ({"repeats": 0}, {"warmup": -1}, {"threads": 0}):
         with pytest.raises(UserError):
             measure_callable_ms(lambda: None, **kwargs)
+
+
+def test_num_threads_context_restores():
+    before = torch.get_num_threads()
+    with num_threads(1):
+        assert torch.get_num_threads() == 1
+    with num_threads(None):
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before
+
+
+def test_interleaved_order_and_warmup():
+    calls = []
+    ra, rb = measure_interleaved_ms([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, repeats=2)
+    assert calls == ["a", "a", "b", "b"] * 2  # one untimed warm call before each timed one, round-robin
+    assert ra.repeats == rb.repeats == 2
+
+
+def test_pair_restores_modes():
+    a, b = build_model("lenet300", (1, 8, 8)), build_model("lenet300", (1, 8, 8))
+    a.train()
+    b.eval()
+    ra, rb = measure_pair_ms(a, b, torch.zeros(1, 1, 8, 8), repeats=3)
+    assert a.training and not b.training and ra.median_ms > 0 and rb.median_ms > 0

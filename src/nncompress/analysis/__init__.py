@@ -1,7 +1,14 @@
 """Measure a model: parameters, non-zeros, sparsity, MACs, storage bytes per format, latency, energy estimate."""
 from nncompress.analysis.counts import LayerCounts, ModelCounts, count_layer, count_parameters, nnz, sparsity, weight_layers
 from nncompress.analysis.energy import EnergyEstimate, estimate_energy_pj
-from nncompress.analysis.latency import LatencyResult, measure_callable_ms, measure_latency_ms
+from nncompress.analysis.latency import (
+    LatencyResult,
+    measure_callable_ms,
+    measure_interleaved_ms,
+    measure_latency_ms,
+    measure_pair_ms,
+    num_threads,
+)
 from nncompress.analysis.macs import LayerMacs, MacsReport, count_macs, module_macs
 from nncompress.analysis.report import LayerRow, ModelAnalysis, analyze, sparsity_bar_plot, weight_histogram
 from nncompress.analysis.storage import (
@@ -36,9 +43,12 @@ __all__ = [
     "layer_storage",
     "matrix_shape",
     "measure_callable_ms",
+    "measure_interleaved_ms",
     "measure_latency_ms",
+    "measure_pair_ms",
     "module_macs",
     "nnz",
+    "num_threads",
     "sparsity",
     "sparsity_bar_plot",
     "weight_histogram",

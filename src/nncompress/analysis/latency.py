@@ -6,7 +6,8 @@ in one run with the same thread count.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,23 @@ def _check(warmup: int, repeats: int, threads: int | None) -> None:
         raise UserError(f"threads must be >= 1 (or None to leave torch's setting), got {threads}")
 
 
+@contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `torch.set_num_threads(n)` (None: leave it), restoring the previous setting."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _result(times_ms: np.ndarray, threads: int | None) -> LatencyResult:
+    p10, p50, p90 = np.percentile(times_ms, [10, 50, 90])
+    return LatencyResult(float(p50), float(p10), float(p90), threads, len(times_ms))
+
+
 def measure_callable_ms(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30, threads: int | None = 1) -> LatencyResult:
     """Time `fn()` (any callable, e.g. an ONNX Runtime `session.run` wrapped in a lambda) with time.perf_counter.
 
@@ -42,10 +60,7 @@ def measure_callable_ms(fn: Callable[[], Any], warmup: int = 5, repeats: int = 3
     reach other runtimes (give ONNX Runtime its intra_op_num_threads in the session options).
     """
     _check(warmup, repeats, threads)
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         for _ in range(warmup):
             fn()
         times_ms = np.empty(repeats)
@@ -53,24 +68,61 @@ def measure_callable_ms(fn: Callable[[], Any], warmup: int = 5, repeats: int = 3
             t0 = time.perf_counter()
             fn()
             times_ms[i] = (time.perf_counter() - t0) * 1e3
+    return _result(times_ms, threads)
+
+
+def measure_interleaved_ms(fns: Sequence[Callable[[], Any]], warmup: int = 1, repeats: int = 20,
+                           threads: int | None = 1) -> list[LatencyResult]:
+    """Time several callables round-robin (a, b, a, b, ...) so that load on a shared CPU hits all of them alike.
+
+    Each timed call is preceded by `warmup` untimed calls of the same callable, so every one is timed with its
+    own weights in cache rather than just after another's. One result per callable, in order.
+    """
+    _check(warmup, repeats, threads)
+    times_ms = np.empty((len(fns), repeats))
+    with num_threads(threads):
+        for i in range(repeats):
+            for j, fn in enumerate(fns):
+                for _ in range(warmup):
+                    fn()
+                t0 = time.perf_counter()
+                fn()
+                times_ms[j, i] = (time.perf_counter() - t0) * 1e3
+    return [_result(t, threads) for t in times_ms]
+
+
+def _forward(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+
+    def run() -> None:
+        with torch.no_grad():
+            model(*args)
+    return run
+
+
+@contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
     finally:
-        torch.set_num_threads(before)
-    p10, p50, p90 = np.percentile(times_ms, [10, 50, 90])
-    return LatencyResult(float(p50), float(p10), float(p90), threads, repeats)
+        for m, was_training in zip(models, modes):
+            m.train(was_training)
 
 
 def measure_latency_ms(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], warmup: int = 5,
                        repeats: int = 30, threads: int | None = 1) -> LatencyResult:
     """Latency of `model(example_input)` in eval mode under no_grad; the model's train/eval mode is restored."""
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    was_training = model.training
-    model.eval()
+    with _eval_mode(model):
+        return measure_callable_ms(_forward(model, example_input), warmup, repeats, threads)
 
-    def run() -> None:
-        with torch.no_grad():
-            model(*args)
 
-    try:
-        return measure_callable_ms(run, warmup, repeats, threads)
-    finally:
-        model.train(was_training)
+def measure_pair_ms(a: nn.Module, b: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
+                    warmup: int = 1, repeats: int = 20, threads: int | None = 1) -> tuple[LatencyResult, LatencyResult]:
+    """Latencies of two models on the same input, timed interleaved (see `measure_interleaved_ms`): the fair way
+    to compare a model before and after compression on a busy machine. Eval mode, no_grad; modes restored."""
+    with _eval_mode(a, b):
+        ra, rb = measure_interleaved_ms([_forward(a, example_input), _forward(b, example_input)], warmup, repeats, threads)
+    return ra, rb
