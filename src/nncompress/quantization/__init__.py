@@ -11,7 +11,7 @@ from nncompress.quantization.backends import Int8Model, compare_with_simulation,
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, fake_quantize_ste
 from nncompress.quantization.fusion import fold_bn, fuse_conv_bn
 from nncompress.quantization.graph import QuantConfig, QuantLayer, freeze, prepare, quantizers
-from nncompress.quantization.measure import float_weight_bytes, latency_ms, quantized_weight_bytes
+from nncompress.quantization.measure import float_weight_bytes, quantized_weight_bytes
 from nncompress.quantization.observers import (
     OBSERVERS,
     EntropyObserver,
@@ -43,7 +43,7 @@ __all__ = [
     "OBSERVERS", "EntropyObserver", "FakeQuantize", "Int8Model", "LSQQuantizer", "MSEObserver", "MinMaxObserver",
     "MovingAverageMinMaxObserver", "Observer", "PercentileObserver", "QuantConfig", "QuantLayer", "binarize", "calibrate",
     "check_bits", "compare_with_simulation", "compute_qparams", "convert_qat", "cpu_has_vnni", "dequantize", "fake_quantize",
-    "fake_quantize_ste", "float_weight_bytes", "fold_bn", "freeze", "fuse_conv_bn", "latency_ms", "make_observer",
+    "fake_quantize_ste", "float_weight_bytes", "fold_bn", "freeze", "fuse_conv_bn", "make_observer",
     "minmax_qparams", "prepare", "prepare_qat", "qrange", "quantize", "quantize_dynamic", "quantize_qat", "quantize_static",
     "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels",
     "to_reduced_precision", "train_qat", "OnnxRuntimeModel", "save_onnx_qdq", "to_onnx_float", "to_onnx_qdq", "quantize_and_measure",

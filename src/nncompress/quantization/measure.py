@@ -1,14 +1,11 @@
-"""What a quantized model costs: bytes of its weights and measured CPU latency.
+"""What a quantized model costs: bytes of its weights (latency: `nncompress.analysis.measure_latency_ms`).
 
 Sizes count what a deployed file must hold: b-bit codes packed ⌈n·b/8⌉ bytes per layer, one fp32 scale
 per output channel (or per tensor), fp32 biases, and everything left in float at 4 bytes a value.
-Latency is the median of repeated timed calls after warm-up, at a stated thread count.
 """
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -51,23 +48,3 @@ def quantized_weight_bytes(gm: nn.Module) -> dict[str, int]:
 
 def _is_step(gm: nn.Module, p: torch.Tensor) -> bool:
     return any(p is m.step for m in gm.modules() if isinstance(m, LSQQuantizer))
-
-
-@torch.no_grad()
-def latency_ms(model: nn.Module, x: torch.Tensor, threads: int | None = None, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of model(x) in milliseconds at `threads` intra-op threads (restored afterwards)."""
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        model.eval()
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-    finally:
-        torch.set_num_threads(old)

@@ -10,6 +10,7 @@ import os
 import torch
 from torch import nn
 
+from nncompress.analysis.latency import measure_latency_ms
 from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_bytes, save_weights
 from nncompress.data import Dataset, make_loaders
@@ -17,7 +18,7 @@ from nncompress.quantization.backends import compare_with_simulation, cpu_has_vn
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weight_codes
 from nncompress.quantization.graph import QuantLayer
 from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, to_onnx_qdq
-from nncompress.quantization.measure import float_weight_bytes, latency_ms, quantized_weight_bytes
+from nncompress.quantization.measure import float_weight_bytes, quantized_weight_bytes
 from nncompress.quantization.ptq import quantize_dynamic, quantize_static
 from nncompress.quantization.qat import DEFAULT_QAT_LR, quantize_qat
 from nncompress.training import evaluate
@@ -56,12 +57,12 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         "threads": threads, "batch_size": batch_size, "backend": backend,
     }
     report["size_ratio"] = report["fp32_bytes"] / report["quantized_bytes"]
-    report["fp32_latency_ms"] = latency_ms(model, x, threads, repeats)
+    report["fp32_latency_ms"] = measure_latency_ms(model, x, warmup=5, repeats=repeats, threads=threads).median_ms
     kernels_ok = bits <= 8 and act_bits == 8
     if kernels_ok:
         real = to_int8_kernels(gm, backend)
         report["int8_top1"] = evaluate(real, test_loader)
-        report["int8_latency_ms"] = latency_ms(real, x, threads, repeats)
+        report["int8_latency_ms"] = measure_latency_ms(real, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report["speedup"] = report["fp32_latency_ms"] / report["int8_latency_ms"]
         report.update({f"kernel_{k}": v for k, v in compare_with_simulation(gm, real, ds.x_test[:256]).items()})
     else:
@@ -74,7 +75,7 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         ort_model = OnnxRuntimeModel(data, threads)
         report["onnx_path"], report["onnx_bytes"] = str(onnx_path), len(data)
         report["onnx_top1"] = evaluate(ort_model, test_loader)
-        report["onnx_latency_ms"] = latency_ms(ort_model, x, threads, repeats)
+        report["onnx_latency_ms"] = measure_latency_ms(ort_model, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report.update({f"onnx_{k}": v for k, v in compare_with_simulation(gm, ort_model, ds.x_test[:256]).items()})
     return gm, report
 
