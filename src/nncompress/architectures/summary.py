@@ -1,8 +1,10 @@
 """Parameter and multiply-accumulate counts of a model, by tracing one forward pass on a single sample.
 
-MACs per sample: Conv2d = H_out·W_out·C_out·(C_in/groups)·k_h·k_w (so depthwise costs k²·C·H·W);
-Linear = in·out (times any leading non-batch dims). BatchNorm, activations, pooling and the SE multiply
-are not multiply-accumulates of a weight and count 0, the convention of the MobileNet/ShuffleNet tables.
+MACs come from `nncompress.analysis.macs` (one counter for the whole package): Conv2d =
+H_out·W_out·C_out·(C_in/groups)·k_h·k_w (so depthwise costs k²·C·H·W); Linear = in·out (times any leading
+non-batch dims). BatchNorm, activations, pooling and the SE multiply are not multiply-accumulates of a weight
+and count 0, the convention of the MobileNet/ShuffleNet tables. Models built under `torch.device("meta")` are
+traced on shapes only, which makes ImageNet-size counts instant.
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from nncompress.analysis.macs import count_macs as _count_macs
+from nncompress.analysis.macs import module_macs
 
 
 @dataclass
@@ -26,18 +32,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
-    if isinstance(module, nn.Conv2d):
-        k_h, k_w = module.kernel_size
-        return out[0].numel() * (module.in_channels // module.groups) * k_h * k_w
-    if isinstance(module, nn.Linear):
-        return out[0].numel() * module.in_features
-    return 0
-
-
 @torch.no_grad()
 def layer_costs(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerCost]:
-    """Per Conv2d/Linear layer: output shape, parameters and MACs for one sample of shape `in_shape` (C, H, W).
+    """Per conv/linear layer call: output shape, parameters and MACs for one sample of shape `in_shape` (C, H, W).
 
     A model built under `torch.device("meta")` is traced without computing anything (fast at ImageNet size).
     """
@@ -45,13 +42,13 @@ def layer_costs(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerCost]:
     handles = []
 
     def hook(name: str):
-        def fn(module: nn.Module, _inp, out):
+        def fn(module: nn.Module, inp, out):
             rows.append(LayerCost(name, type(module).__name__, tuple(out.shape[1:]),
-                                  sum(p.numel() for p in module.parameters(recurse=False)), _macs(module, out)))
+                                  sum(p.numel() for p in module.parameters(recurse=False)), module_macs(module, inp[0], out)))
         return fn
 
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (_ConvNd, nn.Linear)):
             handles.append(m.register_forward_hook(hook(name)))
     was_training = model.training
     model.eval()
@@ -67,4 +64,4 @@ def layer_costs(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerCost]:
 
 def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass on one sample of shape `in_shape` (C, H, W)."""
-    return sum(r.macs for r in layer_costs(model, in_shape))
+    return _count_macs(model, tuple(in_shape)).total_macs
