@@ -100,30 +100,88 @@ def latency_ms(models: dict[str, nn.Module], x: torch.Tensor, threads: int, repe
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_distillation(ds, seeds, epochs, teacher_epochs, hidden, temperature, alpha) -> dict:
-    train_loader, test_loader = make_loaders(ds, seed=0)
+# KD protocol: both arms get the same recipe (SGD-nesterov 0.9, lr 0.05 cosine, batch 64, the same seeded batches,
+# no augmentation), only the loss differs. T and α were picked on a held-out split of the TRAINING data (500 of the
+# 4000 images; teacher trained on the other 3500), mean gain over seeds 0-2, by `--tune`; the test set played no part.
+KD_EPOCHS, KD_LR, KD_HIDDEN = 20, 0.05, 32
+KD_GRID = [(2.0, 0.5), (2.0, 0.9), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
+KD_TEMPERATURE, KD_ALPHA = 4.0, 0.5  # the best held-out mean gain in KD_TUNING
+# `--tune` output (held-out top-1 gain in pp, seeds 0, 1, 2). T=8, α=0.9 diverges at this lr: the soft term's gradient
+# grows with T (T²·KL), so α·T sets an effective step size. With ±2 px shifts on both arms (teacher included) the
+# alone student rose to 95.0% on the held-out split and KD lost (seed 0: T=2 −0.8/−1.6, T=4 α=0.5 −0.2), so no augmentation.
+KD_TUNING = {"T=2,alpha=0.5": [1.0, 1.4, 0.2], "T=2,alpha=0.9": [1.6, 0.6, 0.8], "T=4,alpha=0.5": [1.6, 0.4, 1.4],
+             "T=4,alpha=0.9": [-2.8, -1.0, 1.0], "T=8,alpha=0.5": [-1.8, 0.6, 0.8], "T=8,alpha=0.9": [-82.6, -0.8, -61.2]}
+
+
+def _kd_pair(ds_train, teacher, seed, epochs, hidden, temperature, alpha, eval_loader) -> tuple[float, float]:
+    """One seed: the student trained alone and distilled, identical init, batches, optimizer and schedule."""
+    x, y = ds_train
+    loader = lambda: _loader(x, y, seed)  # noqa: E731 - a fresh loader with the same seed: the same batches
+    cfg = lambda: TrainConfig(epochs=epochs, lr=KD_LR, seed=seed, progress=False)  # noqa: E731
+    seed_everything(seed)
+    alone = mlp_student(hidden)
+    train(alone, loader(), cfg())
+    seed_everything(seed)
+    student = mlp_student(hidden)
+    distill(student, teacher, loader(), cfg(), temperature=temperature, alpha=alpha)
+    return evaluate(alone, eval_loader), evaluate(student, eval_loader)
+
+
+def _loader(x, y, seed, batch_size=64):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
+
+
+def _teacher(x, y, input_shape, num_classes, epochs):
     seed_everything(0)
-    teacher = build_model("lenet5", ds.input_shape, ds.num_classes)
-    train(teacher, train_loader, TrainConfig(epochs=teacher_epochs, lr=0.03, seed=0))
+    teacher = build_model("lenet5", input_shape, num_classes)
+    train(teacher, _loader(x, y, 0), TrainConfig(epochs=epochs, lr=0.03, seed=0, progress=False))
+    return teacher
+
+
+def tune_distillation(ds, seeds, epochs, teacher_epochs, hidden, grid, holdout=500) -> dict:
+    """Grid over (T, α) on a held-out split of the training set; returns the mean held-out gain per setting."""
+    perm = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(123))
+    val, fit = perm[:holdout], perm[holdout:]
+    xf, yf = ds.x_train[fit], ds.y_train[fit]
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ds.x_train[val], ds.y_train[val]), batch_size=512)
+    teacher = _teacher(xf, yf, ds.input_shape, ds.num_classes, teacher_epochs)
+    gains = {}
+    for t, a in grid:
+        for seed in seeds:
+            alone, kd = _kd_pair((xf, yf), teacher, seed, epochs, hidden, t, a, val_loader)
+            gains.setdefault(f"T={t:g},alpha={a:g}", []).append(kd - alone)
+            print(f"  tune T={t:g} α={a:g} seed {seed}: alone {alone:.2f}%  distilled {kd:.2f}%", flush=True)
+    means = {k: statistics.mean(v) for k, v in gains.items()}
+    for k, v in means.items():
+        print(f"  held-out mean gain {k}: {v:+.2f} pp")
+    print(f"  best: {max(means, key=means.get)}")
+    return {"holdout_samples": holdout, "fit_samples": len(fit), "seeds": list(seeds), "epochs": epochs, "gains_pp": gains,
+            "mean_gain_pp": means, "best": max(means, key=means.get)}
+
+
+def bench_distillation(ds, seeds, epochs, teacher_epochs, hidden, temperature, alpha) -> dict:
+    test_loader = make_loaders(ds, seed=0)[1]
+    teacher = _teacher(ds.x_train, ds.y_train, ds.input_shape, ds.num_classes, teacher_epochs)
     rows = []
     for seed in seeds:
-        seed_everything(seed)
-        alone = mlp_student(hidden)
-        train(alone, make_loaders(ds, seed=seed)[0], TrainConfig(epochs=epochs, lr=0.05, seed=seed))
-        seed_everything(seed)
-        student = mlp_student(hidden)
-        distill(student, teacher, make_loaders(ds, seed=seed)[0], TrainConfig(epochs=epochs, lr=0.05, seed=seed), temperature=temperature, alpha=alpha)
-        rows.append({"seed": seed, "alone_top1": evaluate(alone, test_loader), "distilled_top1": evaluate(student, test_loader)})
-        print(f"  KD seed {seed}: alone {rows[-1]['alone_top1']:.2f}%  distilled {rows[-1]['distilled_top1']:.2f}%", flush=True)
+        alone, kd = _kd_pair((ds.x_train, ds.y_train), teacher, seed, epochs, hidden, temperature, alpha, test_loader)
+        rows.append({"seed": seed, "alone_top1": alone, "distilled_top1": kd, "gain_pp": kd - alone})
+        print(f"  KD seed {seed}: alone {alone:.2f}%  distilled {kd:.2f}%  gain {kd - alone:+.2f} pp", flush=True)
     alone_mean = statistics.mean(r["alone_top1"] for r in rows)
     kd_mean = statistics.mean(r["distilled_top1"] for r in rows)
+    gain = kd_mean - alone_mean
     return {"teacher": "lenet5", "teacher_params": sum(p.numel() for p in teacher.parameters()),
             "teacher_top1": evaluate(teacher, test_loader), "student": f"mlp-784-{hidden}-10",
             "student_params": sum(p.numel() for p in mlp_student(hidden).parameters()),
-            "temperature": temperature, "alpha": alpha, "epochs": epochs, "lr": 0.05, "teacher_epochs": teacher_epochs,
-            "per_seed": rows,
-            "alone_top1_mean": alone_mean, "distilled_top1_mean": kd_mean, "gain_pp": kd_mean - alone_mean,
-            "gains_pp": [r["distilled_top1"] - r["alone_top1"] for r in rows], "target_gain_pp": 1.0}
+            "protocol": (f"both arms: same init, same seeded batches (64), SGD-nesterov 0.9, lr {KD_LR} cosine, {epochs} epochs, "
+                         "no augmentation; only the loss differs (CE vs α·T²·KL + (1−α)·CE); T, α tuned on 500 held-out "
+                         "training images (teacher fit on the other 3500), never on the test set"),
+            "temperature": temperature, "alpha": alpha, "epochs": epochs, "lr": KD_LR, "teacher_epochs": teacher_epochs,
+            "tuning_holdout_mean_gain_pp": KD_TUNING, "per_seed": rows,
+            "alone_top1_mean": alone_mean, "distilled_top1_mean": kd_mean, "gain_pp": gain,
+            "gains_pp": [r["gain_pp"] for r in rows], "target_gain_pp": 1.0, "target_met": gain >= 1.0}
 
 
 def bench_svd(ds, epochs, finetune_epochs, ratio) -> dict:
@@ -216,15 +274,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: few epochs, one seed (numbers not meaningful)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tune", action="store_true", help="only pick the KD T and α on a held-out training split, print, exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     q = args.quick
+    if args.tune:
+        return tune_distillation(load_dataset("mnist5k"), [0] if q else [0, 1, 2], 1 if q else KD_EPOCHS, 1 if q else 12,
+                                 KD_HIDDEN, KD_GRID[:1] if q else KD_GRID)
     t_start = time.perf_counter()
     ds = load_dataset("mnist5k")
     result = {"dataset": "mnist5k", "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
               "torch": torch.__version__, "python": platform.python_version(), "train_threads": 1}
     sections = [
-        ("distillation", lambda: bench_distillation(ds, [0] if q else [0, 1, 2], 1 if q else 10, 1 if q else 12, 32, 4.0, 0.5)),
+        ("distillation", lambda: bench_distillation(ds, [0] if q else [0, 1, 2], 1 if q else KD_EPOCHS, 1 if q else 12, KD_HIDDEN,
+                                                               KD_TEMPERATURE, KD_ALPHA)),
         ("svd", lambda: bench_svd(ds, 1 if q else 10, 1 if q else 3, 5.5)),
         ("tucker", lambda: bench_tucker(ds, 1 if q else 4, 1 if q else 2, 3.5, 3 if q else 40)),
         ("lottery", lambda: bench_lottery(ds, 1 if q else 4, 3, 0.9)),
@@ -247,7 +310,7 @@ def _print_table(r: dict) -> None:
     rows = [
         ("KD: student alone (mean)", f"{kd['alone_top1_mean']:.2f}%", f"{kd['student']}, {kd['student_params']:,} params"),
         ("KD: distilled from LeNet-5", f"{kd['distilled_top1_mean']:.2f}%",
-         f"gain {kd['gain_pp']:+.2f} pp (target ≥ +1), per seed {', '.join(f'{g:+.1f}' for g in kd['gains_pp'])}; teacher {kd['teacher_top1']:.2f}%"),
+         f"gain {kd['gain_pp']:+.2f} pp (target ≥ +1: {'met' if kd['target_met'] else 'NOT met'}), T={kd['temperature']:g} α={kd['alpha']:g} {kd['epochs']} ep, per seed {', '.join(f'{g:+.1f}' for g in kd['gains_pp'])}; teacher {kd['teacher_top1']:.2f}%"),
         ("SVD LeNet-300-100 dense", f"{svd['top1_dense']:.2f}%", f"{svd['fc_params_dense']:,} FC params"),
         ("SVD factorized + fine-tune", f"{svd['top1_finetuned']:.2f}%",
          f"{svd['fc_param_ratio']:.2f}× fewer FC params (target ≥ 5), drop {svd['drop_pp']:+.2f} pp (≤ 1), before FT {svd['top1_factorized']:.2f}%"),
