@@ -1,0 +1,1 @@
+"""Recipes: the Deep Compression pipeline and YAML schedules that compose the methods over training."""
