@@ -40,7 +40,6 @@ from nncompress.sharing import share_weights
 from nncompress.training import Callback, TrainConfig, evaluate, train
 from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
 from nncompress.training.distributed import (
-    GradientAllReduce,
     barrier,
     broadcast_module,
     init_distributed,
@@ -341,7 +340,7 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
                 if p.method in _STRUCTURAL and p.start == a:
                     model = _apply_structural(model, p, run)
         first = max(a, start_epoch)
-        cbs = [_Schedule(run, first), GradientAllReduce()] + [g for _, g in gated]
+        cbs = [_Schedule(run, first)] + [g for _, g in gated]
         opt = _optimizer(model, r)
         if run.optimizer_state is not None:
             if a < start_epoch:  # resuming inside this phase (a phase that starts now begins with a fresh optimizer)

@@ -1,11 +1,11 @@
 """Data-parallel training under `torchrun` on PyTorch's distributed engine (gloo: the training loop runs on CPU).
 
 Each rank trains on its shard of every batch (a DistributedSampler gives rank r the indices perm[r::world]
-of the same (seed, epoch) permutation), and `GradientAllReduce` averages the gradients across ranks after
-backward: the same synchronous update DistributedDataParallel computes, g = (1/W)·Σ_r g_r, which for a mean
-loss over equal shards is the gradient of the whole batch. It is a callback rather than the DDP wrapper
-because compression callbacks address layers by name and re-parametrize them (masks, fake quantizers)
-mid-run; a wrapper would rename every layer `module.<name>` and must be rebuilt after each change.
+of the same (seed, epoch) permutation), and `training.train` runs forward/backward through
+DistributedDataParallel, which averages the gradients across ranks during backward, g = (1/W)·Σ_r g_r: for a
+mean loss over equal shards, the gradient of the whole batch. Compression callbacks keep addressing the plain
+model by layer name; when one re-parametrizes a layer (a pruning mask, a codebook) the wrapper is rebuilt, and
+structural changes between training phases (channel removal, QAT) get a fresh one.
 
     torchrun --standalone --nproc-per-node 2 --no-python nncompress run-recipe recipes/agp.yaml --out runs/agp
 """
@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nncompress.training.callbacks import Callback
 
 
 def world() -> tuple[int, int]:
@@ -65,32 +64,6 @@ def mean_over_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t) / world()[1]
-
-
-class GradientAllReduce(Callback):
-    """Average every gradient over the ranks after backward (one flat all-reduce per step), and start each step
-    from rank 0's buffers (BN statistics, observer ranges), as DDP's broadcast_buffers does."""
-
-    def on_step_begin(self, step: int, model: nn.Module) -> None:
-        if world()[1] > 1:
-            with torch.no_grad():
-                for b in model.buffers():
-                    dist.broadcast(b, 0)
-
-    def on_after_backward(self, model: nn.Module) -> None:
-        _, size = world()
-        if size == 1:
-            return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
 
 
 def shard(items: Sequence, rank: int | None = None, size: int | None = None) -> list:

@@ -51,6 +51,7 @@ def train(
     sched = None
     if cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    net, layout = data_parallel(model), _layout(model)  # DDP under torchrun; callbacks see the plain model
     for cb in callbacks:
         cb.on_train_begin(model, opt)
     step, history = 0, []
@@ -62,7 +63,9 @@ def train(
         for x, y in loader:
             for cb in callbacks:
                 cb.on_step_begin(step, model)
-            out = model(x)
+            if net is not model and _layout(model) != layout:  # a callback re-parametrized a layer: new autograd
+                net, layout = data_parallel(model), _layout(model)  # leaves, so DDP's gradient hooks must be rebuilt
+            out = net(x)
             loss = loss_fn(out, y)
             for cb in callbacks:
                 loss = cb.loss(model, x, y, out, loss)
@@ -88,6 +91,26 @@ def train(
         cb.on_train_end(model)
     cfg.history.extend(history)
     return history
+
+
+def data_parallel(model: nn.Module) -> nn.Module:
+    """`model` wrapped in DistributedDataParallel when running under torchrun with more than one rank, else itself.
+
+    DDP averages gradients across ranks during backward, g = (1/W)·Σ_r g_r, and syncs buffers (masks, BN
+    statistics, codebook indices) from rank 0 before each forward. Rebuilt when the parameter layout changes.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return model
+    if not any(p.requires_grad for p in model.parameters()):
+        return model
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def _layout(model: nn.Module) -> tuple[str, ...]:
+    """Names of the trainable parameters: changes when a callback (pruning, sharing) re-parametrizes a layer."""
+    return tuple(n for n, p in model.named_parameters() if p.requires_grad)
 
 
 @torch.no_grad()
