@@ -64,3 +64,14 @@ def test_plain_state_dict_bakes_parametrizations_without_touching_the_model():
     assert parametrize.is_parametrized(net[0], "weight")  # untouched
     fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
     fresh.load_state_dict(state)
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
