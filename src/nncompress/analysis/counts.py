@@ -28,13 +28,9 @@ def _ratio_zero(nz: int, total: int) -> float:
     return 0.0 if total == 0 else 1.0 - nz / total
 
 
-@dataclass(frozen=True)
-class LayerCounts:
-    """Counts for one layer; weights and biases separately."""
+class _Totals:
+    """params, nnz and sparsities derived from weight/bias counts (shared by a layer and a whole model)."""
 
-    name: str
-    type: str
-    weight_shape: tuple[int, ...]
     weight_params: int
     weight_nnz: int
     bias_params: int
@@ -53,16 +49,29 @@ class LayerCounts:
         return _ratio_zero(self.weight_nnz, self.weight_params)
 
     @property
-    def bias_sparsity(self) -> float:
-        return _ratio_zero(self.bias_nnz, self.bias_params)
-
-    @property
     def sparsity(self) -> float:
         return _ratio_zero(self.nnz, self.params)
 
 
 @dataclass(frozen=True)
-class ModelCounts:
+class LayerCounts(_Totals):
+    """Counts for one layer; weights and biases separately."""
+
+    name: str
+    type: str
+    weight_shape: tuple[int, ...]
+    weight_params: int
+    weight_nnz: int
+    bias_params: int
+    bias_nnz: int
+
+    @property
+    def bias_sparsity(self) -> float:
+        return _ratio_zero(self.bias_nnz, self.bias_params)
+
+
+@dataclass(frozen=True)
+class ModelCounts(_Totals):
     """Per-layer counts (definition order) and their totals."""
 
     layers: dict[str, LayerCounts] = field(default_factory=dict)
@@ -85,22 +94,6 @@ class ModelCounts:
     @property
     def bias_nnz(self) -> int:
         return self._sum("bias_nnz")
-
-    @property
-    def params(self) -> int:
-        return self.weight_params + self.bias_params
-
-    @property
-    def nnz(self) -> int:
-        return self.weight_nnz + self.bias_nnz
-
-    @property
-    def weight_sparsity(self) -> float:
-        return _ratio_zero(self.weight_nnz, self.weight_params)
-
-    @property
-    def sparsity(self) -> float:
-        return _ratio_zero(self.nnz, self.params)
 
 
 def is_parametrization_internal(name: str) -> bool:

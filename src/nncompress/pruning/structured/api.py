@@ -51,6 +51,16 @@ def _holdout(ds: Dataset, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
             Dataset(ds.name, ds.x_train[:n], ds.y_train[:n], ds.x_train[n:], ds.y_train[n:], ds.num_classes))
 
 
+def _setup(model: str, data: str, weights, pretrain_epochs: int, latency_batch: int, threads: int, seed: int):
+    """Seeded data, loaders, the trained model, the latency batch and the model's measurements before pruning."""
+    seed_everything(seed)
+    ds = load_dataset(data)
+    train_loader, test_loader = make_loaders(ds, seed=seed)
+    net = _load(model, ds, weights, pretrain_epochs, train_loader, seed)
+    x = ds.x_test[:latency_batch]
+    return ds, train_loader, test_loader, net, x, measure(net, x, test_loader, threads)
+
+
 def _summary(before: dict, after: dict) -> dict:
     return {"params_ratio": before["params"] / after["params"], "macs_ratio": before["macs"] / after["macs"],
             "speedup": before["latency_ms"] / after["latency_ms"], "top1_drop_pp": before["top1"] - after["top1"]}
@@ -81,12 +91,7 @@ def run_prune_channels(
     Ratios: uniform `ratio`, per group/layer `layer_ratios`, `remove_macs` (fraction of MACs), or
     `sensitivity_drop` (per-group ratios from a sensitivity scan allowing that many points of top-1 drop).
     """
-    seed_everything(seed)
-    ds = load_dataset(data)
-    train_loader, test_loader = make_loaders(ds, seed=seed)
-    net = _load(model, ds, weights, pretrain_epochs, train_loader, seed)
-    x = ds.x_test[:latency_batch]
-    before = measure(net, x, test_loader, threads)
+    ds, train_loader, test_loader, net, x, before = _setup(model, data, weights, pretrain_epochs, latency_batch, threads, seed)
     if sensitivity_drop is not None:
         _, held = _holdout(ds)
         _, held_loader = make_loaders(held, seed=seed)
@@ -124,12 +129,7 @@ def run_netadapt(
     out: str | os.PathLike | None = None,
 ) -> dict:
     """NetAdapt to `latency_budget` × the measured latency; proposals judged on 10% of the training set held out."""
-    seed_everything(seed)
-    ds = load_dataset(data)
-    train_loader, test_loader = make_loaders(ds, seed=seed)
-    net = _load(model, ds, weights, pretrain_epochs, train_loader, seed)
-    x = ds.x_test[:latency_batch]
-    before = measure(net, x, test_loader, threads)
+    ds, train_loader, test_loader, net, x, before = _setup(model, data, weights, pretrain_epochs, latency_batch, threads, seed)
     fit, held = _holdout(ds)
     fit_loader, _ = make_loaders(fit, seed=seed)
     _, held_loader = make_loaders(held, seed=seed)
