@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(0.05, "--lr"),
         seed: int = typer.Option(0, "--seed"),
         threads: int = typer.Option(2, "--threads", min=1),
+        device: str = typer.Option("auto", "--device", help="auto (this rank's GPU when CUDA is present, else cpu), cpu, cuda or cuda:N."),
         out: Path = typer.Option(Path("model.safetensors"), "--out", help="Weights file to write (safetensors)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -48,13 +49,15 @@ def register(app: typer.Typer) -> None:
         from nncompress.core.seed import seed_everything
         from nncompress.data import load_dataset, make_loaders
         from nncompress.training import TrainConfig, evaluate, train
+        from nncompress.training.device import resolve_device
 
+        resolve_device(device)  # a bad or unavailable device fails before the data loads
         torch.set_num_threads(threads)
         seed_everything(seed)
         ds = load_dataset(data, seed=seed)
         net = build_model(model, ds.input_shape, ds.num_classes)
         train_loader, test_loader = make_loaders(ds, seed=seed)
-        train(net, train_loader, TrainConfig(epochs=epochs, lr=lr, seed=seed))
+        train(net, train_loader, TrainConfig(epochs=epochs, lr=lr, seed=seed, device=device))
         top1 = evaluate(net, test_loader)
         save_weights(net.state_dict(), out, metadata={"model": model, "data": data, "seed": str(seed)})
         result = {"model": model, "data": data, "epochs": epochs, "top1": top1, "weights": str(out)}

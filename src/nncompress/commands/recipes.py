@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Argument(..., help="A recipe YAML file (see recipes/ for one per method)."),
         out: Path = typer.Option(Path("nncompress-run"), "--out", help="Directory for weights, result.json (and model.onnx)."),
         threads: int = typer.Option(1, "--threads", min=1),
+        device: str = typer.Option("auto", "--device", help="auto (this rank's GPU when CUDA is present, else cpu), cpu, cuda or cuda:N."),
         check: bool = typer.Option(False, "--check", help="Only validate the recipe; run nothing."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
             msg = {"recipe": str(recipe), "valid": True, "policies": [p.method for p in r.policies]}
             typer.echo(json.dumps(msg) if as_json else f"{recipe}: valid ({', '.join(msg['policies']) or 'no policies'})")
             return
-        result = run_recipe(recipe, out, threads=threads, resume=resume)
+        result = run_recipe(recipe, out, threads=threads, resume=resume, device=device)
         from nncompress.training.distributed import is_main_process
 
         if not is_main_process():  # under torchrun only rank 0 reports

@@ -28,6 +28,7 @@ from nncompress.distillation.losses import (
     soft_targets,
 )
 from nncompress.training import Callback, TrainConfig, train
+from nncompress.training.device import module_device
 
 LayerPairs = Sequence[tuple[str, str]]
 
@@ -45,6 +46,8 @@ class DistillationCallback(Callback):
     teachers: a module or a list; several are combined by averaging their softened outputs with `teacher_weights`.
     temperature, alpha: Hinton's T and the weight of the soft-target term (the hard-label term gets 1 − α).
     attention / hints / rkd: (student_module, teacher_module) name pairs; feature terms use the first teacher.
+    Teachers and FitNets regressors follow the student's device for the run (teachers go back where they
+    were at the end; regressors stay with the callback and follow the student again in the next run).
     """
 
     def __init__(self, teachers: nn.Module | Sequence[nn.Module], temperature: float = 4.0, alpha: float = 0.9,
@@ -70,15 +73,19 @@ class DistillationCallback(Callback):
         self._groups: list[dict] = []
         self._student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
+        self._teacher_homes: list[torch.device] = []
 
     def _pairs(self) -> list[tuple[str, str]]:
         return self.attention + self.hints + self.rkd
 
     def on_train_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._optimizer = optimizer
+        device = module_device(model)
+        self._teacher_homes = [module_device(t) for t in self.teachers]
         for t in self.teachers:
-            t.eval()
+            t.to(device).eval()
             t.requires_grad_(False)
+        self.regressors.to(device)
         pairs = self._pairs()
         if pairs:
             self._student_taps = FeatureTaps(model, [s for s, _ in pairs], role="student")
@@ -142,6 +149,9 @@ class DistillationCallback(Callback):
                 taps.remove()
         self._student_taps = self._teacher_taps = None
         self._optimizer = None
+        for t, home in zip(self.teachers, self._teacher_homes):
+            t.to(home)
+        self._teacher_homes = []
 
 
 def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module], train_loader: DataLoader,

@@ -39,6 +39,7 @@ from nncompress.recipes.schema import LRSchedule, Recipe, load_recipe
 from nncompress.sharing import share_weights
 from nncompress.training import Callback, TrainConfig, evaluate, train
 from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
+from nncompress.training.device import resolve_device
 from nncompress.training.distributed import (
     barrier,
     broadcast_module,
@@ -323,7 +324,8 @@ def _pretrain(recipe: Recipe, ds: Dataset, run: _Run, user_model: nn.Module | No
     elif recipe.pretrain.epochs:
         loader = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=recipe.training.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(recipe.seed))
-        train(model, loader, TrainConfig(epochs=recipe.pretrain.epochs, lr=recipe.pretrain.lr, seed=recipe.seed, progress=run.progress))
+        train(model, loader, TrainConfig(epochs=recipe.pretrain.epochs, lr=recipe.pretrain.lr, seed=recipe.seed, progress=run.progress,
+                                         device=recipe.device))
     return model, evaluate(model, run.test_loader)
 
 
@@ -346,7 +348,8 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
             if a < start_epoch:  # resuming inside this phase (a phase that starts now begins with a fresh optimizer)
                 opt.load_state_dict(run.optimizer_state)
             run.optimizer_state = None
-        cfg = TrainConfig(epochs=b - first, lr=r.training.lr, lr_schedule="constant", seed=r.seed + first, progress=run.progress)
+        cfg = TrainConfig(epochs=b - first, lr=r.training.lr, lr_schedule="constant", seed=r.seed + first, progress=run.progress,
+                          device=r.device)
         train(model, run.loader, cfg, callbacks=cbs, val_loader=run.test_loader, optimizer=opt)
     if any(p.method == "qat" for p in r.policies):
         model = convert_qat(model)
@@ -354,7 +357,8 @@ def execute(run: _Run, model: nn.Module, pretrained: nn.Module, start_epoch: int
 
 
 def _fingerprint(recipe: Recipe) -> str:
-    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    # the device is not part of the run's identity: a run checkpointed on a GPU may resume on the CPU
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json", exclude={"device"}), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _checkpointer(run: _Run, fingerprint: str):
@@ -384,8 +388,14 @@ def _resume(run: _Run, pretrained: nn.Module, fingerprint: str) -> tuple[nn.Modu
     return model, start
 
 
+def _on_device(recipe: Recipe, device: str | None) -> Recipe:
+    """The recipe with its `device` replaced by the caller's (`--device`), when one is given."""
+    return recipe if device is None else recipe.model_copy(update={"device": device})
+
+
 def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = None, *, model: nn.Module | None = None,
-               dataset: Dataset | None = None, threads: int = 1, progress: bool | None = None, resume: bool = False) -> RecipeResult:
+               dataset: Dataset | None = None, threads: int = 1, progress: bool | None = None, resume: bool = False,
+               device: str | None = None) -> RecipeResult:
     """Validate and run a recipe (YAML path, YAML text or dict); returns metrics, history and the compressed model.
 
     With `out_dir`, writes `pretrained.safetensors`, a checkpoint after every epoch (`checkpoints/`), the final
@@ -397,17 +407,19 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
     Bring your own model: pass `model=` (any nn.Module whose Linear/Conv layers the policies act on; it is
     copied, never modified) and `dataset=` (an `nncompress.data.Dataset`, e.g. built from your tensors);
     the recipe's `model` and `data.name` are then ignored. Under `torchrun`, each process trains on its
-    shard of every batch and rank 0 writes the files.
+    shard of every batch and rank 0 writes the files. `device` overrides the recipe's `device:` (auto: this
+    rank's GPU when CUDA is present, over nccl; else the CPU, over gloo).
     """
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    recipe = load_recipe(path_or_dict)
-    init_distributed()  # under torchrun: join the group; each rank trains on its shard, rank 0 writes the files
+    recipe = _on_device(load_recipe(path_or_dict), device)
+    resolve_device(recipe.device)  # a bad or unavailable device fails here, before any work
+    init_distributed(device=recipe.device)  # under torchrun: join the group; each rank trains on its shard, rank 0 writes the files
     if resume and out_dir is None:
         raise UserError("resume needs the output directory of the interrupted run (--out)")
     ds = _dataset(recipe, dataset)
     run = _Run(recipe, ds, Path(out_dir) if out_dir else None, progress)
-    recipe = load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch)  # step ranges vs. the real run length
+    recipe = _on_device(load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch), device)  # step ranges vs. the real run length
     fingerprint = _fingerprint(recipe)
     pre_file = run.out_dir / "pretrained.safetensors" if run.out_dir else None
     if resume and pre_file.is_file():

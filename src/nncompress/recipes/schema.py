@@ -194,6 +194,8 @@ class Recipe(_Strict):
     data: Data = Data()
     weights: str | None = None
     seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where training runs: auto (this rank's GPU when CUDA is present, else cpu), cpu, cuda, cuda:N")
     pretrain: Pretrain = Pretrain()
     training: Training
     lr_schedule: LRSchedule = LRSchedule()

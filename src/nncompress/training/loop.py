@@ -1,4 +1,4 @@
-"""A plain, seeded supervised training loop and top-1 evaluation."""
+"""A plain, seeded supervised training loop and top-1 evaluation, on the CPU or a GPU (`TrainConfig.device`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from nncompress.core.progress import track
 from nncompress.training.callbacks import Callback
+from nncompress.training.device import module_device, resolve_device
 
 
 @dataclass
@@ -22,6 +23,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" or "constant"
     seed: int = 0
     progress: bool | None = None  # None: bars when on a terminal
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK when a GPU is visible, else cpu), "cpu", "cuda", "cuda:N"
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -43,9 +45,17 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[dict[str, float]]:
-    """Train `model` in place; returns one dict of metrics per epoch (loss, and val_top1 if val_loader)."""
+    """Train `model` in place; returns one dict of metrics per epoch (loss, and val_top1 if val_loader).
+
+    The model trains on `cfg.device` and is handed back on the device it came on, so callers that go on with
+    CPU work (k-means, Huffman coding, export) need not care where it trained. Batches are moved per step.
+    A passed `optimizer` must hold the model's own parameters: `Module.to` keeps the Parameter objects, and
+    any state the optimizer already has (momentum, a resumed checkpoint) is moved beside them.
+    """
     cfg = cfg or TrainConfig()
+    device, home = resolve_device(cfg.device), module_device(model)
     torch.manual_seed(cfg.seed)
+    _move(model, device, optimizer)
     opt = optimizer or _optimizer(model, cfg)
     total_steps = max(1, cfg.epochs * len(loader))
     sched = None
@@ -61,6 +71,7 @@ def train(
             cb.on_epoch_begin(epoch, model)
         loss_sum, n = 0.0, 0
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for cb in callbacks:
                 cb.on_step_begin(step, model)
             if net is not model and _layout(model) != layout:  # a callback re-parametrized a layer: new autograd
@@ -89,8 +100,18 @@ def train(
         history.append(metrics)
     for cb in callbacks:
         cb.on_train_end(model)
+    _move(model, home, opt)
     cfg.history.extend(history)
     return history
+
+
+def _move(model: nn.Module, device: torch.device, optimizer: torch.optim.Optimizer | None) -> None:
+    """Put the model on `device`, and the optimizer's per-parameter state (kept beside each parameter) with it."""
+    if module_device(model) == device:
+        return
+    model.to(device)
+    if optimizer is not None and optimizer.state:
+        optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to each parameter's device
 
 
 def data_parallel(model: nn.Module) -> nn.Module:
@@ -98,6 +119,7 @@ def data_parallel(model: nn.Module) -> nn.Module:
 
     DDP averages gradients across ranks during backward, g = (1/W)·Σ_r g_r, and syncs buffers (masks, BN
     statistics, codebook indices) from rank 0 before each forward. Rebuilt when the parameter layout changes.
+    On a GPU it is bound to the model's device (one GPU per rank); on the CPU it takes no device_ids.
     """
     import torch.distributed as dist
 
@@ -105,7 +127,8 @@ def data_parallel(model: nn.Module) -> nn.Module:
         return model
     if not any(p.requires_grad for p in model.parameters()):
         return model
-    return nn.parallel.DistributedDataParallel(model)
+    device = module_device(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _layout(model: nn.Module) -> tuple[str, ...]:
@@ -115,22 +138,24 @@ def _layout(model: nn.Module) -> tuple[str, ...]:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader) -> torch.Tensor:
-    """Concatenated model outputs (logits) over a loader, in eval mode."""
+    """Concatenated model outputs (logits) over a loader, in eval mode, computed on the model's device, returned on the CPU."""
     was_training = model.training
     model.eval()
-    outs = [model(x) for x, _ in loader]
+    device = module_device(model)
+    outs = [model(x.to(device, non_blocking=True)).cpu() for x, _ in loader]
     model.train(was_training)
     return torch.cat(outs)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent, computed on the model's device."""
     was_training = model.training
     model.eval()
+    device = module_device(model)
     correct, total = 0, 0
     for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device, non_blocking=True)).argmax(1).cpu() == y).sum())
         total += len(y)
     model.train(was_training)
     return 100.0 * correct / max(total, 1)

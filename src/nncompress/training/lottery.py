@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader
 from nncompress.core.errors import UserError
 from nncompress.training.callbacks import Callback
 from nncompress.training.loop import TrainConfig, evaluate, train
-from nncompress.training.masking import MaskCallback, Masks, apply_masks, magnitude_masks, mask_sparsity
+from nncompress.training.masking import (
+    MaskCallback,
+    Masks,
+    apply_masks,
+    magnitude_masks,
+    mask_sparsity,
+)
 
 RESETS = ("rewind", "finetune", "reinit")
 

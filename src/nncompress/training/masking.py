@@ -51,12 +51,12 @@ def magnitude_masks(model: nn.Module, sparsity: float, layers: Sequence[str] | N
     if scope == "layer":
         for name, s in scores.items():
             keep = torch.ones_like(s, dtype=torch.bool)
-            keep[torch.argsort(s, stable=True)[: int(round(sparsity * s.numel()))]] = False
+            keep[torch.argsort(s, stable=True)[: round(sparsity * s.numel())]] = False
             masks[name] = keep.view_as(mods[name].weight)
         return masks
     allscores = torch.cat(list(scores.values()))
     keep_all = torch.ones_like(allscores, dtype=torch.bool)
-    keep_all[torch.argsort(allscores, stable=True)[: int(round(sparsity * allscores.numel()))]] = False
+    keep_all[torch.argsort(allscores, stable=True)[: round(sparsity * allscores.numel())]] = False
     for (name, s), keep in zip(scores.items(), torch.split(keep_all, [s.numel() for s in scores.values()])):
         masks[name] = keep.view_as(mods[name].weight)
     return masks
@@ -67,7 +67,7 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
     """Zero the masked weights in place."""
     mods = compressible_layers(model)
     for name, keep in masks.items():
-        mods[name].weight.mul_(keep.to(mods[name].weight.dtype))
+        mods[name].weight.mul_(keep.to(mods[name].weight))  # the weight's dtype and device
 
 
 def mask_sparsity(masks: Masks) -> float:
@@ -77,20 +77,30 @@ def mask_sparsity(masks: Masks) -> float:
 
 
 class MaskCallback(Callback):
-    """Hold masked weights at zero for a whole training run."""
+    """Hold masked weights at zero for a whole training run.
+
+    The masks are copied once, at the start, to each weight's dtype and device (the model may train on a GPU
+    while `masks` stay where they were made), rather than on every step.
+    """
 
     def __init__(self, masks: Masks):
         self.masks = masks
+        self._live: Masks = {}
 
     def on_train_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        apply_masks(model, self.masks)
+        mods = compressible_layers(model)
+        self._live = {name: keep.to(mods[name].weight) for name, keep in self.masks.items()}
+        apply_masks(model, self._live)
 
     def on_after_backward(self, model: nn.Module) -> None:
         mods = compressible_layers(model)
-        for name, keep in self.masks.items():
+        for name, keep in self._live.items():
             g = mods[name].weight.grad
             if g is not None:
-                g.mul_(keep.to(g.dtype))
+                g.mul_(keep)
 
     def on_step_end(self, step: int, model: nn.Module) -> None:
-        apply_masks(model, self.masks)
+        apply_masks(model, self._live)
+
+    def on_train_end(self, model: nn.Module) -> None:
+        self._live = {}

@@ -11,6 +11,7 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.core.layers import compressible_layers
 from nncompress.training.callbacks import Callback
+from nncompress.training.device import module_device
 
 
 def weight_penalty(model: nn.Module, p: float = 1.0, layers: Sequence[str] | None = None) -> torch.Tensor:
@@ -23,7 +24,7 @@ def weight_penalty(model: nn.Module, p: float = 1.0, layers: Sequence[str] | Non
         if missing:
             raise UserError(f"no Linear/Conv layer named {', '.join(missing)}: choose from {', '.join(mods)}")
         mods = {n: mods[n] for n in layers}
-    total = torch.zeros(())
+    total = torch.zeros((), device=module_device(model))
     for m in mods.values():
         w = m.weight
         total = total + (w.abs().sum() if p == 1 else w.abs().pow(p).sum())
