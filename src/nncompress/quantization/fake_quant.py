@@ -149,7 +149,7 @@ class LSQQuantizer(nn.Module):
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.step.detach().abs().clamp(min=1e-8)
-        return s, torch.zeros(s.shape, dtype=torch.int32)
+        return s, torch.zeros(s.shape, dtype=torch.int32, device=s.device)
 
     def qparams_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.qparams()
@@ -179,7 +179,7 @@ class BinaryQuantizer(nn.Module):
     def qparams_for(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = w.detach().abs()
         alpha = a.mean() if self.axis is None else a.transpose(0, self.axis).reshape(w.shape[self.axis], -1).mean(1)
-        return alpha, torch.zeros(alpha.shape, dtype=torch.int32)
+        return alpha, torch.zeros(alpha.shape, dtype=torch.int32, device=alpha.device)
 
     def forward(self, w: torch.Tensor, observe: bool = True) -> torch.Tensor:
         wb = binarize(w.detach(), self.axis)
