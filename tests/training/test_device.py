@@ -272,6 +272,33 @@ def test_cuda_training_with_mask_and_teacher():
     assert evaluate(student, te) > 30.0  # chance is 10%
 
 
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
+def test_a_passed_optimizers_state_follows_the_model_to_the_gpu_and_back():
+    """Momentum built on the CPU carries on on the GPU: the result matches an all-CPU run (to GPU rounding)."""
+    data = [(torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))]
+    cfg = {"epochs": 1, "lr": 0.1, "lr_schedule": "constant", "progress": False}
+
+    class Where(Callback):
+        def __init__(self, opt):
+            self.opt, self.seen = opt, []
+
+        def on_step_end(self, step, model):
+            self.seen.extend(s["momentum_buffer"].device.type for s in self.opt.state.values())
+
+    runs = {}
+    for second in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = nn.Linear(4, 3)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        train(net, data, TrainConfig(**cfg, device="cpu"), optimizer=opt)  # momentum buffers made on the CPU
+        where = Where(opt)
+        train(net, data, TrainConfig(**cfg, device=second), optimizer=opt, callbacks=[where])
+        assert where.seen == [second, second]
+        assert module_device(net).type == "cpu" and all(s["momentum_buffer"].device.type == "cpu" for s in opt.state.values())
+        runs[second] = net.weight.detach().clone()
+    assert torch.allclose(runs["cuda"], runs["cpu"], atol=1e-6)
+
+
 BIN = Path(sys.executable).parent
 RECIPE = {
     "name": "nccl-test", "model": "lenet300", "device": "cuda",
