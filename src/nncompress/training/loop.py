@@ -69,7 +69,7 @@ def train(
         model.train()
         for cb in callbacks:
             cb.on_epoch_begin(epoch, model)
-        loss_sum, n = 0.0, 0
+        loss_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0  # read once per epoch: no GPU sync per step
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for cb in callbacks:
@@ -89,10 +89,10 @@ def train(
                 sched.step()
             for cb in callbacks:
                 cb.on_step_end(step, model)
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += loss.detach().double() * len(y)  # float64, as Python floats were: same sums bit for bit
             n += len(y)
             step += 1
-        metrics = {"epoch": float(epoch), "loss": loss_sum / max(n, 1)}
+        metrics = {"epoch": float(epoch), "loss": float(loss_sum) / max(n, 1)}
         if val_loader is not None:
             metrics["val_top1"] = evaluate(model, val_loader)
         for cb in callbacks:
