@@ -24,6 +24,7 @@ from nncompress.quantization.fake_quant import BinaryQuantizer, FakeQuantize, LS
 from nncompress.quantization.fusion import fold_bn, fuse_conv_bn, trace
 from nncompress.quantization.observers import OBSERVERS, MinMaxObserver, MovingAverageMinMaxObserver, make_observer
 from nncompress.quantization.quantizer import check_bits
+from nncompress.training.device import module_device
 
 MODES = ("static", "dynamic", "qat", "weight_only")
 QUANT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -110,7 +111,8 @@ class QuantLayer(nn.Module):
         w, _ = self.folded()
         return w if self.weight_quant is None else self.weight_quant(w)
 
-    def _apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def _run_layer(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        # not `_apply`: nn.Module._apply is what .to()/.cuda()/.half() call, and overriding it broke moving the model
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, b)
         return self.layer._conv_forward(x, w, b)
@@ -124,13 +126,13 @@ class QuantLayer(nn.Module):
             shape = [-1] + [1] * (self.layer.weight.dim() - 1)
             w = self.layer.weight * factor.reshape(shape)
             w = self.weight_quant(w) if self.weight_quant is not None else w
-            y = self._apply(x, w, None) / factor.reshape([1, -1] + [1] * (x.dim() - 2))
+            y = self._run_layer(x, w, None) / factor.reshape([1, -1] + [1] * (x.dim() - 2))
             if self.layer.bias is not None:
                 y = y + self.layer.bias.reshape([1, -1] + [1] * (x.dim() - 2))
             y = self.bn(y)
         else:
             w, b = self.folded()
-            y = self._apply(x, self.weight_quant(w) if self.weight_quant is not None else w, b)
+            y = self._run_layer(x, self.weight_quant(w) if self.weight_quant is not None else w, b)
         return torch.relu(y) if self.relu else y
 
     def extra_repr(self) -> str:
@@ -181,6 +183,8 @@ def prepare(model: nn.Module, example_input: torch.Tensor, cfg: QuantConfig) -> 
     The result carries `quant_layers` (names of quantized layers) and `quant_skipped` ({name: reason})."""
     cfg.validate()
     qat = cfg.mode == "qat"
+    device = module_device(model)
+    example_input = example_input.to(device)
     gm = trace(copy.deepcopy(model)) if qat else fuse_conv_bn(model)
     gm.eval()  # shape propagation must not move BN running statistics
     ShapeProp(gm).propagate(example_input)
@@ -241,6 +245,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, cfg: QuantConfig) -> 
     for name, why in skipped.items():
         warnings.warn(f"quantization: layer '{name}' left in float: {why}", stacklevel=2)
     gm.quant_layers, gm.quant_skipped, gm.quant_config = quantized, skipped, cfg
+    gm.to(device)  # quantizers are built on the CPU: put their buffers (ranges, histograms, steps) beside the weights
     if qat:  # initialise LSQ steps (and EMA ranges) on one batch so parameter shapes are final before an optimizer exists
         with torch.no_grad():
             gm(example_input)

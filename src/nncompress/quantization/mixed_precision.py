@@ -20,6 +20,7 @@ from nncompress.core.layers import compressible_layers
 from nncompress.core.progress import track
 from nncompress.quantization.ptq import iter_batches
 from nncompress.quantization.quantizer import check_bits, fake_quantize, minmax_qparams
+from nncompress.training.device import module_device
 
 
 def layer_weight_bytes(layer: nn.Module, bits: int) -> int:
@@ -29,11 +30,12 @@ def layer_weight_bytes(layer: nn.Module, bits: int) -> int:
 
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, data, bits_options: tuple[int, ...] = (2, 3, 4, 6, 8), num_batches: int = 2) -> dict[str, dict[int, float]]:
-    """{layer: {bits: KL(float ‖ only-this-layer-quantized)}} averaged over `num_batches` inputs."""
+    """{layer: {bits: KL(float ‖ only-this-layer-quantized)}} averaged over `num_batches` inputs, on the model's device."""
     for b in bits_options:
         check_bits(b, "mixed-precision bits option")
     model.eval()
-    xs = list(iter_batches(data, num_batches))
+    device = module_device(model)
+    xs = [x.to(device) for x in iter_batches(data, num_batches)]
     refs = [F.log_softmax(model(x), 1) for x in xs]
     out: dict[str, dict[int, float]] = {}
     layers = compressible_layers(model)

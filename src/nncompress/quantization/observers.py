@@ -5,6 +5,9 @@ clip the tail so the bulk of the distribution gets finer steps (Wu et al. 2020, 
 Deep Learning Inference: Principles and Empirical Evaluation"; Migacz 2017, "8-bit Inference with TensorRT").
 Each observer is an identity module in forward (so it can sit inside a model) that records what it sees;
 `qparams()` turns the chosen range into (scale, zero point) with `compute_qparams`.
+Device: ranges follow the input's device and histogram buffers stay on the module's device. The counting
+itself runs on the host: torch.histogram is CPU-only, and CUDA's histc bins by another formula, so counting
+on the CPU keeps the calibrated range the same wherever the model runs (one copy per calibration batch).
 """
 from __future__ import annotations
 
@@ -107,11 +110,12 @@ class HistogramObserver(Observer):
         new_amax = float(x.abs().max())
         if new_amax > float(self.amax):
             if float(self.amax) > 0 and self.hist.sum() > 0:  # re-bin what we have into the wider range
-                centers = self._centers()
-                self.hist = torch.histogram(centers, bins=self.bins, range=(-new_amax, new_amax), weight=self.hist)[0]
-            self.amax = torch.tensor(new_amax)
+                centers = self._centers().cpu()
+                rebinned = torch.histogram(centers, bins=self.bins, range=(-new_amax, new_amax), weight=self.hist.cpu())[0]
+                self.hist.copy_(rebinned)
+            self.amax.fill_(new_amax)
         a = max(float(self.amax), 1e-12)
-        self.hist += torch.histogram(x.double().flatten().cpu(), bins=self.bins, range=(-a, a))[0]
+        self.hist += torch.histogram(x.double().flatten().cpu(), bins=self.bins, range=(-a, a))[0].to(self.hist.device)
         self.zero_count += float((x == 0).sum())
 
     def _nonzero_hist(self) -> torch.Tensor:
@@ -123,13 +127,13 @@ class HistogramObserver(Observer):
 
     def _centers(self) -> torch.Tensor:
         a = max(float(self.amax), 1e-12)
-        edges = torch.linspace(-a, a, self.bins + 1, dtype=torch.float64)
+        edges = torch.linspace(-a, a, self.bins + 1, dtype=torch.float64, device=self.hist.device)
         return (edges[:-1] + edges[1:]) / 2
 
     def _finish(self, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the chosen range inside what was seen; symmetric quantizers use ±max(|lo|, |hi|)."""
         lo, hi = max(lo, float(self.min_val)), min(hi, float(self.max_val))
-        return torch.tensor(lo), torch.tensor(hi)
+        return torch.tensor(lo, device=self.hist.device), torch.tensor(hi, device=self.hist.device)
 
 
 class PercentileObserver(HistogramObserver):
@@ -144,7 +148,7 @@ class PercentileObserver(HistogramObserver):
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         cdf = torch.cumsum(self.hist, 0) / self.hist.sum()
-        edges = torch.linspace(-float(self.amax), float(self.amax), self.bins + 1, dtype=torch.float64)
+        edges = torch.linspace(-float(self.amax), float(self.amax), self.bins + 1, dtype=torch.float64, device=self.hist.device)
         lo_i = int(torch.searchsorted(cdf, (100.0 - self.percentile) / 100.0))
         hi_i = int(torch.searchsorted(cdf, self.percentile / 100.0))
         return self._finish(float(edges[lo_i]), float(edges[min(hi_i + 1, self.bins)]))
@@ -160,7 +164,7 @@ class MSEObserver(HistogramObserver):
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         c, n = self._centers().float(), self._nonzero_hist().float()
-        alpha = torch.linspace(1.0 / self.grid, 1.0, self.grid)
+        alpha = torch.linspace(1.0 / self.grid, 1.0, self.grid, device=c.device)
         lo, hi = alpha * float(self.min_val), alpha * float(self.max_val)
         s, z = compute_qparams(lo, hi, self.qmin, self.qmax, self.symmetric)  # one (s, z) per candidate
         cc = c.expand(self.grid, -1)
@@ -184,7 +188,7 @@ class EntropyObserver(HistogramObserver):
         self.grid = grid
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        hist = self._nonzero_hist().numpy()
+        hist = self._nonzero_hist().cpu().numpy()
         a = float(self.amax)
         width = 2 * a / self.bins
         lo0, hi0 = float(self.min_val), float(self.max_val)

@@ -15,6 +15,7 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.core.progress import track
 from nncompress.quantization.graph import QuantConfig, freeze, prepare, set_observing
+from nncompress.training.device import module_device
 
 
 def iter_batches(data, num_batches: int | None = None, batch_size: int = 64) -> Iterator[torch.Tensor]:
@@ -43,14 +44,15 @@ def first_batch(data) -> torch.Tensor:
 @torch.no_grad()
 def calibrate(gm: nn.Module, data: Iterable, num_batches: int = 8) -> nn.Module:
     """Run `num_batches` unlabeled batches through the prepared graph so observers see activation ranges,
-    then freeze every activation quantizer's (scale, zero point)."""
+    then freeze every activation quantizer's (scale, zero point). Runs on the graph's device; batches are moved there."""
     if num_batches < 1:
         raise UserError(f"num_batches={num_batches}: calibration needs at least one batch")
     gm.eval()
     set_observing(gm, True)
+    device = module_device(gm)
     batches = list(iter_batches(data, num_batches))
     for x in track(batches, "calibrating", total=len(batches)):
-        gm(x)
+        gm(x.to(device, non_blocking=True))
     return freeze(gm)
 
 
