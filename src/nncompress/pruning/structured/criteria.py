@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from nncompress.core.errors import UserError
 from nncompress.pruning.structured.graph import ChannelGroup, DependencyGraph
+from nncompress.training.device import module_device
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random", "largest")
 
@@ -62,29 +63,29 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
             w = m.weight.detach()[:, None]
         else:
             continue
-        vecs[(name, role)] = w.abs().sum(1).numpy() if p == 1 else w.norm(dim=1).numpy()
+        vecs[(name, role)] = (w.abs().sum(1) if p == 1 else w.norm(dim=1)).cpu().numpy()
     return vecs
 
 
 def _bn_scales(graph: DependencyGraph, group: ChannelGroup) -> dict[tuple[str, str], np.ndarray]:
     if not group.norms:
         raise UserError(f"criterion bn_scale needs a batch norm after layer '{group.name}', which has none; use l1 or l2")
-    return {(n, "bn"): graph.modules[n].weight.detach().abs().numpy() for n in group.norms if graph.modules[n].affine}
+    return {(n, "bn"): graph.modules[n].weight.detach().abs().cpu().numpy() for n in group.norms if graph.modules[n].affine}
 
 
 def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches: int | None) -> list[dict[tuple[str, str], np.ndarray]]:
-    """Per-batch Σ g·w of every filter / bn entry (signed: summed over a group before squaring)."""
+    """Per-batch Σ g·w of every filter / bn entry (signed: summed over a group before squaring), on the model's device."""
     if data is None:
         raise UserError("criterion taylor needs data: pass batches of (inputs, labels) to compute gradients")
     was_training = model.training
     model.eval()  # gradients without touching batch-norm running statistics
-    batches = []
+    batches, device = [], module_device(model)
     try:
         for b, (x, y) in enumerate(data):
             if max_batches is not None and b >= max_batches:
                 break
             model.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            loss_fn(model(x.to(device)), y.to(device)).backward()
             vecs = {}
             for (name, role) in graph.labels:
                 m = graph.modules[name]
@@ -92,7 +93,7 @@ def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches
                     gw = (m.weight.grad * m.weight).detach().flatten(1).sum(1) if role != "bn" else (m.weight.grad * m.weight).detach()
                     if getattr(m, "bias", None) is not None and m.bias.grad is not None:
                         gw = gw + (m.bias.grad * m.bias).detach()
-                    vecs[(name, role)] = gw.numpy()
+                    vecs[(name, role)] = gw.cpu().numpy()
             batches.append(vecs)
     finally:
         model.zero_grad(set_to_none=True)

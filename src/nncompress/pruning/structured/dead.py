@@ -18,6 +18,7 @@ from torch import nn
 from nncompress.pruning.structured.criteria import member_positions
 from nncompress.pruning.structured.graph import build_dependency_graph
 from nncompress.pruning.structured.thin import remove_channels
+from nncompress.training.device import module_device
 
 
 def _capture_inputs(model: nn.Module, names: set[str], example_input: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -32,7 +33,7 @@ def _capture_inputs(model: nn.Module, names: set[str], example_input: torch.Tens
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(example_input)
+            model.eval()(example_input.to(module_device(model)))
     finally:
         model.train(was_training)
         for h in handles:
@@ -77,10 +78,10 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
             w = graph.modules[name].weight.detach()
             ok = js >= 0
             if role == "in":
-                used = (w.transpose(0, 1).flatten(1).abs().amax(1) > atol).numpy()
+                used = (w.transpose(0, 1).flatten(1).abs().amax(1) > atol).cpu().numpy()
                 np.logical_and.at(no_out, js[ok], ~used[ok])
             elif role == "out":
-                alive = (w.flatten(1).abs().amax(1) > atol).numpy()
+                alive = (w.flatten(1).abs().amax(1) > atol).cpu().numpy()
                 np.logical_and.at(no_in, js[ok], ~alive[ok])
         if not g.consumers:
             no_out[:] = False
@@ -100,6 +101,6 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
             lin = new.get_submodule(name)
             if c != 0.0:
                 if lin.bias is None:
-                    lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
+                    lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
                 lin.bias += lin.weight[:, p] * c
     return remove_channels(new, graph, plan, example_input), {k: len(v) for k, v in plan.items()}

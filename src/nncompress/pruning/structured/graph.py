@@ -30,6 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 from nncompress.core.errors import UserError
+from nncompress.training.device import module_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -167,7 +168,7 @@ class DependencyGraph:
         try:
             model.eval()
             with torch.no_grad():
-                ShapeProp(gm).propagate(example_input)
+                ShapeProp(gm).propagate(example_input.to(module_device(model)))
         except Exception as e:  # noqa: BLE001
             raise UserError(f"the example input of shape {list(example_input.shape)} does not run through the model: {e}") from None
         finally:

@@ -25,6 +25,7 @@ from nncompress.pruning.structured.graph import build_dependency_graph
 from nncompress.pruning.structured.measure import latency_ms
 from nncompress.pruning.structured.thin import remove_channels
 from nncompress.training import TrainConfig, evaluate, train
+from nncompress.training.device import module_device
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -61,7 +62,7 @@ class LatencyTable:
         hooks = [m.register_forward_pre_hook(remember(n)) for n, m in self.layers.items()]
         try:
             with torch.no_grad():
-                model.eval()(example_input)
+                model.eval()(example_input.to(module_device(model)))
         finally:
             for h in hooks:
                 h.remove()
@@ -79,12 +80,14 @@ class LatencyTable:
         key = (name, c_in, c_out)
         if key not in self.table:
             m, shape = self.layers[name], self.input_shapes[name]
+            device = module_device(m)  # time each layer where the model runs
             if isinstance(m, nn.Linear):
-                layer = nn.Linear(c_in, c_out, bias=m.bias is not None)
+                layer = nn.Linear(c_in, c_out, bias=m.bias is not None, device=device)
             else:
                 groups = 1 if m.groups == 1 else m.groups * c_out // m.out_channels  # grouped convs lose whole groups
-                layer = type(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None, m.padding_mode)
-            x = torch.randn(shape[0], c_in, *shape[2:])
+                layer = type(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None, m.padding_mode,
+                                device=device)
+            x = torch.randn(shape[0], c_in, *shape[2:], device=device)
             self.table[key] = latency_ms(layer, x, repeats=self.repeats, warmup=2, threads=self.threads)
         return self.table[key]
 

@@ -15,6 +15,7 @@ from torch import nn
 from nncompress.pruning.structured.criteria import member_positions
 from nncompress.pruning.structured.graph import DependencyGraph, build_dependency_graph
 from nncompress.training.callbacks import Callback
+from nncompress.training.device import module_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -33,13 +34,14 @@ def _producer_slices(graph: DependencyGraph) -> list[tuple[int, list[tuple[str, 
 
 
 def group_lasso(model: nn.Module, graph: DependencyGraph) -> torch.Tensor:
-    """Σ over prunable channels c of sqrt(Σ_{producer filters f of c} ‖W_f‖²) (bias excluded)."""
-    total = torch.zeros(())
+    """Σ over prunable channels c of sqrt(Σ_{producer filters f of c} ‖W_f‖²) (bias excluded), on the model's device."""
+    device = module_device(model)
+    total = torch.zeros((), device=device)
     for size, parts in _producer_slices(graph):
-        sq = torch.zeros(size)
+        sq = torch.zeros(size, device=device)
         for name, pos, chan in parts:
             w = model.get_submodule(name).weight.flatten(1)
-            sq = sq.index_add(0, chan, w[pos].pow(2).sum(1))
+            sq = sq.index_add(0, chan.to(device), w[pos.to(device)].pow(2).sum(1))
         total = total + torch.sqrt(sq + 1e-16).sum()
     return total
 
@@ -47,7 +49,7 @@ def group_lasso(model: nn.Module, graph: DependencyGraph) -> torch.Tensor:
 def bn_l1(model: nn.Module) -> torch.Tensor:
     """Σ |γ| over all affine batch norms."""
     scales = [m.weight.abs().sum() for m in model.modules() if isinstance(m, _NORMS) and m.affine]
-    return torch.stack(scales).sum() if scales else torch.zeros(())
+    return torch.stack(scales).sum() if scales else torch.zeros((), device=module_device(model))
 
 
 class StructuredRegularizer(Callback):

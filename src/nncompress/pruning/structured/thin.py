@@ -16,19 +16,21 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.pruning.structured.graph import DependencyGraph
+from nncompress.training.device import module_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _idx(mask: np.ndarray | None, n: int) -> torch.Tensor:
-    return torch.arange(n) if mask is None else torch.from_numpy(np.flatnonzero(mask))
+def _idx(mask: np.ndarray | None, n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device) if mask is None else torch.from_numpy(np.flatnonzero(mask)).to(device)
 
 
 def _thin_module(m: nn.Module, keep: dict[str, np.ndarray]) -> nn.Module:
-    """A copy of `m` narrowed to the kept positions of each role ('out', 'in', 'bn', 'dw')."""
+    """A copy of `m` narrowed to the kept positions of each role ('out', 'in', 'bn', 'dw'), on `m`'s device."""
+    device = module_device(m)
     if isinstance(m, _NORMS):
-        k = _idx(keep.get("bn"), m.num_features)
-        new = type(m)(len(k), m.eps, m.momentum, m.affine, m.track_running_stats)
+        k = _idx(keep.get("bn"), m.num_features, device)
+        new = type(m)(len(k), m.eps, m.momentum, m.affine, m.track_running_stats, device=device)
         if m.affine:
             new.weight.data, new.bias.data = m.weight.data[k].clone(), m.bias.data[k].clone()
         if m.track_running_stats:
@@ -37,24 +39,24 @@ def _thin_module(m: nn.Module, keep: dict[str, np.ndarray]) -> nn.Module:
             new.num_batches_tracked.copy_(m.num_batches_tracked)
         return new.train(m.training)
     if isinstance(m, nn.Linear):
-        o, i = _idx(keep.get("out"), m.out_features), _idx(keep.get("in"), m.in_features)
-        new = nn.Linear(len(i), len(o), bias=m.bias is not None, dtype=m.weight.dtype)
+        o, i = _idx(keep.get("out"), m.out_features, device), _idx(keep.get("in"), m.in_features, device)
+        new = nn.Linear(len(i), len(o), bias=m.bias is not None, dtype=m.weight.dtype, device=device)
         new.weight.data = m.weight.data[o][:, i].clone()
     elif "gw_in" in keep or "gw_out" in keep:  # grouped: whole conv-groups go, each keeps its width
-        o, i = _idx(keep.get("gw_out"), m.out_channels), _idx(keep.get("gw_in"), m.in_channels)
+        o, i = _idx(keep.get("gw_out"), m.out_channels, device), _idx(keep.get("gw_in"), m.in_channels, device)
         groups = len(o) // (m.out_channels // m.groups)
         new = type(m)(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
-                      m.padding_mode, dtype=m.weight.dtype)
+                      m.padding_mode, dtype=m.weight.dtype, device=device)
         new.weight.data = m.weight.data[o].clone()
     elif "dw" in keep:  # depthwise: one filter per channel
-        o = i = _idx(keep["dw"], m.out_channels)
+        o = i = _idx(keep["dw"], m.out_channels, device)
         new = type(m)(len(o), len(o), m.kernel_size, m.stride, m.padding, m.dilation, len(o), m.bias is not None,
-                      m.padding_mode, dtype=m.weight.dtype)
+                      m.padding_mode, dtype=m.weight.dtype, device=device)
         new.weight.data = m.weight.data[o].clone()
     else:
-        o, i = _idx(keep.get("out"), m.out_channels), _idx(keep.get("in"), m.in_channels)
+        o, i = _idx(keep.get("out"), m.out_channels, device), _idx(keep.get("in"), m.in_channels, device)
         new = type(m)(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, 1, m.bias is not None,
-                      m.padding_mode, dtype=m.weight.dtype)
+                      m.padding_mode, dtype=m.weight.dtype, device=device)
         new.weight.data = m.weight.data[o][:, i].clone()
     if m.bias is not None:
         new.bias.data = m.bias.data[o].clone()
@@ -99,7 +101,7 @@ def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(example_input)
+            model.eval()(example_input.to(module_device(model)))
     except RuntimeError as e:
         raise UserError(
             f"the thinned {type(model).__name__} no longer runs ({str(e).splitlines()[0][:160]}): its forward likely "
