@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from nncompress.architectures.summary import count_macs
 from nncompress.core.errors import UserError
 from nncompress.training import Callback
+from nncompress.training.device import module_device
 
 
 def to_sequential(model: nn.Module) -> nn.Sequential:
@@ -67,20 +68,20 @@ class EarlyExitNet(nn.Module):
         self.in_shape = tuple(in_shape)
         heads, shapes = [], [self.in_shape]
         with torch.no_grad():
-            x = torch.zeros(1, *in_shape)
+            x = torch.zeros(1, *in_shape, device=module_device(backbone))
             was = [m.training for m in self.segments]
             self.segments.eval()
             for seg in self.segments[:-1]:
                 x = seg(x)
                 if x.dim() != 4:
                     raise UserError(f"exit after layer {cuts[len(heads)]} sees a {x.dim()}-D tensor; exits need [N, C, H, W] feature maps")
-                heads.append(ExitHead(x.shape[1], num_classes))
+                heads.append(ExitHead(x.shape[1], num_classes).to(x.device))
                 shapes.append(tuple(x.shape[1:]))
             for m, w in zip(self.segments, was):
                 m.train(w)
         self.heads = nn.ModuleList(heads)
         self.segment_in_shapes = shapes
-        self.register_buffer("thresholds", torch.ones(len(heads)))
+        self.register_buffer("thresholds", torch.ones(len(heads), device=x.device))
         self.exit_logits: list[torch.Tensor] = []
 
     @property
@@ -102,20 +103,20 @@ class EarlyExitNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, thresholds: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dynamic inference: (logits, exit index per sample; num_exits = the final classifier)."""
+        """Dynamic inference: (logits, exit index per sample; num_exits = the final classifier), on x's device."""
         taus = self.thresholds.tolist() if thresholds is None else list(thresholds)
         if len(taus) != self.num_exits:
             raise UserError(f"{len(taus)} thresholds for {self.num_exits} exits")
-        logits = torch.empty(0)
-        exit_idx = torch.full((x.shape[0],), self.num_exits, dtype=torch.long)
-        idx = torch.arange(x.shape[0])
+        logits = torch.empty(0, device=x.device)
+        exit_idx = torch.full((x.shape[0],), self.num_exits, dtype=torch.long, device=x.device)
+        idx = torch.arange(x.shape[0], device=x.device)
         for k, (seg, head) in enumerate(zip(self.segments, self.heads)):
             x = seg(x)
             if taus[k] >= 1.0:
                 continue  # τ = 1: no sample can exit here, skip the head's cost too
             out = head(x)
             if logits.numel() == 0:
-                logits = torch.empty(exit_idx.shape[0], out.shape[1])
+                logits = torch.empty(exit_idx.shape[0], out.shape[1], dtype=out.dtype, device=x.device)
             done = out.softmax(1).amax(1) > taus[k]
             logits[idx[done]] = out[done]
             exit_idx[idx[done]] = k
@@ -124,7 +125,7 @@ class EarlyExitNet(nn.Module):
                 return logits, exit_idx
         out = self.segments[-1](x)
         if logits.numel() == 0:
-            logits = torch.empty(exit_idx.shape[0], out.shape[1])
+            logits = torch.empty(exit_idx.shape[0], out.shape[1], dtype=out.dtype, device=x.device)
         logits[idx] = out
         return logits, exit_idx
 
@@ -154,12 +155,13 @@ class ExitLoss(Callback):
 
 @torch.no_grad()
 def collect_outputs(net: EarlyExitNet, loader: DataLoader) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every exit's and the final classifier's logits on a loader (eval mode), and the labels."""
+    """Every exit's and the final classifier's logits on a loader (eval mode, on the net's device), and the labels, on the CPU."""
     was = net.training
     net.eval()
+    device = module_device(net)
     outs, ys = [], []
     for x, y in loader:
-        outs.append(net.forward_all(x))
+        outs.append([o.cpu() for o in net.forward_all(x.to(device))])
         ys.append(y)
     net.train(was)
     return [torch.cat(o) for o in zip(*outs)], torch.cat(ys)
@@ -259,12 +261,13 @@ def early_exit_report(net: EarlyExitNet, loader: DataLoader, latency_samples: in
     was = net.training
     net.eval()
     outs, y = collect_outputs(net, loader)
+    device = module_device(net)
     xs = torch.cat([x for x, _ in loader])
     preds, exits = [], []
     for x, _ in loader:
-        logits, e = net.predict(x)
-        preds.append(logits.argmax(1))
-        exits.append(e)
+        logits, e = net.predict(x.to(device))
+        preds.append(logits.argmax(1).cpu())
+        exits.append(e.cpu())
     pred, exit_idx = torch.cat(preds), torch.cat(exits)
     seg_macs, head_macs = net.costs_macs()
     taus = net.thresholds.tolist()
@@ -282,7 +285,7 @@ def early_exit_report(net: EarlyExitNet, loader: DataLoader, latency_samples: in
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        sample = xs[:latency_samples]
+        sample = xs[:latency_samples].to(device)
         net.predict(sample[:1]), backbone(sample[:1])  # warm-up
         full_ms, exit_ms = [], []
         for _ in range(repeats):
