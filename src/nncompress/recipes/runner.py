@@ -5,7 +5,7 @@ The run is split into phases at the epochs where a policy changes the model itse
 quantizers, sharing swaps weights for codebooks, channel removal thins layers); within a phase one
 `training.train` call runs with every policy as a callback gated to its range. The learning rate follows
 `lr_schedule` over the whole run (not per phase), the data order depends only on (seed, epoch), and the
-RNG state is carried across phases, so a run is reproducible and can resume from any epoch checkpoint.
+RNG state (the CPU's and, on a GPU, that GPU's) is carried across phases, so a run is reproducible and can resume from any epoch checkpoint.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from nncompress.recipes.schema import LRSchedule, Recipe, load_recipe
 from nncompress.sharing import share_weights
 from nncompress.training import Callback, TrainConfig, evaluate, train
 from nncompress.training.checkpoint import load_checkpoint, save_checkpoint
-from nncompress.training.device import resolve_device
+from nncompress.training.device import module_device, resolve_device
 from nncompress.training.distributed import (
     barrier,
     broadcast_module,
@@ -141,6 +141,9 @@ class _Schedule(Callback):
         self.optimizer = optimizer
         if self.run.rng_state is not None:  # carry the RNG across phases and resumes (train() reseeds)
             torch.set_rng_state(self.run.rng_state)
+        device = module_device(model)  # the training device: train() moved the model there before this hook
+        if device.type == "cuda" and self.run.cuda_rng_state is not None:  # dropout etc. on a GPU draw from its own generator
+            torch.cuda.set_rng_state(self.run.cuda_rng_state, device)
 
     def on_epoch_begin(self, epoch, model):
         clock = self.run.clock
@@ -161,6 +164,9 @@ class _Schedule(Callback):
                "top1": metrics.get("val_top1"), "sparsity": weight_sparsity(model)}
         r.history.append(row)
         r.rng_state = torch.get_rng_state()
+        device = module_device(model)
+        if device.type == "cuda":  # only this rank's GPU: get_rng_state_all would open a context on every GPU
+            r.cuda_rng_state = torch.cuda.get_rng_state(device)
         if r.on_epoch_done is not None:
             r.on_epoch_done(r, model, self.optimizer)
 
@@ -213,7 +219,8 @@ class _Run:
         self.test_loader = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=512)
         self.clock = _Clock(len(self.loader))
         self.history: list[dict] = []
-        self.rng_state: torch.Tensor | None = None
+        self.rng_state: torch.Tensor | None = None  # CPU generator state, uint8 (a plain tensor: safetensors, no pickle)
+        self.cuda_rng_state: torch.Tensor | None = None  # the training GPU's generator state, uint8; None on the CPU
         self.on_epoch_done = None  # set by resumable runs
         self.optimizer_state: dict | None = None  # restored from a checkpoint
 
@@ -363,8 +370,11 @@ def _fingerprint(recipe: Recipe) -> str:
 
 def _checkpointer(run: _Run, fingerprint: str):
     def save(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        tensors = {"rng_state": run.rng_state}
+        if run.cuda_rng_state is not None:
+            tensors["cuda_rng_state"] = run.cuda_rng_state
         save_checkpoint(run.out_dir / "checkpoints", run.clock.epoch, model.state_dict(), optimizer,
-                        {"epoch": run.clock.epoch, "history": run.history, "recipe": fingerprint}, {"rng_state": run.rng_state})
+                        {"epoch": run.clock.epoch, "history": run.history, "recipe": fingerprint}, tensors)
     return save
 
 
@@ -385,6 +395,7 @@ def _resume(run: _Run, pretrained: nn.Module, fingerprint: str) -> tuple[nn.Modu
     else:  # pruning masks still to attach
         load_masked_state_dict(model, ckpt.model)
     run.history, run.optimizer_state, run.rng_state = ckpt.state["history"], ckpt.optimizer, ckpt.tensors["rng_state"]
+    run.cuda_rng_state = ckpt.tensors.get("cuda_rng_state")  # absent when checkpointed on the CPU: train()'s seed stands
     return model, start
 
 
