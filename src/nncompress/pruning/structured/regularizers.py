@@ -20,16 +20,18 @@ from nncompress.training.device import module_device
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _producer_slices(graph: DependencyGraph) -> list[tuple[int, list[tuple[str, torch.Tensor, torch.Tensor]]]]:
-    """Per group: (size, [(layer, positions, group channel of each position)]), computed once per graph."""
-    cached = graph.__dict__.get("_producer_slices")
+def _producer_slices(graph: DependencyGraph, device: torch.device) -> list[tuple[int, list[tuple[str, torch.Tensor, torch.Tensor]]]]:
+    """Per group: (size, [(layer, positions, group channel of each position)]), computed once per graph and device
+    (index tensors copied to a GPU every step would stall it)."""
+    key = ("_producer_slices", str(device))
+    cached = graph.__dict__.get(key)
     if cached is None:
         cached = []
         for g in graph.groups:
-            parts = [(name, torch.from_numpy((js >= 0).nonzero()[0]), torch.from_numpy(js[js >= 0]))
+            parts = [(name, torch.from_numpy((js >= 0).nonzero()[0]).to(device), torch.from_numpy(js[js >= 0]).to(device))
                      for name, role, js in member_positions(graph, g) if role in ("out", "dw", "gw_out")]
             cached.append((g.size, parts))
-        graph.__dict__["_producer_slices"] = cached
+        graph.__dict__[key] = cached
     return cached
 
 
@@ -37,11 +39,11 @@ def group_lasso(model: nn.Module, graph: DependencyGraph) -> torch.Tensor:
     """Σ over prunable channels c of sqrt(Σ_{producer filters f of c} ‖W_f‖²) (bias excluded), on the model's device."""
     device = module_device(model)
     total = torch.zeros((), device=device)
-    for size, parts in _producer_slices(graph):
+    for size, parts in _producer_slices(graph, device):
         sq = torch.zeros(size, device=device)
         for name, pos, chan in parts:
             w = model.get_submodule(name).weight.flatten(1)
-            sq = sq.index_add(0, chan.to(device), w[pos.to(device)].pow(2).sum(1))
+            sq = sq.index_add(0, chan, w[pos].pow(2).sum(1))
         total = total + torch.sqrt(sq + 1e-16).sum()
     return total
 
