@@ -5,9 +5,10 @@ clip the tail so the bulk of the distribution gets finer steps (Wu et al. 2020, 
 Deep Learning Inference: Principles and Empirical Evaluation"; Migacz 2017, "8-bit Inference with TensorRT").
 Each observer is an identity module in forward (so it can sit inside a model) that records what it sees;
 `qparams()` turns the chosen range into (scale, zero point) with `compute_qparams`.
-Device: ranges follow the input's device and histogram buffers stay on the module's device. The counting
-itself runs on the host: torch.histogram is CPU-only, and CUDA's histc bins by another formula, so counting
-on the CPU keeps the calibrated range the same wherever the model runs (one copy per calibration batch).
+Device: ranges follow the input's device and histogram buffers stay on the module's device. Counting and the
+search for the clipping range run on the host: torch.histogram is CPU-only, CUDA's histc bins by another
+formula, and GPU reductions sum in another order, so host arithmetic gives the same (scale, zero point)
+wherever the model runs (one copy per calibration batch; the search runs once, on a few thousand bins).
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class HistogramObserver(Observer):
         new_amax = float(x.abs().max())
         if new_amax > float(self.amax):
             if float(self.amax) > 0 and self.hist.sum() > 0:  # re-bin what we have into the wider range
-                centers = self._centers().cpu()
+                centers = self._centers()
                 rebinned = torch.histogram(centers, bins=self.bins, range=(-new_amax, new_amax), weight=self.hist.cpu())[0]
                 self.hist.copy_(rebinned)
             self.amax.fill_(new_amax)
@@ -121,13 +122,13 @@ class HistogramObserver(Observer):
     def _nonzero_hist(self) -> torch.Tensor:
         """Histogram without exact zeros (e.g. after ReLU): zero is exact in every affine quantizer, so
         those values carry no error and must not pull the clipping threshold down."""
-        h = self.hist.clone()
-        h[self.bins // 2] -= self.zero_count  # torch.histogram puts 0 into the bin starting at 0
+        h = self.hist.cpu().clone()
+        h[self.bins // 2] -= float(self.zero_count)  # torch.histogram puts 0 into the bin starting at 0
         return h.clamp_(min=0)
 
     def _centers(self) -> torch.Tensor:
         a = max(float(self.amax), 1e-12)
-        edges = torch.linspace(-a, a, self.bins + 1, dtype=torch.float64, device=self.hist.device)
+        edges = torch.linspace(-a, a, self.bins + 1, dtype=torch.float64)  # on the host, like the search
         return (edges[:-1] + edges[1:]) / 2
 
     def _finish(self, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +148,9 @@ class PercentileObserver(HistogramObserver):
         self.percentile = percentile
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        cdf = torch.cumsum(self.hist, 0) / self.hist.sum()
-        edges = torch.linspace(-float(self.amax), float(self.amax), self.bins + 1, dtype=torch.float64, device=self.hist.device)
+        hist = self.hist.cpu()
+        cdf = torch.cumsum(hist, 0) / hist.sum()
+        edges = torch.linspace(-float(self.amax), float(self.amax), self.bins + 1, dtype=torch.float64)
         lo_i = int(torch.searchsorted(cdf, (100.0 - self.percentile) / 100.0))
         hi_i = int(torch.searchsorted(cdf, self.percentile / 100.0))
         return self._finish(float(edges[lo_i]), float(edges[min(hi_i + 1, self.bins)]))
@@ -164,7 +166,7 @@ class MSEObserver(HistogramObserver):
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         c, n = self._centers().float(), self._nonzero_hist().float()
-        alpha = torch.linspace(1.0 / self.grid, 1.0, self.grid, device=c.device)
+        alpha = torch.linspace(1.0 / self.grid, 1.0, self.grid)
         lo, hi = alpha * float(self.min_val), alpha * float(self.max_val)
         s, z = compute_qparams(lo, hi, self.qmin, self.qmax, self.symmetric)  # one (s, z) per candidate
         cc = c.expand(self.grid, -1)
@@ -188,7 +190,7 @@ class EntropyObserver(HistogramObserver):
         self.grid = grid
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        hist = self._nonzero_hist().cpu().numpy()
+        hist = self._nonzero_hist().numpy()
         a = float(self.amax)
         width = 2 * a / self.bins
         lo0, hi0 = float(self.min_val), float(self.max_val)
