@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nncompress.pruning.structured import (
+    LatencyTable,
     StructuredRegularizer,
     build_dependency_graph,
     group_lasso,
@@ -85,3 +86,11 @@ def test_structured_sensitivity_on_cuda_matches_cpu():
     assert gpu.keys() == cpu.keys()
     for name, curve in cpu.items():
         assert gpu[name] == pytest.approx(curve, abs=2 * 100.0 / len(x)), name
+
+
+def test_latency_table_times_layers_on_the_models_device():
+    model = Residual().cuda()
+    x = _data(4)[0]  # stays on the CPU
+    table = LatencyTable(model, x, repeats=3)
+    assert table.model_ms > 0 and table.layer_ms("a", 8, 3) > 0
+    assert next(table.layers["a"].parameters()).device.type == "cuda"
