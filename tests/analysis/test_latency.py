@@ -70,3 +70,12 @@ def test_pair_restores_modes():
     b.eval()
     ra, rb = measure_pair_ms(a, b, torch.zeros(1, 1, 8, 8), repeats=3)
     assert a.training and not b.training and ra.median_ms > 0 and rb.median_ms > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_latency_waits_for_the_kernels():
+    """Without synchronizing, a 4096³ matmul chain 'takes' microseconds (only the launch is timed); a real H100 needs
+    well over 0.1 ms for 20 of them. The CPU example input is moved to the model's device."""
+    model = nn.Sequential(*[nn.Linear(4096, 4096, bias=False) for _ in range(20)]).cuda()
+    r = measure_latency_ms(model, torch.randn(4096, 4096), warmup=2, repeats=5)
+    assert r.median_ms > 0.1

@@ -48,13 +48,20 @@ def num_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a clock read without this times the launch."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _result(times_ms: np.ndarray, threads: int | None) -> LatencyResult:
     p10, p50, p90 = np.percentile(times_ms, [10, 50, 90])
     return LatencyResult(float(p50), float(p10), float(p90), threads, len(times_ms))
 
 
 def measure_callable_ms(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30, threads: int | None = 1) -> LatencyResult:
-    """Time `fn()` (any callable, e.g. an ONNX Runtime `session.run` wrapped in a lambda) with time.perf_counter.
+    """Time `fn()` (any callable, e.g. an ONNX Runtime `session.run` wrapped in a lambda) with time.perf_counter,
+    synchronizing CUDA around each call when it is in use so GPU kernels are timed to completion.
 
     `threads` sets torch.set_num_threads for the measurement and restores it afterwards; it does not
     reach other runtimes (give ONNX Runtime its intra_op_num_threads in the session options).
@@ -65,8 +72,10 @@ def measure_callable_ms(fn: Callable[[], Any], warmup: int = 5, repeats: int = 3
             fn()
         times_ms = np.empty(repeats)
         for i in range(repeats):
+            _synchronize()
             t0 = time.perf_counter()
             fn()
+            _synchronize()
             times_ms[i] = (time.perf_counter() - t0) * 1e3
     return _result(times_ms, threads)
 
@@ -85,14 +94,18 @@ def measure_interleaved_ms(fns: Sequence[Callable[[], Any]], warmup: int = 1, re
             for j, fn in enumerate(fns):
                 for _ in range(warmup):
                     fn()
+                _synchronize()
                 t0 = time.perf_counter()
                 fn()
+                _synchronize()
                 times_ms[j, i] = (time.perf_counter() - t0) * 1e3
     return [_result(t, threads) for t in times_ms]
 
 
 def _forward(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> Callable[[], None]:
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    """A no-grad forward on the model's own device (the input is moved there once, outside the timing)."""
+    device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+    args = tuple(a.to(device) for a in (example_input if isinstance(example_input, tuple) else (example_input,)))
 
     def run() -> None:
         with torch.no_grad():
