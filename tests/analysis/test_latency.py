@@ -2,6 +2,7 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 from nncompress.analysis import measure_callable_ms, measure_interleaved_ms, measure_latency_ms, measure_pair_ms, num_threads
 from nncompress.architectures import build_model
