@@ -1,6 +1,4 @@
 """Scale-out: a recipe under torchrun with 2 CPU processes (gloo) ends where the 1-process run ends."""
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,14 +32,8 @@ if is_main_process():
 
 
 @pytest.mark.skipif(not (BIN / "torchrun").exists(), reason="torchrun not installed")
-def test_two_gloo_processes_match_one(tmp_path):
-    (tmp_path / "job.py").write_text(SCRIPT)
-    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(tmp_path / "job.py"),
-                           json.dumps(RECIPE), str(tmp_path / "two")], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1  # only rank 0 prints
-    two = json.loads(lines[0])
+def test_two_gloo_processes_match_one(tmp_path, torchrun_job):
+    two = torchrun_job(SCRIPT, RECIPE)
     one = run_recipe(RECIPE, tmp_path / "one", progress=False)
     # each rank saw half of every batch; the averaged gradient is the whole batch's, up to float summation order
     assert [h["top1"] for h in two["history"]] == [h["top1"] for h in one.history]

@@ -3,8 +3,6 @@
 The CUDA branches of resolve_device / init_distributed are checked here without a GPU by faking what
 torch.cuda reports; the two tests at the end run real CUDA (and nccl) on machines that have it.
 """
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -322,19 +320,13 @@ if is_main_process():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2 or not (BIN / "torchrun").exists(), reason="needs 2 CUDA GPUs and torchrun")
-def test_two_nccl_processes_match_one(tmp_path):
+def test_two_nccl_processes_match_one(tmp_path, torchrun_job):
     """Mirror of tests/recipes_yaml/test_distributed.py on two GPUs: nccl is chosen, the collectives work on
     CUDA tensors, and the run ends where one process on one GPU ends (up to GPU float summation order)."""
     from nncompress.core.io import load_weights
     from nncompress.recipes.runner import run_recipe
 
-    (tmp_path / "job.py").write_text(SCRIPT)
-    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(tmp_path / "job.py"),
-                           json.dumps(RECIPE), str(tmp_path / "two")], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1  # only rank 0 prints
-    two = json.loads(lines[0])
+    two = torchrun_job(SCRIPT, RECIPE)
     assert two["backend"] == "nccl" and two["mean"] == 0.5 and two["gathered"] == {"0": 0, "1": 1}
     one = run_recipe(RECIPE, tmp_path / "one", progress=False)
     assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one.history], rel=1e-3)

@@ -1,0 +1,25 @@
+"""Shared test helpers."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.fixture
+def torchrun_job(tmp_path):
+    """Run `script` (argv: recipe JSON, output folder) on 2 local ranks under torchrun; returns rank 0's JSON line."""
+
+    def run(script: str, recipe: dict, out: str = "two") -> dict:
+        (tmp_path / "job.py").write_text(script)
+        proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(tmp_path / "job.py"),
+                               json.dumps(recipe), str(tmp_path / out)], capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1  # only rank 0 prints
+        return json.loads(lines[0])
+
+    return run
