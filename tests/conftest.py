@@ -23,3 +23,19 @@ def torchrun_job(tmp_path):
         return json.loads(lines[0])
 
     return run
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """Run the real CLI entry point in-process from `cwd`; returns (exit code, stderr)."""
+
+    def run(args: list[str], cwd: Path) -> tuple[int, str]:
+        from nncompress.cli import main
+
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return exit_info.value.code, capsys.readouterr().err
+
+    return run

@@ -73,17 +73,11 @@ def test_cli_compress_on_digits_then_decompress_and_evaluate(tmp_path):
     (["compress", "--data", "digits", "--model", "alexnet"], "unknown model"),
     (["decompress", "corrupt.nnc"], "corrupt"),
 ])
-def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, monkeypatch, capsys, args, message):
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, run_main, args, message):
     """In-process through the real entry point (`main`), so each case costs no new interpreter."""
-    from nncompress.cli import main
-
     (tmp_path / "corrupt.nnc").write_bytes(b"NNC\x00" + b"\x01" * 40)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    code, err = run_main(args, tmp_path)
+    assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message.lower() in lines[0].lower(), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nnc"]

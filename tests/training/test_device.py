@@ -215,16 +215,10 @@ def test_mask_callback_leaves_the_callers_masks_as_they_were():
     pytest.param(["run-recipe", "r.yaml", "--device", "cuda:0"], "error: device 'cuda:0' requested but this PyTorch build has no CUDA",
                  marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
 ])
-def test_cli_bad_device_exits_2_with_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
-    from nncompress.cli import main
-
+def test_cli_bad_device_exits_2_with_one_line_before_any_work(tmp_path, run_main, args, message):
     (tmp_path / "r.yaml").write_text("model: lenet300\ndata: {name: digits, train_samples: 64, test_samples: 32}\ntraining: {epochs: 1}\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    code, err = run_main(args, tmp_path)
+    assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(message), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # nothing written
 
