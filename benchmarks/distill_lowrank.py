@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nncompress.analysis import measure_interleaved_ms
 from nncompress.architectures import build_model
 from nncompress.core import atomic_write_text, seed_everything
 from nncompress.core.progress import track
@@ -79,22 +80,12 @@ def linear_params(model: nn.Module) -> int:
 
 
 def latency_ms(models: dict[str, nn.Module], x: torch.Tensor, threads: int, repeats: int) -> dict[str, float]:
-    """Median wall time of one forward pass per model, runs interleaved so load from others hits all alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    times = {k: [] for k in models}
+    """Median ms of one forward pass per model, timed interleaved (analysis.measure_interleaved_ms)."""
+    for m in models.values():
+        m.eval()
     with torch.inference_mode():
-        for m in models.values():
-            m.eval()
-            for _ in range(3):
-                m(x)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    torch.set_num_threads(before)
-    return {k: statistics.median(v) for k, v in times.items()}
+        runs = measure_interleaved_ms([lambda m=m: m(x) for m in models.values()], warmup=1, repeats=repeats, threads=threads)
+    return {k: r.median_ms for k, r in zip(models, runs)}
 
 
 # KD protocol. Student: LeNet-300-100 (266k params, 0.27M MACs; the teacher LeNet-5 has 431k params, 2.3M MACs).

@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -24,14 +23,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nncompress.analysis import measure_interleaved_ms
 from nncompress.architectures import LeNet5
 from nncompress.core import seed_everything
 from nncompress.data import load_dataset, make_loaders
-from nncompress.quantization import (compare_with_simulation, cpu_has_vnni, float_weight_bytes, prepare_qat, quantize_dynamic,
-                                     quantize_static, quantized_weight_bytes, to_int8_kernels, to_reduced_precision, train_qat,
-                                     convert_qat)
+from nncompress.quantization import (
+    compare_with_simulation,
+    convert_qat,
+    cpu_has_vnni,
+    float_weight_bytes,
+    prepare_qat,
+    quantize_dynamic,
+    quantize_static,
+    quantized_weight_bytes,
+    to_int8_kernels,
+    to_reduced_precision,
+    train_qat,
+)
 from nncompress.quantization.backends import quiet_torch_ao
-from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, to_onnx_float, to_onnx_qdq
+from nncompress.quantization.onnx_qdq import (
+    OnnxRuntimeModel,
+    to_onnx_float,
+    to_onnx_qdq,
+)
 from nncompress.quantization.overflow import accumulator_report, simulate_accumulator
 from nncompress.training import TrainConfig, evaluate, train
 
@@ -72,8 +86,13 @@ def peer_static(model, calib_batches, example):
 
 def peer_qat(model, loader, example, weight_bits, epochs, lr):
     """torch.ao FX QAT: default x86 QAT qconfig with weights restricted to `weight_bits` (per channel)."""
-    from torch.ao.quantization import FakeQuantize, MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping
-    from torch.ao.quantization import get_default_qat_qconfig
+    from torch.ao.quantization import (
+        FakeQuantize,
+        MovingAveragePerChannelMinMaxObserver,
+        QConfig,
+        QConfigMapping,
+        get_default_qat_qconfig,
+    )
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
     qmax = 2 ** (weight_bits - 1) - 1
@@ -88,22 +107,19 @@ def peer_qat(model, loader, example, weight_bits, epochs, lr):
 
 
 def interleaved_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int, warmup: int = 5) -> dict[str, float]:
-    """Median ms per model, timing one call of each model in turn so load spikes hit all of them alike."""
-    torch.set_num_threads(threads)
+    """Median ms per model, timing one call of each model in turn (analysis.measure_interleaved_ms) so load
+    spikes hit all of them alike; ONNX bytes run in an ONNX Runtime session with the same thread count."""
+    torch.set_num_threads(threads)  # warm up at the measured thread count too
     models = {k: (OnnxRuntimeModel(m, threads) if isinstance(m, bytes) else m) for k, m in models.items()}
-    times = {k: [] for k in models}
+    for m in models.values():
+        m.eval()
     with torch.no_grad(), quiet_torch_ao():
         for m in models.values():
-            m.eval()
             for _ in range(warmup):
                 m(x)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append((time.perf_counter() - t0) * 1e3)
+        runs = measure_interleaved_ms([lambda m=m: m(x) for m in models.values()], warmup=0, repeats=repeats, threads=threads)
     torch.set_num_threads(1)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: r.median_ms for k, r in zip(models, runs)}
 
 
 def run_model(name, factory, ds, epochs, qat_epochs, repeats, qat_lr):
@@ -196,7 +212,7 @@ def print_table(rows):
                         f"(batch {BATCH}, {THREADS} threads, median)")
         for col in ("variant", "top-1 %", "Δ pp", "size ×", "ms 2t", "× 2t", "ms 1t", "× 1t", "kernel−sim err (steps)"):
             t.add_column(col, justify="right", overflow="fold")
-        fmt = lambda v, k, f: format(v[k], f) if k in v else "–"  # noqa: E731
+        fmt = lambda v, k, f: format(v[k], f) if k in v else "–"
         for k, v in row["variants"].items():
             t.add_row(k, f"{v['top1']:.2f}", f"{-v['top1_drop_pp']:+.2f}", fmt(v, "size_ratio", ".2f"), fmt(v, "latency_ms", ".2f"),
                       fmt(v, "speedup", ".2f"), fmt(v, "latency_ms_1t", ".2f"), fmt(v, "speedup_1t", ".2f"),
