@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.training.device import module_device
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def measure_interleaved_ms(fns: Sequence[Callable[[], Any]], warmup: int = 1, re
 
 def _forward(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> Callable[[], None]:
     """A no-grad forward on the model's own device (the input is moved there once, outside the timing)."""
-    device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+    device = module_device(model)
     args = tuple(a.to(device) for a in (example_input if isinstance(example_input, tuple) else (example_input,)))
 
     def run() -> None:
