@@ -28,7 +28,7 @@ def test_safetensors_round_trip(tmp_path):
     assert torch.equal(back["a"], state["a"]) and torch.equal(back["b"], state["b"])
 
 
-def test_pickled_object_is_refused(tmp_path):
+def test_pickled_object_is_refused(tmp_path, recwarn):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
@@ -37,6 +37,7 @@ def test_pickled_object_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"w": Evil()}))
     with pytest.raises(UserError, match="cannot read weights"):
         load_weights(path)
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # one clear error, no torch warning beside it
 
 
 def test_garbage_safetensors_is_a_user_error(tmp_path):

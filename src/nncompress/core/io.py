@@ -1,6 +1,7 @@
 """File writes that never leave half a file, and weight loading that never unpickles."""
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,7 +48,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"weights file not found: {path} (pass an existing .safetensors file)")
     if path.suffix in {".pt", ".pth", ".bin"}:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols; the refusal below says all there is
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
             raise UserError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
