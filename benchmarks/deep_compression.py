@@ -9,7 +9,6 @@ Targets: ratio ≥ paper, top-1 drop ≤ 0.5 pp, whole run < 10 min on 2 CPU cor
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nncompress.core.io import atomic_write_text
+from bench_common import environment, target, write_results
 from nncompress.recipes.deep_compression import DeepCompressionConfig, run_deep_compression
 
 PAPER = {  # Han, Mao & Dally 2016, Table 1 (MNIST, full 60k training set)
@@ -53,12 +52,18 @@ def main() -> int:
     for r in rows:
         print(f"{r['paper']['name']:<15}{r['dense_bytes']:>11,}{r['nnc_bytes']:>9,}{r['ratio']:>7.1f}×{r['paper']['ratio']:>6.0f}×"
               f"{r['top1_dense']:>8.2f}{r['top1_compressed']:>8.2f}{r['top1_drop_pp']:>9.2f}{r['seconds']:>8.1f}")
-    ok = all(r["ratio"] >= r["paper"]["ratio"] and r["top1_drop_pp"] <= 0.5 for r in rows) and total < 600
+    targets = []
+    for r in rows:
+        name = r["paper"]["name"]
+        targets.append(target(f"{name} .nnc ratio", f">= {r['paper']['ratio']:.0f}x (paper)", r["ratio"], r["ratio"] >= r["paper"]["ratio"]))
+        targets.append(target(f"{name} top-1 drop", "<= 0.5 pp", r["top1_drop_pp"], r["top1_drop_pp"] <= 0.5))
+    targets.append(target("whole run wall time", "< 600 s on 2 cores", total, total < 600))
+    ok = all(t["met"] for t in targets)
     print(f"CPU time {cpu_total:.0f} s over {args.threads} threads (wall time depends on what else the machine runs)")
     print(f"total {total:.1f} s; targets (ratio ≥ paper, drop ≤ 0.5 pp, < 600 s): {'met' if ok else 'NOT met'}")
-    result = {"benchmark": "deep_compression", "threads": args.threads, "torch": torch.__version__,
-              "machine": platform.machine(), "total_seconds": total, "cpu_seconds": cpu_total, "targets_met": ok, "models": rows}
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    result = {"targets": targets, "environment": environment(args.threads), "threads": args.threads,
+              "total_seconds": total, "cpu_seconds": cpu_total, "targets_met": ok, "models": rows}
+    write_results("deep_compression", result, args.out)
     return 0
 
 
