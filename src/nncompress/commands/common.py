@@ -1,6 +1,9 @@
 """What most commands share: build a model for a dataset and load weights into it, with clear errors."""
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -34,3 +37,147 @@ def model_and_data(model: str, data: str, weights: str | Path | None = None, see
     if weights is not None:
         load_into(net, weights, f"model '{model}' on {data}")
     return net, ds
+
+
+# ---- checks every command runs on its options before any data loads or any training starts ----------------------
+# Bad input must fail in the first second with one line that names the option and the fix, never after an hour of
+# training (an unwritable --out used to surface only when the weights were saved).
+
+def _nearest_existing(path: Path) -> Path:
+    """The path itself or its closest ancestor that exists (where a new file or folder would be created)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable_under(path: Path, option: str) -> None:
+    """Files can be created at `path` (or inside it, for a folder): the nearest existing ancestor is a writable folder.
+
+    Writability is probed by creating and removing a temp file, not by permission bits: root ignores the bits,
+    while a read-only mount or an immutable folder still refuses.
+    """
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise UserError(f"{option} {path}: {base} is a file, not a folder; choose a path whose parent folders are folders")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncompress-probe.", dir=base)
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write in {base} ({e.strerror or type(e).__name__}); "
+                        "choose a writable location") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """An output folder: absent (it will be created) or an existing, writable folder; never an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is an existing file, but a folder is expected; pass a folder path")
+    _check_creatable_under(path, option)
+    return path
+
+
+def check_out_file(path: str | Path | None, option: str = "--out") -> Path | None:
+    """An output file: absent or an existing file (replaced atomically), in a writable folder; never a folder."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder, but a file is expected; pass a file path like {path / 'out.safetensors'}")
+    if str(path).endswith(("/", os.sep)):
+        raise UserError(f"{option} {path} ends with a slash, but a file is expected")
+    _check_creatable_under(path.parent, option)
+    return path
+
+
+def check_in_file(path: str | Path | None, option: str, what: str = "file") -> Path | None:
+    """An input file that exists, is a regular file and can be read."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; pass the {what} itself")
+    if not path.is_file():
+        raise UserError(f"{option}: {what} not found: {path} (check the path)")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{option}: cannot read {path} (permission denied)")
+    return path
+
+
+def check_int(value: int | None, option: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    """An integer option inside [lo, hi] (either bound optional); None passes (the option was not given)."""
+    if value is None:
+        return None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if hi is None:
+            rng = f">= {lo}"
+        elif lo is None:
+            rng = f"<= {hi}"
+        else:
+            rng = f"in {lo}..{hi}"
+        raise UserError(f"{option} must be {rng}, got {value}")
+    return value
+
+
+def check_float(value: float | None, option: str, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = False) -> float | None:
+    """A finite float option inside its interval; NaN and ±inf are refused (typer parses 'nan' and 'inf')."""
+    if value is None:
+        return None
+    ok = math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        rng = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+        raise UserError(f"{option} must be a finite number in {rng}, got {value}")
+    return value
+
+
+def check_lr(value: float, option: str = "--lr") -> float:
+    """A learning rate: finite and > 0 (10 is already absurd; above it is refused as a typo)."""
+    return check_float(value, option, 0.0, 10.0, lo_open=True)
+
+
+def check_seed(value: int, option: str = "--seed") -> int:
+    """Seeds feed numpy, which takes 0..2**32-1."""
+    return check_int(value, option, 0, 2**32 - 1)
+
+
+def check_model(name: str, option: str = "--model") -> str:
+    """A registered model name, checked before any data loads."""
+    from nncompress.architectures import MODELS
+
+    if name not in MODELS:
+        raise UserError(f"{option}: unknown model '{name}': choose one of {', '.join(sorted(MODELS))} (see 'nncompress zoo list')")
+    return name
+
+
+def check_data(name: str, option: str = "--data") -> str:
+    """A bundled dataset name or an existing .npz file (its contents are checked when it loads)."""
+    from nncompress.data import DATASETS
+
+    if name in DATASETS:
+        return name
+    path = Path(name)
+    if path.suffix.lower() != ".npz" and not path.exists():
+        raise UserError(f"{option}: unknown dataset '{name}': use one of {', '.join(DATASETS)} or a path to an .npz file")
+    check_in_file(path, option, "data file")
+    return name
+
+
+def check_device(spec: str | None, option: str = "--device") -> str | None:
+    """A device spec that resolves on this machine (None: the recipe's own, else auto)."""
+    if spec is None:
+        return None
+    from nncompress.training.device import resolve_device
+
+    try:
+        resolve_device(spec)
+    except UserError as e:
+        raise UserError(f"{option}: {e}") from None
+    return spec

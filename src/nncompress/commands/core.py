@@ -15,14 +15,22 @@ def _parse_per_layer(text: str | None, cast, what: str):
         return None
     try:
         if "=" not in text:
-            return cast(text)
-        out = {}
-        for part in text.split(","):
-            key, value = part.split("=")
-            out[key.strip()] = cast(value)
-        return out
+            out = cast(text)
+        else:
+            out = {}
+            for part in text.split(","):
+                key, value = part.split("=")
+                if not key.strip():
+                    raise ValueError(part)
+                out[key.strip()] = cast(value)
     except ValueError:
         raise UserError(f"--{what}: cannot parse {text!r}; use a number or layer=value pairs like fc1=0.95,fc2=0.9") from None
+    for value in (out.values() if isinstance(out, dict) else [out]):  # ranges now, before any data loads
+        if what == "sparsity" and not 0.0 <= value < 1.0:  # also refuses nan
+            raise UserError(f"--sparsity values must be in [0, 1) (the fraction of weights removed), got {value} in {text!r}")
+        if what == "bits" and not 1 <= value <= 16:
+            raise UserError(f"--bits values must be integers in 1..16, got {value} in {text!r}")
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -51,7 +59,13 @@ def register(app: typer.Typer) -> None:
         from nncompress.training import TrainConfig, evaluate, train
         from nncompress.training.device import resolve_device
 
-        resolve_device(device)  # a bad or unavailable device fails before the data loads
+        from nncompress.commands.common import (check_data, check_device, check_int, check_lr, check_model,
+                                                check_out_file, check_seed)
+
+        check_model(model), check_data(data), check_lr(lr), check_seed(seed), check_int(threads, "--threads", 1, 1024)
+        check_int(epochs, "--epochs", 1, 100_000)
+        check_out_file(out)  # an unwritable --out fails now, not after training
+        check_device(device)  # a bad or unavailable device fails before the data loads
         torch.set_num_threads(threads)
         seed_everything(seed)
         ds = load_dataset(data, seed=seed)
@@ -75,8 +89,13 @@ def register(app: typer.Typer) -> None:
         from nncompress.data import load_dataset, make_loaders
         from nncompress.training import evaluate
 
+        from nncompress.commands.common import check_data, check_in_file, check_model
+
         if (weights is None) == (nnc is None):
             raise UserError("give exactly one of --weights or --nnc")
+        check_in_file(weights, "--weights", "weights file"), check_in_file(nnc, "--nnc", ".nnc file"), check_data(data)
+        if weights is not None:
+            check_model(model)
         if nnc is not None:
             from nncompress.export import decompress_model
 
@@ -115,8 +134,15 @@ def register(app: typer.Typer) -> None:
         Examples: nncompress compress --model lenet5 --data mnist5k --out out/;
         nncompress compress --recipe recipes/agp_qat_kd.yaml --out runs/agp
         """
+        from nncompress.commands.common import (check_data, check_in_file, check_int, check_model, check_out_dir,
+                                                check_seed)
+
+        check_out_dir(out)  # an unwritable or file --out fails now, not after an hour of training
+        check_int(threads, "--threads", 1, 1024)
         if recipe is not None:
             from nncompress.recipes.runner import run_recipe
+
+            check_in_file(recipe, "--recipe", "recipe file")
 
             result = run_recipe(recipe, out, threads=threads, resume=resume)
             summary = result.to_dict()
@@ -126,11 +152,13 @@ def register(app: typer.Typer) -> None:
             return
         from nncompress.recipes.deep_compression import DeepCompressionConfig, run_deep_compression
 
-        if weights is not None and not weights.is_file():
-            raise UserError(f"weights file not found: {weights}")
+        check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_seed(seed)
+        check_int(prune_steps, "--prune-steps", 1, 1000), check_int(epochs, "--finetune-epochs", 0, 100_000)
+        check_int(train_epochs, "--train-epochs", 1, 100_000)
+        sparsity_value, bits_value = _parse_per_layer(sparsity, float, "sparsity"), _parse_per_layer(bits, int, "bits")
         cfg = DeepCompressionConfig(
             model=model, data=data, weights=str(weights) if weights else None, out_dir=str(out),
-            sparsity=_parse_per_layer(sparsity, float, "sparsity"), bits=_parse_per_layer(bits, int, "bits"),
+            sparsity=sparsity_value, bits=bits_value,
             prune_steps=prune_steps, prune_finetune_epochs=epochs, baseline_epochs=train_epochs, seed=seed, threads=threads,
         )
         log = (lambda *a: None) if as_json else (lambda msg: typer.echo(msg, err=True))
@@ -160,6 +188,9 @@ def register(app: typer.Typer) -> None:
         from nncompress.core.io import save_weights
         from nncompress.export import decompress_model
 
+        from nncompress.commands.common import check_in_file, check_out_file
+
+        check_in_file(nnc, "NNC", ".nnc file"), check_out_file(out)
         net, meta = decompress_model(nnc)
         save_weights(net.state_dict(), out, metadata={"model": str(meta.get("model"))})
         info = {"model": meta.get("model"), "in_shape": meta.get("in_shape"), "num_classes": meta.get("num_classes"), "weights": str(out)}
