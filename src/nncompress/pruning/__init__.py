@@ -16,6 +16,7 @@ from nncompress.pruning.criteria import (
 from nncompress.pruning.mask import (
     Mask,
     apply_mask,
+    apply_shared_mask,
     dense_tensor,
     finalize,
     get_mask,
@@ -40,6 +41,7 @@ __all__ = [
     "SplicingPruner",
     "agp_sparsity",
     "apply_mask",
+    "apply_shared_mask",
     "dense_tensor",
     "finalize",
     "get_mask",

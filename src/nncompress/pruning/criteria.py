@@ -26,6 +26,17 @@ def check_nonnegative(value: float, where: str) -> float:
     return float(value)
 
 
+def score_view(w: torch.Tensor) -> torch.Tensor:
+    """`w` detached, in float32 (float64 stays float64) for comparisons and sums.
+
+    A float16/bfloat16 comparison rounds the threshold to the weight's coarse grid first: with fp16
+    weights `w > 0.09997` is False for w = 0.0999756 (0.09997 rounds up to it), so a weight above the
+    threshold would be pruned. Scores are computed at float32 or better; the model keeps its dtype.
+    """
+    w = w.detach()
+    return w if w.dtype in (torch.float32, torch.float64) else w.float()
+
+
 def prune_count(sparsity: float, numel: int) -> int:
     """k = round(sparsity·numel), halves rounded up (Python's round() would round 2.5 to 2)."""
     return min(numel, int(math.floor(sparsity * numel + 0.5)))
@@ -44,13 +55,13 @@ def smallest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 def magnitude_threshold_mask(w: torch.Tensor, threshold: float) -> torch.Tensor:
     """Keep |w| > threshold (an entry equal to the threshold is pruned)."""
     threshold = check_nonnegative(threshold, "threshold")
-    return w.detach().abs() > threshold
+    return score_view(w).abs() > threshold
 
 
 def level_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Remove exactly round(sparsity·numel) entries of smallest |w|; ties: lower flat index removed first."""
     sparsity = check_sparsity(sparsity)
-    return smallest_k_mask(w.detach().abs(), prune_count(sparsity, w.numel()))
+    return smallest_k_mask(score_view(w).abs(), prune_count(sparsity, w.numel()))
 
 
 def sensitivity_threshold(w: torch.Tensor, s: float) -> float:
@@ -79,4 +90,4 @@ def random_mask(w: torch.Tensor, sparsity: float, seed: int = 0) -> torch.Tensor
 def largest_magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Ablation: remove the round(sparsity·numel) entries of *largest* |w| (the opposite of magnitude pruning)."""
     sparsity = check_sparsity(sparsity)
-    return smallest_k_mask(-w.detach().abs(), prune_count(sparsity, w.numel()))
+    return smallest_k_mask(-score_view(w).abs(), prune_count(sparsity, w.numel()))

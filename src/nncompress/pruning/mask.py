@@ -12,6 +12,7 @@ dict with `load_masked_state_dict`, or move masks alone with `mask_state_dict` /
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -50,7 +51,12 @@ def _find_mask(module: nn.Module, name: str) -> Mask | None:
 
 
 def _check(module: nn.Module, mask: torch.Tensor, name: str) -> None:
-    tensor = getattr(module, name, None)
+    try:
+        tensor = getattr(module, name, None)
+    except KeyError:  # a Parametrized* class whose parametrization list lost this tensor (a broken copy)
+        plain = parametrize.type_before_parametrizations(module).__name__
+        raise UserError(f"{type(module).__name__}.{name} is declared parametrized but has no parametrization (a broken copy of a "
+                        f"masked layer): rebuild it as a plain {plain} with the effective weights, then prune again") from None
     if not isinstance(tensor, torch.Tensor):
         raise UserError(f"{type(module).__name__} has no tensor '{name}' to mask (use 'weight' or 'bias')")
     if tuple(mask.shape) != tuple(tensor.shape):
@@ -77,6 +83,36 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", repl
     tensor = getattr(module, name)
     p = Mask(mask.to(tensor.device), straight_through=bool(straight_through))
     parametrize.register_parametrization(module, name, p)
+    return p
+
+
+def apply_shared_mask(modules: Sequence[nn.Module], mask: torch.Tensor, name: str = "weight", replace: bool = False,
+                      straight_through: bool | None = None) -> Mask:
+    """Mask one tensor that several modules hold (tied weights, e.g. `b.weight = a.weight`) with ONE Mask.
+
+    Masking only the first module would move the tensor into its parametrization and leave every other
+    holder reading the dense tensor: the "pruned" weights would still be used there. So the first module
+    gets (or updates) the Mask and the others are parametrized with that same Mask object; each holder
+    then computes w·m from the same dense tensor and mask, and `finalize` bakes all of them into the one
+    Parameter again. A holder that already carries its own Mask (e.g. loaded from a state dict) gets the
+    same keep-mask copied in.
+    """
+    modules = list({id(m): m for m in modules}.values())  # a module registered under two names counts once
+    if not modules:
+        raise UserError("apply_shared_mask needs at least one module")
+    p = apply_mask(modules[0], mask, name, replace=replace, straight_through=straight_through)
+    for other in modules[1:]:
+        existing = _find_mask(other, name)
+        if existing is p:
+            continue
+        if existing is not None:
+            if not replace:
+                p.mask.copy_(p.mask & existing.mask.to(p.mask.device))
+            existing.mask.copy_(p.mask)
+            existing.straight_through = p.straight_through
+            continue
+        _check(other, p.mask, name)
+        parametrize.register_parametrization(other, name, p)
     return p
 
 
@@ -133,7 +169,8 @@ def mask_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_masks(model: nn.Module, masks: dict[str, torch.Tensor], replace: bool = True) -> nn.Module:
     """Apply masks from `mask_state_dict` (keys "<layer>.<name>") to `model`; replaces existing masks by default."""
-    modules = dict(model.named_modules())
+    # every name a module is registered under (`self.b = self.a` saves masks under both a.* and b.*)
+    modules = dict(model.named_modules(remove_duplicate=False))
     for key, mask in masks.items():
         layer, _, name = key.rpartition(".")
         if layer not in modules:

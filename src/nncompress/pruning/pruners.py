@@ -8,9 +8,11 @@ names, or a dict of per-layer values, says otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nncompress.core.errors import UserError
 from nncompress.core.layers import COMPRESSIBLE_TYPES, compressible_layers
@@ -19,24 +21,19 @@ from nncompress.pruning.criteria import (
     check_sparsity,
     magnitude_threshold_mask,
     prune_count,
+    score_view,
     sensitivity_mask,
     smallest_k_mask,
 )
-from nncompress.pruning.mask import apply_mask, dense_tensor, get_mask
+from nncompress.pruning.mask import apply_shared_mask, dense_tensor, get_mask
 
 PerLayer = float | Mapping[str, float]
 
 
-def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """Named layers to prune: all compressible ones, or `layers` checked to exist and be Linear/Conv."""
-    if layers is None:
-        found = compressible_layers(model)
-        if not found:
-            raise UserError(f"{type(model).__name__} has no Linear or Conv layers to prune")
-        return found
-    if isinstance(layers, str):
-        layers = [layers]
-    modules = dict(model.named_modules())
+def _named(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """(name, module) for each requested name, checked to exist and be Linear/Conv; a module registered under
+    two names (`self.b = self.a`) is found under either name."""
+    modules = dict(model.named_modules(remove_duplicate=False))
     unknown = [n for n in layers if n not in modules]
     if unknown:
         available = ", ".join(compressible_layers(model)) or "none"
@@ -44,25 +41,114 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dic
     unsupported = [f"{n} ({type(modules[n]).__name__})" for n in layers if not isinstance(modules[n], COMPRESSIBLE_TYPES)]
     if unsupported:
         raise UserError(f"cannot prune {', '.join(unsupported)}: only Linear and Conv1d/2d/3d layers are supported")
-    return {n: modules[n] for n in layers}
+    return [(n, modules[n]) for n in layers]
 
 
-def _targets(model: nn.Module, values: PerLayer, layers: Sequence[str] | None, check) -> dict[str, tuple[nn.Module, float]]:
-    """Pair each chosen layer with its value (a dict's keys choose the layers)."""
+def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, nn.Module]:
+    """Named layers to prune: all compressible ones, or `layers` checked to exist and be Linear/Conv.
+
+    A module reachable under two names appears once, under the first name given (one module, one mask).
+    """
+    if layers is None:
+        found = compressible_layers(model)
+        if not found:
+            raise UserError(f"{type(model).__name__} has no Linear or Conv layers to prune")
+        for name, module in found.items():
+            _dense_weight(name, module)
+        return found
+    if isinstance(layers, str):
+        layers = [layers]
+    out: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    for name, module in _named(model, list(layers)):
+        if id(module) not in seen:
+            seen.add(id(module))
+            out[name] = module
+            _dense_weight(name, module)
+    return out
+
+
+def _dense_weight(name: str, module: nn.Module) -> torch.Tensor:
+    """The dense weight tensor a layer holds (under its mask, if any); a UserError for a broken parametrized copy.
+
+    A module whose class says "parametrized" but whose parametrization is gone (what copying a masked layer by
+    its class used to produce) raises a raw KeyError on `module.weight`; this names the layer instead.
+    """
+    try:
+        return dense_tensor(module)
+    except (KeyError, AttributeError):
+        plain = parametrize.type_before_parametrizations(module).__name__
+        raise UserError(f"layer '{name}' ({type(module).__name__}) has lost the parametrization its class declares (a broken copy "
+                        f"of a masked layer): rebuild it as a plain {plain} with the effective weights, then prune again") from None
+
+
+def weight_holders(model: nn.Module) -> dict[int, list[nn.Module]]:
+    """Every module holding each weight tensor, keyed by id(dense tensor): tied weights (`b.weight = a.weight`,
+    a tied embedding and output layer) list several modules; a module registered twice is listed once."""
+    out: dict[int, list[nn.Module]] = {}
+    for module in model.modules():  # modules() visits each module object once, whatever its names
+        if parametrize.is_parametrized(module, "weight"):
+            t = module.parametrizations["weight"].original
+        else:
+            t = module._parameters.get("weight")
+        if isinstance(t, torch.Tensor):
+            out.setdefault(id(t), []).append(module)
+    return out
+
+
+@dataclass
+class _Unit:
+    """One weight tensor to prune: `name` chose it; `modules` hold it (several when tied); `value` is its target."""
+
+    name: str
+    modules: list[nn.Module]
+    value: float
+
+    @property
+    def module(self) -> nn.Module:
+        return self.modules[0]
+
+
+def _targets(model: nn.Module, values: PerLayer, layers: Sequence[str] | None, check) -> list[_Unit]:
+    """Pair each chosen weight tensor with its value (a dict's keys choose the layers).
+
+    Layers that hold one tensor (the same module under two names, or tied weights) form one unit pruned with
+    one mask; given different values they are refused, naming both, since one tensor cannot have two sparsities.
+    """
     if isinstance(values, Mapping):
         if layers is not None:
             raise UserError("give either per-layer values (a dict) or a list of layers, not both")
-        chosen = resolve_layers(model, list(values))
-        return {n: (m, check(values[n], f"value for layer '{n}'")) for n, m in chosen.items()}
-    value = check(values, "value")
-    return {n: (m, value) for n, m in resolve_layers(model, layers).items()}
+        pairs = _named(model, list(values))
+        valued = [(n, m, check(values[n], f"value for layer '{n}'")) for n, m in pairs]
+    else:
+        value = check(values, "value")
+        valued = [(n, m, value) for n, m in resolve_layers(model, layers).items()]
+    holders = weight_holders(model)
+    units: dict[int, list[tuple[str, nn.Module, float]]] = {}
+    for name, module, v in valued:
+        units.setdefault(id(_dense_weight(name, module)), []).append((name, module, v))
+    out = []
+    for key, members in units.items():
+        given = sorted({v for _, _, v in members})
+        if len(given) > 1:
+            names = " and ".join(repr(n) for n, _, _ in members)
+            raise UserError(f"layers {names} hold the same weight tensor (one module under two names, or tied weights) but were "
+                            f"given different values {given}: give them one value (one tensor gets one mask)")
+        first = members[0][1]
+        others = [m for m in holders.get(key, []) if m is not first]
+        out.append(_Unit(members[0][0], [first, *others], members[0][2]))
+    return out
 
 
-def _scores(module: nn.Module) -> torch.Tensor:
-    """|effective weight|, with already-masked entries at -inf so they are the first ones counted as removed."""
-    w = module.weight.detach().abs()
-    mask = get_mask(module)
-    return w if mask is None else w.masked_fill(~mask, float("-inf"))
+def _scores(unit: _Unit | nn.Module) -> torch.Tensor:
+    """|dense weight| (float32 or better), with entries masked in any holder at -inf so they are counted as removed first."""
+    modules = unit.modules if isinstance(unit, _Unit) else [unit]
+    w = score_view(dense_tensor(modules[0])).abs()
+    for m in modules:
+        mask = get_mask(m)
+        if mask is not None:
+            w = w.masked_fill(~mask, float("-inf"))
+    return w
 
 
 class MagnitudePruner:
@@ -75,8 +161,8 @@ class MagnitudePruner:
 
     def prune(self, model: nn.Module) -> nn.Module:
         with torch.no_grad():
-            for module, t in _targets(model, self.thresholds, self.layers, check_nonnegative).values():
-                apply_mask(module, magnitude_threshold_mask(module.weight, t))
+            for u in _targets(model, self.thresholds, self.layers, check_nonnegative):
+                apply_shared_mask(u.modules, magnitude_threshold_mask(u.module.weight, u.value))
         return model
 
 
@@ -93,8 +179,8 @@ class SensitivityPruner:
 
     def prune(self, model: nn.Module) -> nn.Module:
         with torch.no_grad():
-            for module, s in _targets(model, self.s, self.layers, check_nonnegative).values():
-                apply_mask(module, sensitivity_mask(dense_tensor(module), s))
+            for u in _targets(model, self.s, self.layers, check_nonnegative):
+                apply_shared_mask(u.modules, sensitivity_mask(dense_tensor(u.module), u.value))
         return model
 
 
@@ -121,16 +207,15 @@ class LevelPruner:
         targets = _targets(model, self.sparsity, self.layers, check_sparsity)
         with torch.no_grad():
             if self.scope == "layer":
-                for module, s in targets.values():
-                    scores = _scores(module)
-                    apply_mask(module, smallest_k_mask(scores, prune_count(s, scores.numel())))
-            else:
-                modules = [m for m, _ in targets.values()]
-                scores = [_scores(m) for m in modules]
+                for u in targets:
+                    scores = _scores(u)
+                    apply_shared_mask(u.modules, smallest_k_mask(scores, prune_count(u.value, scores.numel())))
+            else:  # a tied tensor is one unit, so its weights are counted once in N_total
+                scores = [_scores(u) for u in targets]
                 flat = torch.cat([s.flatten() for s in scores])
                 keep = smallest_k_mask(flat, prune_count(float(self.sparsity), flat.numel()))
-                for module, part in zip(modules, torch.split(keep, [s.numel() for s in scores])):
-                    apply_mask(module, part.view_as(module.weight))
+                for u, part, sc in zip(targets, torch.split(keep, [s.numel() for s in scores]), scores):
+                    apply_shared_mask(u.modules, part.view(sc.shape))
         return model
 
 

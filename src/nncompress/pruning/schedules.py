@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
-from nncompress.pruning.criteria import check_sparsity
-from nncompress.pruning.mask import apply_mask, dense_tensor, get_mask
-from nncompress.pruning.pruners import LevelPruner, PerLayer, SensitivityPruner, resolve_layers
+from nncompress.pruning.criteria import check_sparsity, score_view
+from nncompress.pruning.mask import apply_shared_mask, dense_tensor, get_mask
+from nncompress.pruning.pruners import LevelPruner, PerLayer, SensitivityPruner, resolve_layers, weight_holders
 from nncompress.training.callbacks import Callback
 
 
@@ -153,6 +153,7 @@ class SplicingPruner(Callback):
         self.thresholds, self.layers = thresholds, layers
         self.thresholds_: dict[str, tuple[float, float]] = {}
         self._modules: dict[str, nn.Module] = {}
+        self._holders: dict[str, list[nn.Module]] = {}
 
     def _layer_thresholds(self, name: str, module: nn.Module) -> tuple[float, float]:
         if self.thresholds is not None and name in self.thresholds:
@@ -171,25 +172,28 @@ class SplicingPruner(Callback):
         else:
             names = self.layers
         self._modules = resolve_layers(model, names)
+        holders = weight_holders(model)  # tied weights: every holder shares the one straight-through mask
+        self._holders = {name: [m, *(h for h in holders.get(id(dense_tensor(m)), []) if h is not m)]
+                         for name, m in self._modules.items()}
         for name, module in self._modules.items():
             self.thresholds_[name] = self._layer_thresholds(name, module)
             current = get_mask(module)
             start = torch.ones_like(module.weight, dtype=torch.bool) if current is None else current.clone()
-            apply_mask(module, start, replace=True, straight_through=True)
+            apply_shared_mask(self._holders[name], start, replace=True, straight_through=True)
 
     @torch.no_grad()
     def splice(self) -> None:
         """One pruning-and-splicing update of every layer's mask from its dense weights."""
         for name, module in self._modules.items():
             a, b = self.thresholds_[name]
-            w = dense_tensor(module).abs()
+            w = score_view(dense_tensor(module)).abs()
             old = get_mask(module)
-            apply_mask(module, (old & (w >= a)) | (w > b), replace=True)
+            apply_shared_mask(self._holders[name], (old & (w >= a)) | (w > b), replace=True)
 
     def on_step_begin(self, step: int, model: nn.Module) -> None:
         if step % self.frequency == 0 and (self.stop_step is None or step < self.stop_step):
             self.splice()
 
     def on_train_end(self, model: nn.Module) -> None:
-        for module in self._modules.values():
-            apply_mask(module, get_mask(module), straight_through=False)
+        for name, module in self._modules.items():
+            apply_shared_mask(self._holders[name], get_mask(module), straight_through=False)
