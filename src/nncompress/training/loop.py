@@ -1,6 +1,7 @@
 """A plain, seeded supervised training loop and top-1 evaluation, on the CPU or a GPU (`TrainConfig.device`)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -8,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nncompress.core.errors import UserError
+from nncompress.core.guards import DivergenceError, check_finite_weights, check_hyperparameter
 from nncompress.core.progress import track
 from nncompress.training.callbacks import Callback
 from nncompress.training.device import module_device, resolve_device
@@ -25,6 +28,17 @@ class TrainConfig:
     progress: bool | None = None  # None: bars when on a terminal
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK when a GPU is visible, else cpu), "cpu", "cuda", "cuda:N"
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Refuse a NaN/inf or non-positive learning rate (and other impossible settings) before any work: an lr of
+        nan trains to a chance-level model that would otherwise be saved like a result (issue 12)."""
+        self.lr = check_hyperparameter("learning rate lr", self.lr)
+        self.momentum = check_hyperparameter("momentum", self.momentum, positive=False)
+        self.weight_decay = check_hyperparameter("weight_decay", self.weight_decay, positive=False)
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise UserError(f"momentum and weight_decay must be ≥ 0, got {self.momentum} and {self.weight_decay}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise UserError(f"epochs must be a whole number ≥ 0, got {self.epochs!r}")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -70,7 +84,8 @@ def train(
         for cb in callbacks:
             cb.on_epoch_begin(epoch, model)
         loss_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0  # read once per epoch: no GPU sync per step
-        for x, y in loader:
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first step with a NaN/inf loss, on the device
+        for i, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for cb in callbacks:
                 cb.on_step_begin(step, model)
@@ -80,6 +95,10 @@ def train(
             loss = loss_fn(out, y)
             for cb in callbacks:
                 loss = cb.loss(model, x, y, out, loss)
+            if device.type == "cpu" or step < _CHECK_FIRST_STEPS:  # on the host reading is free; on a GPU, the first steps
+                _stop_if_nonfinite(float(loss.detach()), epoch, i, cfg)
+            else:  # no sync: remember the first bad step on the device, read with the epoch's loss
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for cb in callbacks:
@@ -93,16 +112,35 @@ def train(
             n += len(y)
             step += 1
         metrics = {"epoch": float(epoch), "loss": float(loss_sum) / max(n, 1)}
+        if int(first_bad) >= 0 or not math.isfinite(metrics["loss"]):  # before callbacks can checkpoint the epoch
+            _stop_if_nonfinite(None, epoch, int(first_bad) if int(first_bad) >= 0 else None, cfg)
         if val_loader is not None:
             metrics["val_top1"] = evaluate(model, val_loader)
         for cb in callbacks:
             cb.on_epoch_end(epoch, model, metrics)
         history.append(metrics)
+    if cfg.epochs > 0:  # the loss can stay finite while a weight is not (an inf in an unused branch, BN statistics)
+        check_finite_weights(model, f"training ({cfg.epochs} epochs at lr={cfg.lr:g})",
+                             f"lower the learning rate (lr={cfg.lr:g}) or check the data")
     for cb in callbacks:
         cb.on_train_end(model)
     _move(model, home, opt)
     cfg.history.extend(history)
     return history
+
+
+_CHECK_FIRST_STEPS = 3  # loss read on the host at these first steps of a run even on a GPU (a bad lr shows at once)
+
+
+def _stop_if_nonfinite(value: float | None, epoch: int, i: int | None, cfg: TrainConfig) -> None:
+    """Raise DivergenceError naming where the loss went NaN/inf and what to change (epochs and steps counted from 1).
+    `value` None: found on the device at epoch end, so only "nan or inf" is known."""
+    if value is not None and math.isfinite(value):
+        return
+    word = "nan or inf" if value is None else ("nan" if math.isnan(value) else "inf")
+    at = f"epoch {epoch + 1}" + (f" step {i + 1}" if i is not None else "")
+    raise DivergenceError(f"training diverged at {at}: loss is {word}; "
+                          f"lower the learning rate (lr={cfg.lr:g}) or check the data and the model's outputs")
 
 
 def _move(model: nn.Module, device: torch.device, optimizer: torch.optim.Optimizer | None) -> None:
