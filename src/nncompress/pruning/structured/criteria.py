@@ -22,7 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nncompress.core.errors import UserError
-from nncompress.pruning.structured.graph import ChannelGroup, DependencyGraph
+from nncompress.pruning.criteria import score_view
+from nncompress.pruning.mask import dense_tensor
+from nncompress.pruning.structured.graph import ChannelGroup, DependencyGraph, model_input
 from nncompress.training.device import module_device
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random", "largest")
@@ -56,11 +58,11 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
     for (name, role) in graph.labels:
         m = graph.modules[name]
         if role in ("out", "dw", "gw_out"):
-            w = m.weight.detach().flatten(1)
+            w = score_view(m.weight).flatten(1)
         elif scope == "group" and role == "in":
-            w = m.weight.detach().transpose(0, 1).flatten(1)
+            w = score_view(m.weight).transpose(0, 1).flatten(1)
         elif scope == "group" and role == "bn" and m.affine:
-            w = m.weight.detach()[:, None]
+            w = score_view(m.weight)[:, None]
         else:
             continue
         vecs[(name, role)] = (w.abs().sum(1) if p == 1 else w.norm(dim=1)).cpu().numpy()
@@ -70,7 +72,7 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
 def _bn_scales(graph: DependencyGraph, group: ChannelGroup) -> dict[tuple[str, str], np.ndarray]:
     if not group.norms:
         raise UserError(f"criterion bn_scale needs a batch norm after layer '{group.name}', which has none; use l1 or l2")
-    return {(n, "bn"): graph.modules[n].weight.detach().abs().cpu().numpy() for n in group.norms if graph.modules[n].affine}
+    return {(n, "bn"): score_view(graph.modules[n].weight).abs().cpu().numpy() for n in group.norms if graph.modules[n].affine}
 
 
 def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches: int | None) -> list[dict[tuple[str, str], np.ndarray]]:
@@ -85,14 +87,16 @@ def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches
             if max_batches is not None and b >= max_batches:
                 break
             model.zero_grad(set_to_none=True)
-            loss_fn(model(x.to(device)), y.to(device)).backward()
+            loss_fn(model(model_input(model, x)), y.to(device)).backward()
             vecs = {}
             for (name, role) in graph.labels:
                 m = graph.modules[name]
-                if role in ("out", "dw", "gw_out", "bn") and m.weight is not None and m.weight.grad is not None:
-                    gw = (m.weight.grad * m.weight).detach().flatten(1).sum(1) if role != "bn" else (m.weight.grad * m.weight).detach()
-                    if getattr(m, "bias", None) is not None and m.bias.grad is not None:
-                        gw = gw + (m.bias.grad * m.bias).detach()
+                gw = _grad_times(m, "weight") if role in ("out", "dw", "gw_out", "bn") else None
+                if gw is not None:
+                    gw = gw.flatten(1).sum(1) if role != "bn" else gw
+                    gb = _grad_times(m, "bias")
+                    if gb is not None:
+                        gw = gw + gb
                     vecs[(name, role)] = gw.cpu().numpy()
             batches.append(vecs)
     finally:
@@ -101,6 +105,18 @@ def _taylor(graph: DependencyGraph, model: nn.Module, data, loss_fn, max_batches
     if not batches:
         raise UserError("criterion taylor got no batches of data")
     return batches
+
+
+def _grad_times(m: nn.Module, name: str) -> torch.Tensor | None:
+    """g·w for `m.<name>` in float32 or better, or None without a gradient.
+
+    A masked layer's `weight` is recomputed from `parametrizations.weight.original` on every access, so its
+    gradient lives on that dense tensor; the product with the effective (masked) weight is the same either way.
+    """
+    dense = dense_tensor(m, name) if getattr(m, name, None) is not None else None
+    if dense is None or dense.grad is None:
+        return None
+    return score_view(dense.grad) * score_view(getattr(m, name))
 
 
 def channel_scores(

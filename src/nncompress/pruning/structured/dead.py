@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from nncompress.pruning.criteria import score_view
+from nncompress.pruning.mask import dense_tensor
 from nncompress.pruning.structured.criteria import member_positions
-from nncompress.pruning.structured.graph import build_dependency_graph
+from nncompress.pruning.structured.graph import build_dependency_graph, model_input
 from nncompress.pruning.structured.thin import remove_channels
-from nncompress.training.device import module_device
 
 
 def _capture_inputs(model: nn.Module, names: set[str], example_input: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -33,7 +34,7 @@ def _capture_inputs(model: nn.Module, names: set[str], example_input: torch.Tens
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(example_input.to(module_device(model)))
+            model.eval()(model_input(model, example_input))
     finally:
         model.train(was_training)
         for h in handles:
@@ -75,7 +76,7 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
         no_out = np.ones(g.size, dtype=bool)
         no_in = np.ones(g.size, dtype=bool) if not g.depthwise else np.zeros(g.size, dtype=bool)  # conv of a constant: not constant at borders
         for name, role, js in members:
-            w = graph.modules[name].weight.detach()
+            w = score_view(graph.modules[name].weight)
             ok = js >= 0
             if role == "in":
                 used = (w.transpose(0, 1).flatten(1).abs().amax(1) > atol).cpu().numpy()
@@ -102,5 +103,5 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
             if c != 0.0:
                 if lin.bias is None:
                     lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
-                lin.bias += lin.weight[:, p] * c
+                dense_tensor(lin, "bias").add_(lin.weight[:, p] * c)  # a masked bias: fold into its dense tensor
     return remove_channels(new, graph, plan, example_input), {k: len(v) for k, v in plan.items()}

@@ -30,6 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 from nncompress.core.errors import UserError
+from nncompress.pruning.pruners import weight_holders
 from nncompress.training.device import module_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -121,6 +122,28 @@ class _Tracer(fx.Tracer):
         return out
 
 
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's first floating parameter or buffer (None for a model without any)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` on the model's device and, when floating point, in the model's floating dtype.
+
+    Example inputs usually come from a float32 dataset; a float64, float16 or bfloat16 model cannot run them
+    ("expected scalar type Double but found Float"), which used to surface as a refusal blaming the example
+    input or a hard-coded channel count. Integer inputs (token ids) are left as they are.
+    """
+    x = x.to(module_device(model))
+    dtype = model_dtype(model)
+    if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)
+    return x
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """torch.fx symbolic trace; a UserError naming the innermost module whose forward cannot be traced."""
     tracer = _Tracer()
@@ -168,7 +191,7 @@ class DependencyGraph:
         try:
             model.eval()
             with torch.no_grad():
-                ShapeProp(gm).propagate(example_input.to(module_device(model)))
+                ShapeProp(gm).propagate(model_input(model, example_input))
         except Exception as e:  # noqa: BLE001
             raise UserError(f"the example input of shape {list(example_input.shape)} does not run through the model: {e}") from None
         finally:
@@ -179,6 +202,7 @@ class DependencyGraph:
         env: dict[fx.Node, np.ndarray | None] = {}
         for node in gm.graph.nodes:
             env[node] = self._visit(node, env)
+        self._couple_tied(model)
         uf = self._uf
         self.labels = {key: uf.roots(ids) for key, ids in self._raw.items()}
         self.pinned = {i for i in range(len(uf.parent)) if uf.parent[i] == i and uf.pinned[i]}
@@ -307,6 +331,27 @@ class DependencyGraph:
             return parts[0]
         self._pin_inputs(node, env)
         return self._fresh(node)
+
+    def _couple_tied(self, model: nn.Module) -> None:
+        """Layers holding one weight tensor (tied weights) lose the same channels, so the tie survives thinning.
+
+        Their labels are merged role by role; when the roles do not line up (a holder that forward never calls,
+        a transposed tie, different layer types) all their channels are pinned instead: never removed.
+        """
+        name_of = {id(m): n for n, m in self.modules.items()}
+        for holders in weight_holders(model).values():
+            names = [name_of[id(m)] for m in holders if id(m) in name_of]
+            if len(names) < 2:
+                continue
+            roles = [{r: ids for (n, r), ids in self._raw.items() if n == name} for name in names]
+            if all(r.keys() == roles[0].keys() and all(len(r[k]) == len(roles[0][k]) for k in r) for r in roles) and roles[0]:
+                for r in roles[1:]:
+                    for k, ids in r.items():
+                        self._uf.union(roles[0][k], ids)
+            else:
+                for r in roles:
+                    for ids in r.values():
+                        self._uf.pin(ids)
 
     # --- groups ------------------------------------------------------------------------------------
     def _make_groups(self) -> list[ChannelGroup]:

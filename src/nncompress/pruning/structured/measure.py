@@ -15,7 +15,7 @@ from torch import nn
 from nncompress.analysis import latency as _latency
 from nncompress.analysis.latency import num_threads
 from nncompress.analysis.macs import count_macs as _count_macs
-from nncompress.training.device import module_device
+from nncompress.pruning.structured.graph import model_input
 
 __all__ = ["count_macs", "count_params", "latency_ms", "latency_pair_ms", "num_threads"]
 
@@ -32,10 +32,10 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 
 def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3, threads: int | None = 1) -> float:
     """Median wall-clock milliseconds of one forward pass on `example_input` (eval mode, no grad), on the model's device."""
-    return _latency.measure_latency_ms(model, example_input.to(module_device(model)), warmup, repeats, threads).median_ms
+    return _latency.measure_latency_ms(model, model_input(model, example_input), warmup, repeats, threads).median_ms
 
 
 def latency_pair_ms(a: nn.Module, b: nn.Module, example_input: torch.Tensor, repeats: int = 20, threads: int | None = 1) -> tuple[float, float]:
     """Medians for two models timed interleaved (a, b, a, b, ...), so CPU contention hits both alike (on a's device)."""
-    ra, rb = _latency.measure_pair_ms(a, b, example_input.to(module_device(a)), warmup=1, repeats=repeats, threads=threads)
+    ra, rb = _latency.measure_pair_ms(a, b, model_input(a, example_input), warmup=1, repeats=repeats, threads=threads)
     return ra.median_ms, rb.median_ms

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from nncompress.core.errors import UserError
 from nncompress.core.progress import track
 from nncompress.pruning.structured.criteria import channel_scores, member_positions
-from nncompress.pruning.structured.graph import build_dependency_graph
+from nncompress.pruning.structured.graph import build_dependency_graph, model_input
 from nncompress.pruning.structured.measure import latency_ms
 from nncompress.pruning.structured.thin import remove_channels
 from nncompress.training import TrainConfig, evaluate, train
@@ -62,7 +63,7 @@ class LatencyTable:
         hooks = [m.register_forward_pre_hook(remember(n)) for n, m in self.layers.items()]
         try:
             with torch.no_grad():
-                model.eval()(example_input.to(module_device(model)))
+                model.eval()(model_input(model, example_input))
         finally:
             for h in hooks:
                 h.remove()
@@ -80,14 +81,15 @@ class LatencyTable:
         key = (name, c_in, c_out)
         if key not in self.table:
             m, shape = self.layers[name], self.input_shapes[name]
-            device = module_device(m)  # time each layer where the model runs
+            device, dtype = module_device(m), m.weight.dtype  # time each layer where and as the model runs
             if isinstance(m, nn.Linear):
-                layer = nn.Linear(c_in, c_out, bias=m.bias is not None, device=device)
+                layer = nn.Linear(c_in, c_out, bias=m.bias is not None, device=device, dtype=dtype)
             else:
                 groups = 1 if m.groups == 1 else m.groups * c_out // m.out_channels  # grouped convs lose whole groups
-                layer = type(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None, m.padding_mode,
-                                device=device)
-            x = torch.randn(shape[0], c_in, *shape[2:], device=device)
+                cls = parametrize.type_before_parametrizations(m)  # a masked conv's class is a Parametrized* copy
+                layer = cls(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None, m.padding_mode,
+                            device=device, dtype=dtype)
+            x = torch.randn(shape[0], c_in, *shape[2:], device=device, dtype=dtype)
             self.table[key] = latency_ms(layer, x, repeats=self.repeats, warmup=2, threads=self.threads)
         return self.table[key]
 

@@ -14,8 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from torch.nn.utils import parametrize
+
 from nncompress.core.errors import UserError
-from nncompress.pruning.structured.graph import DependencyGraph
+from nncompress.pruning.mask import Mask, apply_mask, apply_shared_mask
+from nncompress.pruning.pruners import weight_holders
+from nncompress.pruning.structured.graph import DependencyGraph, model_input
 from nncompress.training.device import module_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -25,43 +29,116 @@ def _idx(mask: np.ndarray | None, n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device) if mask is None else torch.from_numpy(np.flatnonzero(mask)).to(device)
 
 
-def _thin_module(m: nn.Module, keep: dict[str, np.ndarray]) -> nn.Module:
-    """A copy of `m` narrowed to the kept positions of each role ('out', 'in', 'bn', 'dw'), on `m`'s device."""
+def _dense_parts(m: nn.Module, where: str) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]:
+    """{tensor name: (dense tensor, keep-mask or None, straight_through)} for the weight and bias of `m`.
+
+    A masked layer keeps its dense tensor under `parametrizations.<name>.original`; thinning must slice that
+    and the mask alike, or the pruned weights would come back. Any other parametrization (weight sharing,
+    a user's own) cannot be sliced without knowing what it computes, so it is refused, naming the layer.
+    """
+    parts = {}
+    if parametrize.is_parametrized(m):
+        for tname, plist in m.parametrizations.items():
+            others = [type(q).__name__ for q in plist if not isinstance(q, Mask)]
+            if others or tname not in ("weight", "bias"):
+                what = others[0] if others else "a"
+                raise UserError(f"layer '{where}' has {what} parametrization on its {tname}, which channel removal cannot slice: "
+                                "bake it in first (torch.nn.utils.parametrize.remove_parametrizations, or remove channels before applying it)")
+            keep = plist[0].mask
+            for q in list(plist)[1:]:
+                keep = keep & q.mask
+            parts[tname] = (plist.original, keep, any(q.straight_through for q in plist))
+    for tname in ("weight", "bias"):
+        t = m._parameters.get(tname)
+        if tname not in parts and t is not None:
+            parts[tname] = (t, None, False)
+    return parts
+
+
+def _thin_module(m: nn.Module, keep: dict[str, np.ndarray], where: str = "") -> nn.Module:
+    """A copy of `m` narrowed to the kept positions of each role ('out', 'in', 'bn', 'dw'), on `m`'s device,
+    in `m`'s dtype, as the plain layer class (never a copy of a Parametrized* class, which would lack its
+    parametrizations); pruning masks on weight or bias are sliced with the same indices and re-attached."""
     device = module_device(m)
-    if isinstance(m, _NORMS):
+    cls = parametrize.type_before_parametrizations(m)
+    parts = _dense_parts(m, where or type(m).__name__)
+    dtype = parts["weight"][0].dtype if "weight" in parts else None
+    if issubclass(cls, _NORMS):
         k = _idx(keep.get("bn"), m.num_features, device)
-        new = type(m)(len(k), m.eps, m.momentum, m.affine, m.track_running_stats, device=device)
-        if m.affine:
-            new.weight.data, new.bias.data = m.weight.data[k].clone(), m.bias.data[k].clone()
+        new = cls(len(k), m.eps, m.momentum, m.affine, m.track_running_stats, device=device,
+                  dtype=dtype if dtype is not None else (m.running_mean.dtype if m.running_mean is not None else None))
+        slices = {"weight": lambda t: t[k], "bias": lambda t: t[k]}
         if m.track_running_stats:
             new.running_mean.copy_(m.running_mean[k])
             new.running_var.copy_(m.running_var[k])
             new.num_batches_tracked.copy_(m.num_batches_tracked)
-        return new.train(m.training)
-    if isinstance(m, nn.Linear):
+    elif issubclass(cls, nn.Linear):
         o, i = _idx(keep.get("out"), m.out_features, device), _idx(keep.get("in"), m.in_features, device)
-        new = nn.Linear(len(i), len(o), bias=m.bias is not None, dtype=m.weight.dtype, device=device)
-        new.weight.data = m.weight.data[o][:, i].clone()
+        new = nn.Linear(len(i), len(o), bias="bias" in parts, dtype=dtype, device=device)
+        slices = {"weight": lambda t: t[o][:, i], "bias": lambda t: t[o]}
     elif "gw_in" in keep or "gw_out" in keep:  # grouped: whole conv-groups go, each keeps its width
         o, i = _idx(keep.get("gw_out"), m.out_channels, device), _idx(keep.get("gw_in"), m.in_channels, device)
         groups = len(o) // (m.out_channels // m.groups)
-        new = type(m)(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
-                      m.padding_mode, dtype=m.weight.dtype, device=device)
-        new.weight.data = m.weight.data[o].clone()
+        new = cls(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, groups, "bias" in parts,
+                  m.padding_mode, dtype=dtype, device=device)
+        slices = {"weight": lambda t: t[o], "bias": lambda t: t[o]}
     elif "dw" in keep:  # depthwise: one filter per channel
-        o = i = _idx(keep["dw"], m.out_channels, device)
-        new = type(m)(len(o), len(o), m.kernel_size, m.stride, m.padding, m.dilation, len(o), m.bias is not None,
-                      m.padding_mode, dtype=m.weight.dtype, device=device)
-        new.weight.data = m.weight.data[o].clone()
+        o = _idx(keep["dw"], m.out_channels, device)
+        new = cls(len(o), len(o), m.kernel_size, m.stride, m.padding, m.dilation, len(o), "bias" in parts,
+                  m.padding_mode, dtype=dtype, device=device)
+        slices = {"weight": lambda t: t[o], "bias": lambda t: t[o]}
     else:
         o, i = _idx(keep.get("out"), m.out_channels, device), _idx(keep.get("in"), m.in_channels, device)
-        new = type(m)(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, 1, m.bias is not None,
-                      m.padding_mode, dtype=m.weight.dtype, device=device)
-        new.weight.data = m.weight.data[o][:, i].clone()
-    if m.bias is not None:
-        new.bias.data = m.bias.data[o].clone()
-    new.weight.requires_grad_(m.weight.requires_grad)
+        new = cls(len(i), len(o), m.kernel_size, m.stride, m.padding, m.dilation, 1, "bias" in parts,
+                  m.padding_mode, dtype=dtype, device=device)
+        slices = {"weight": lambda t: t[o][:, i], "bias": lambda t: t[o]}
+    for tname, (dense, mask, straight_through) in parts.items():
+        target = getattr(new, tname)
+        target.data = slices[tname](dense.data).clone()
+        target.requires_grad_(dense.requires_grad)
+        if mask is not None:
+            apply_mask(new, slices[tname](mask), tname, straight_through=straight_through)
     return new.train(m.training)
+
+
+def _aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every name each module is registered under (`self.b = self.a` gives one module two names)."""
+    out: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            out.setdefault(id(module), []).append(name)
+    return out
+
+
+def _retie(old_model: nn.Module, new_model: nn.Module, thinned: dict[str, nn.Module], keep: dict[str, dict[str, np.ndarray]]) -> None:
+    """Layers that shared one weight tensor share one again after thinning, or the call is refused naming them.
+
+    Thinning builds a new tensor per layer; left alone, tied layers would silently drift apart in training.
+    The dependency graph removes the same channels from tied layers, so their slices match and the first
+    layer's new tensor (and mask) is given to the others; a tie the graph could not couple is refused.
+    """
+    name_of = {id(m): n for n, m in old_model.named_modules()}
+    for holders in weight_holders(old_model).values():
+        names = [name_of[id(m)] for m in holders]
+        touched = [n for n in names if n in thinned]
+        if len(names) < 2 or not touched:
+            continue
+        first = keep.get(names[0], {})
+        same = len(touched) == len(names) and all(
+            keep[n].keys() == first.keys() and all(np.array_equal(keep[n][r], first[r]) for r in first) for n in names)
+        if not same:
+            raise UserError(f"layers '{names[0]}' and '{names[1]}' share one weight tensor (tied) but would lose different channels: "
+                            "untie them (e.g. b.weight = nn.Parameter(a.weight.clone())) or keep those channels (pin the group)")
+        lead = thinned[names[0]]
+        for n in names[1:]:
+            other = thinned[n]
+            if parametrize.is_parametrized(lead, "weight"):
+                if parametrize.is_parametrized(other, "weight"):
+                    parametrize.remove_parametrizations(other, "weight", leave_parametrized=False)
+                other.weight = lead.parametrizations["weight"].original
+                apply_shared_mask([lead, other], lead.parametrizations["weight"][0].mask)
+            else:
+                other.weight = lead.weight
 
 
 def remove_channels(
@@ -89,8 +166,14 @@ def remove_channels(
         if not mask.all():
             keep.setdefault(name, {})[role] = mask
     new_model = copy.deepcopy(model)
+    aliases = _aliases(new_model)
+    thinned: dict[str, nn.Module] = {}
     for name, roles in keep.items():
-        new_model.set_submodule(name, _thin_module(new_model.get_submodule(name), roles))
+        old = new_model.get_submodule(name)
+        thinned[name] = _thin_module(old, roles, name)
+        for alias in aliases.get(id(old), [name]):  # a module registered twice is replaced under both names
+            new_model.set_submodule(alias, thinned[name])
+    _retie(model, new_model, thinned, keep)
     if example_input is not None:
         check_runs(new_model, example_input)
     return new_model
@@ -101,12 +184,13 @@ def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(example_input.to(module_device(model)))
+            model.eval()(model_input(model, example_input))
     except RuntimeError as e:
-        raise UserError(
-            f"the thinned {type(model).__name__} no longer runs ({str(e).splitlines()[0][:160]}): its forward likely "
-            "hard-codes a channel count (e.g. x.view(-1, 800)); use torch.flatten(x, 1) instead"
-        ) from None
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        shape_error = any(k in first for k in ("shape", "size", "channels", "mat1 and mat2", "dimension"))
+        hint = ("its forward likely hard-codes a channel count (e.g. x.view(-1, 800)); use torch.flatten(x, 1) instead"
+                if shape_error else "report this with the model's class: channel removal left it unable to run")
+        raise UserError(f"the thinned {type(model).__name__} no longer runs ({first}): {hint}") from None
     finally:
         model.train(was_training)
 
