@@ -132,7 +132,7 @@ def check_float(value: float | None, option: str, lo: float | None = None, hi: f
         ok = value < hi if hi_open else value <= hi
     if not ok:
         left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
+        right = ")" if hi_open or hi is None else "]"
         rng = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
         raise UserError(f"{option} must be a finite number in {rng}, got {value}")
     return value

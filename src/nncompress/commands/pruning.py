@@ -30,8 +30,14 @@ def _parse_layers(text: str | None) -> list[str] | None:
     return None if not text else [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int, train_epochs: int, quiet: bool):
-    """Build the model for the dataset; load weights, or train a quick baseline when none are given."""
+def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int, train_epochs: int, quiet: bool,
+                    layers: list[str] | None = None):
+    """Build the model for the dataset; load weights, or train a quick baseline when none are given.
+
+    `layers` (the --layers option) are checked against the built model before the baseline trains, so a typo
+    fails in a second rather than after training.
+    """
+    from nncompress.core.layers import compressible_layers
     from nncompress.architectures import build_model
     from nncompress.core.io import load_weights
     from nncompress.core.seed import seed_everything
@@ -42,17 +48,32 @@ def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int,
     seed_everything(seed)
     ds = load_dataset(data, seed=seed)
     net = build_model(model_name, ds.input_shape, ds.num_classes)
+    known = compressible_layers(net)
+    unknown = [name for name in layers or [] if name not in known]
+    if unknown:
+        raise UserError(f"--layers: model '{model_name}' has no Linear/Conv layer {', '.join(unknown)}; "
+                        f"its layers are {', '.join(known)}")
     train_loader, test_loader = make_loaders(ds, seed=seed)
     if weights is not None:
         load_masked_state_dict(net, load_weights(weights))
     else:
-        if train_epochs < 1:
-            raise UserError("no --weights given and --train-epochs < 1: pass --weights or a positive --train-epochs")
         train(net, train_loader, TrainConfig(epochs=train_epochs, lr=0.05, seed=seed))
         if not quiet:
             Console(stderr=True).print(f"no --weights given: trained {model_name} on {data} for {train_epochs} epochs "
                                        f"(top-1 {evaluate(net, test_loader):.2f}%)")
     return net, train_loader, test_loader
+
+
+def _check_common(out: Path | None, out_kind: str, model: str, data: str, weights: Path | None, seed: int,
+                  train_epochs: int) -> None:
+    """Checks both commands share, run before any data loads or training starts."""
+    from nncompress.commands.common import (check_data, check_in_file, check_int, check_model, check_out_dir,
+                                            check_out_file, check_seed)
+
+    (check_out_dir if out_kind == "dir" else check_out_file)(out)
+    check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_seed(seed)
+    if weights is None:
+        check_int(train_epochs, "--train-epochs", 1, 100_000)
 
 
 def _zero_counts(net) -> dict[str, tuple[int, int]]:
@@ -81,10 +102,12 @@ def register(app: typer.Typer) -> None:
         from nncompress.pruning.criteria import check_sparsity
         from nncompress.training import evaluate
 
+        from nncompress.commands.common import check_float
+
+        _check_common(out, "dir", model, data, weights, seed, train_epochs)
         level_values = [check_sparsity(x, "--levels value") for x in _parse_floats(levels, "--levels")]
-        if not max_drop >= 0:
-            raise UserError(f"--max-drop must be >= 0, got {max_drop}")
-        net, _, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json)
+        check_float(max_drop, "--max-drop", 0.0, 100.0)
+        net, _, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json, _parse_layers(layers))
         result: SensitivityResult = sensitivity_analysis(net, lambda m: evaluate(m, test_loader), level_values,
                                                          layers=_parse_layers(layers))
         result.meta.update(model=model, data=data, weights=str(weights) if weights else "trained-quick")
@@ -132,38 +155,49 @@ def register(app: typer.Typer) -> None:
         Examples: nncompress prune --model lenet300 --sparsity 0.9 --out p.safetensors;
         nncompress prune --structured --criterion l1 --ratio 0.5 --model resnet20 --data mnist5k --out r.safetensors
         """
+        from nncompress.commands.common import check_float, check_int
+
+        _check_common(out, "file", model, data, weights, seed, 1)
+        check_int(fine_tune_epochs, "--fine-tune-epochs", 0, 100_000)
         if structured:  # channel removal: the same command as `nncompress prune-channels`
             from nncompress.commands.structured import _print
             from nncompress.pruning.structured.api import run_prune_channels
+            from nncompress.pruning.structured.criteria import CRITERIA
 
             crit = "l1" if criterion == "level" else criterion
+            if crit not in CRITERIA:
+                raise UserError(f"unknown --criterion '{criterion}' with --structured: choose one of {', '.join(CRITERIA)}")
+            check_float(ratio, "--ratio", 0.0, 1.0, hi_open=True)
             report = run_prune_channels(model, data, weights, criterion=crit, ratio=ratio,
                                         finetune_epochs=max(fine_tune_epochs, 0), seed=seed, out=out)
             _print(report, f"structured pruning: {model}, {crit}, ratio {ratio}", as_json, None)
             return
         from nncompress.core.io import save_weights
         from nncompress.pruning import LevelPruner, MagnitudePruner, SensitivityPruner, finalize
+        from nncompress.pruning.criteria import check_sparsity
         from nncompress.training import TrainConfig, evaluate, train
 
+        if weights is None:
+            check_int(train_epochs, "--train-epochs", 1, 100_000)
         names = _parse_layers(layers)
+        if scope not in ("layer", "global"):
+            raise UserError(f"unknown --scope '{scope}': use layer or global")
         if criterion != "level" and scope != "layer":
             raise UserError(f"--scope {scope} applies to --criterion level only; drop it for --criterion {criterion}")
         if criterion == "level":
-            pruner = LevelPruner(sparsity, scope=scope, layers=names)
+            pruner = LevelPruner(check_sparsity(sparsity, "--sparsity"), scope=scope, layers=names)
         elif criterion == "magnitude":
             if threshold is None:
                 raise UserError("--criterion magnitude needs --threshold T (weights with |w| <= T are removed)")
-            pruner = MagnitudePruner(threshold, layers=names)
+            pruner = MagnitudePruner(check_float(threshold, "--threshold", 0.0), layers=names)
         elif criterion == "sensitivity":
             if s is None:
                 raise UserError("--criterion sensitivity needs --s S (weights with |w| <= S·std(w) are removed)")
-            pruner = SensitivityPruner(s, layers=names)
+            pruner = SensitivityPruner(check_float(s, "--s", 0.0), layers=names)
         else:
             raise UserError(f"unknown --criterion {criterion!r}: use level, magnitude or sensitivity")
-        if fine_tune_epochs < 0:
-            raise UserError(f"--fine-tune-epochs must be >= 0, got {fine_tune_epochs}")
 
-        net, train_loader, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json)
+        net, train_loader, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json, names)
         top1_before = evaluate(net, test_loader)
         pruner.prune(net)
         top1_pruned = evaluate(net, test_loader)

@@ -13,6 +13,16 @@ from rich.table import Table
 from nncompress.core.errors import UserError
 
 
+def _check_common(model: str, data: str, weights: Path | None, seed: int, train_epochs: int, subset: int | None) -> None:
+    """Checks the quantization commands share, run before any data loads or any baseline trains."""
+    from nncompress.commands.common import check_data, check_in_file, check_int, check_model, check_seed
+
+    check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_seed(seed)
+    check_int(subset, "--subset", 2)
+    if weights is None:
+        check_int(train_epochs, "--train-epochs", 1, 100_000)
+
+
 def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int, train_epochs: int, subset: int | None, quiet: bool):
     """Build the model for the dataset; load weights, or train a quick float baseline when none are given."""
     from nncompress.architectures import build_model
@@ -84,6 +94,21 @@ def register(app: typer.Typer) -> None:
             raise UserError("--onnx needs --mode static or qat with at most 8-bit weights and 8-bit activations")
         if threads < 1 or batch_size < 1 or repeats < 1:
             raise UserError("--threads, --batch-size and --repeats must be positive")
+        from nncompress.commands.common import check_int, check_lr, check_out_file
+        from nncompress.quantization.backends import BACKENDS
+        from nncompress.quantization.observers import OBSERVERS
+
+        _check_common(model, data, weights, seed, train_epochs, subset)
+        if granularity not in ("tensor", "channel"):
+            raise UserError(f"unknown --granularity '{granularity}': use tensor or channel")
+        if calibration not in OBSERVERS:
+            raise UserError(f"unknown --calibration '{calibration}': choose one of {', '.join(OBSERVERS)}")
+        if qat_method not in ("lsq", "ste"):
+            raise UserError(f"unknown --qat-method '{qat_method}': use lsq or ste")
+        if backend not in BACKENDS:
+            raise UserError(f"unknown --backend '{backend}': choose one of {', '.join(BACKENDS)}")
+        check_int(calib_batches, "--calib-batches", 1, 100_000), check_int(epochs, "--epochs", 0, 100_000), check_lr(lr)
+        check_out_file(output, "--output"), check_out_file(onnx, "--onnx")  # unwritable outputs fail before training
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
         with quiet_torch_ao():
             gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
@@ -133,15 +158,20 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Per-layer weight bits from measured sensitivity under a size budget; report bits per layer."""
+        from nncompress.commands.common import check_int
         from nncompress.data import make_loaders
         from nncompress.quantization.mixed_precision import mixed_precision
 
+        _check_common(model, data, weights, seed, train_epochs, subset)
+        check_int(budget_bytes, "--budget-bytes", 1), check_int(calib_batches, "--calib-batches", 1, 100_000)
         try:
             options = tuple(int(b) for b in bits_options.split(",") if b.strip())
         except ValueError:
             raise UserError(f"--bits-options must be comma-separated integers like 2,4,8; got {bits_options!r}") from None
         if not options:
             raise UserError("--bits-options is empty: give comma-separated bit widths like 2,4,8")
+        for b in options:
+            check_int(b, "--bits-options value", 1, 16)
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
         res = mixed_precision(net, make_loaders(ds, seed=seed)[0], budget_bytes, options, calib_batches)
         if as_json:
@@ -173,6 +203,9 @@ def register(app: typer.Typer) -> None:
         from nncompress.quantization import check_bits
         from nncompress.quantization.overflow import accumulator_report
 
+        from nncompress.commands.common import check_int, check_model
+
+        check_model(model), check_int(num_classes, "--num-classes", 1, 1_000_000)
         check_bits(bits, "--bits")
         check_bits(act_bits, "--act-bits")
         if not 2 <= acc_bits <= 64:
@@ -181,6 +214,8 @@ def register(app: typer.Typer) -> None:
             shape = tuple(int(v) for v in in_shape.split(","))
         except ValueError:
             raise UserError(f"--in-shape must look like 1,28,28; got {in_shape!r}") from None
+        if len(shape) not in (1, 3) or min(shape) < 1:
+            raise UserError(f"--in-shape must be positive sizes C,H,W (or F for an MLP), like 1,28,28; got {in_shape!r}")
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             rows = accumulator_report(build_model(model, shape, num_classes), bits, act_bits, acc_bits)
