@@ -50,13 +50,30 @@ def _find_mask(module: nn.Module, name: str) -> Mask | None:
     return None
 
 
+def broken_parametrization(module: nn.Module) -> str | None:
+    """The plain class name when `module` is a Parametrized* class without its parametrizations, else None.
+
+    Building a layer with `type(masked_layer)(...)` gives such an object: its class routes `weight` through a
+    parametrization list it does not have, and registering a mask on it fails inside torch with a bare KeyError.
+    """
+    if parametrize.is_parametrized(module):
+        return None
+    cls = type(module)
+
+    def injected(c: type) -> bool:
+        return any(isinstance(c.__dict__.get(t), property) for t in ("weight", "bias"))
+
+    if not cls.__name__.startswith("Parametrized") or not injected(cls):
+        return None
+    return next((c.__name__ for c in cls.__mro__[1:] if not injected(c)), cls.__name__)
+
+
 def _check(module: nn.Module, mask: torch.Tensor, name: str) -> None:
-    try:
-        tensor = getattr(module, name, None)
-    except KeyError:  # a Parametrized* class whose parametrization list lost this tensor (a broken copy)
-        plain = parametrize.type_before_parametrizations(module).__name__
-        raise UserError(f"{type(module).__name__}.{name} is declared parametrized but has no parametrization (a broken copy of a "
-                        f"masked layer): rebuild it as a plain {plain} with the effective weights, then prune again") from None
+    plain = broken_parametrization(module)
+    if plain is not None:
+        raise UserError(f"{type(module).__name__} is a masked-layer class without its masks (a broken copy of a parametrized layer): "
+                        f"rebuild it as a plain {plain} holding the effective weights, then prune again")
+    tensor = getattr(module, name, None)
     if not isinstance(tensor, torch.Tensor):
         raise UserError(f"{type(module).__name__} has no tensor '{name}' to mask (use 'weight' or 'bias')")
     if tuple(mask.shape) != tuple(tensor.shape):

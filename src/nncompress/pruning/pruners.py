@@ -25,7 +25,7 @@ from nncompress.pruning.criteria import (
     sensitivity_mask,
     smallest_k_mask,
 )
-from nncompress.pruning.mask import apply_shared_mask, dense_tensor, get_mask
+from nncompress.pruning.mask import apply_shared_mask, broken_parametrization, dense_tensor, get_mask
 
 PerLayer = float | Mapping[str, float]
 
@@ -74,12 +74,11 @@ def _dense_weight(name: str, module: nn.Module) -> torch.Tensor:
     A module whose class says "parametrized" but whose parametrization is gone (what copying a masked layer by
     its class used to produce) raises a raw KeyError on `module.weight`; this names the layer instead.
     """
-    try:
-        return dense_tensor(module)
-    except (KeyError, AttributeError):
-        plain = parametrize.type_before_parametrizations(module).__name__
+    plain = broken_parametrization(module)
+    if plain is not None:
         raise UserError(f"layer '{name}' ({type(module).__name__}) has lost the parametrization its class declares (a broken copy "
-                        f"of a masked layer): rebuild it as a plain {plain} with the effective weights, then prune again") from None
+                        f"of a masked layer): rebuild it as a plain {plain} with the effective weights, then prune again")
+    return dense_tensor(module)
 
 
 def weight_holders(model: nn.Module) -> dict[int, list[nn.Module]]:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nncompress.core.errors import UserError
-from nncompress.pruning.mask import Mask, apply_mask, apply_shared_mask
+from nncompress.pruning.mask import Mask, apply_mask, apply_shared_mask, broken_parametrization
 from nncompress.pruning.pruners import weight_holders
 from nncompress.pruning.structured.graph import DependencyGraph, model_input
 from nncompress.training.device import module_device
@@ -36,6 +36,10 @@ def _dense_parts(m: nn.Module, where: str) -> dict[str, tuple[torch.Tensor, torc
     and the mask alike, or the pruned weights would come back. Any other parametrization (weight sharing,
     a user's own) cannot be sliced without knowing what it computes, so it is refused, naming the layer.
     """
+    plain = broken_parametrization(m)
+    if plain is not None:
+        raise UserError(f"layer '{where}' ({type(m).__name__}) has lost the parametrization its class declares (a broken copy of a "
+                        f"masked layer): rebuild it as a plain {plain} with the effective weights, then prune again")
     parts = {}
     if parametrize.is_parametrized(m):
         for tname, plist in m.parametrizations.items():
