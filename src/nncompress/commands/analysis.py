@@ -25,8 +25,11 @@ def register(app: typer.Typer) -> None:
         from nncompress.core.io import atomic_write_text, load_weights
         from nncompress.data import load_dataset
 
+        from nncompress.commands.common import check_data, check_in_file, check_model, check_out_file
+
         if not 1 <= bits <= 64:
             raise UserError(f"--bits must be in 1..64, got {bits}")
+        check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_out_file(out)
         state = load_weights(weights) if weights is not None else None  # fail fast, before loading data
         ds = load_dataset(data)
         net = build_model(model, ds.input_shape, ds.num_classes)

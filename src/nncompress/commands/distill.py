@@ -80,6 +80,23 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"give one --mix weight per --teacher ({len(teacher)}), got {len(mix)}")
         if epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {epochs}")
+        from nncompress.commands.common import (check_data, check_float, check_in_file, check_int, check_lr, check_model,
+                                                check_out_file, check_seed)
+
+        for name in teacher:
+            check_model(name, "--teacher")
+        check_model(student, "--student"), check_data(data), check_seed(seed), check_lr(lr)
+        for path in teacher_weights:
+            check_in_file(path, "--teacher-weights", "weights file")
+        for w in mix:
+            check_float(w, "--mix", 0.0)
+        if mix and not sum(mix) > 0:
+            raise UserError(f"--mix weights must not all be 0, got {mix}")
+        check_int(epochs, "--epochs", 1, 100_000), check_int(teacher_epochs, "--teacher-epochs", 0, 100_000)
+        if not teacher_weights:
+            check_int(teacher_epochs, "--teacher-epochs (no --teacher-weights given)", 1, 100_000)
+        check_float(temperature, "--temperature", 0.0, 1000.0, lo_open=True), check_float(alpha, "--alpha", 0.0, 1.0)
+        check_out_file(out), check_out_file(out_json, "--out-json")  # before any teacher trains
         pairs = {"attention": _pairs(at, "--at"), "hints": _pairs(hint, "--hint"), "rkd": _pairs(rkd, "--rkd")}
         ds = load_dataset(data)
         train_loader, test_loader = make_loaders(ds, seed=seed)
@@ -136,6 +153,13 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
         if sum(x is not None for x in (energy, ratio)) + vbmf != 1:
             raise UserError("choose exactly one rank rule: --energy, --ratio or --vbmf")
+        from nncompress.commands.common import (check_data, check_float, check_in_file, check_int, check_lr, check_model,
+                                                check_out_file, check_seed)
+
+        check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_seed(seed)
+        check_float(energy, "--energy", 0.0, 1.0, lo_open=True), check_float(ratio, "--ratio", 1.0, lo_open=True)
+        check_int(pretrain_epochs, "--pretrain-epochs", 0, 100_000), check_int(finetune_epochs, "--finetune-epochs", 0, 100_000)
+        check_lr(lr), check_out_file(out), check_out_file(out_json, "--out-json")
         ds = load_dataset(data)
         train_loader, test_loader = make_loaders(ds, seed=seed)
         net, trained_here = _model(model, ds, weights, pretrain_epochs, lr, seed)

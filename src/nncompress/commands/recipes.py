@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Argument(..., help="A recipe YAML file (see recipes/ for one per method)."),
         out: Path = typer.Option(Path("nncompress-run"), "--out", help="Directory for weights, result.json (and model.onnx)."),
         threads: int = typer.Option(1, "--threads", min=1),
-        device: str = typer.Option("auto", "--device", help="auto (this rank's GPU when CUDA is present, else cpu), cpu, cuda or cuda:N."),
+        device: str | None = typer.Option(None, "--device", help="auto (this rank's GPU when CUDA is present, else cpu), cpu, cuda or cuda:N; default: the recipe's `device:`, else auto."),
         check: bool = typer.Option(False, "--check", help="Only validate the recipe; run nothing."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -27,14 +27,19 @@ def register(app: typer.Typer) -> None:
           nncompress run-recipe recipes/agp_qat_kd.yaml --check
           nncompress run-recipe recipes/agp.yaml --out runs/agp --resume   # after a crash or kill -9
         """
+        from nncompress.commands.common import check_device, check_in_file, check_out_dir
         from nncompress.recipes.runner import run_recipe
         from nncompress.recipes.schema import load_recipe
 
+        check_in_file(recipe, "RECIPE", "recipe file")
         if check:
             r = load_recipe(recipe)
             msg = {"recipe": str(recipe), "valid": True, "policies": [p.method for p in r.policies]}
             typer.echo(json.dumps(msg) if as_json else f"{recipe}: valid ({', '.join(msg['policies']) or 'no policies'})")
             return
+        check_out_dir(out), check_device(device)  # a CLI default never overrides the recipe's own `device:`
+        r = load_recipe(recipe)  # a bad field fails here, with its line number
+        check_device(device or r.device, "--device" if device else f"{recipe}: device")
         result = run_recipe(recipe, out, threads=threads, resume=resume, device=device)
         from nncompress.training.distributed import is_main_process
 
@@ -63,8 +68,9 @@ def register(app: typer.Typer) -> None:
         """
         from nncompress.export.onnx import export_report
 
-        if weights is not None and not weights.is_file():
-            raise UserError(f"weights file not found: {weights}")
+        from nncompress.commands.common import check_data, check_in_file, check_model, check_out_file
+
+        check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_out_file(out)
         report = export_report(model, data, weights, out, int8=int8, threads=threads)
         if as_json:
             typer.echo(json.dumps(report))
@@ -91,6 +97,11 @@ def register(app: typer.Typer) -> None:
 
         from nncompress.report import report_run
 
+        from nncompress.commands.common import check_out_file
+
+        if not run_dir.is_dir():
+            raise UserError(f"RUN_DIR {run_dir} is not a folder: pass the --out folder of a `nncompress run-recipe` run")
+        check_out_file(html or run_dir / "report.html", "--html"), check_out_file(markdown or run_dir / "report.md", "--markdown")
         torch.set_num_threads(threads)
         report = report_run(run_dir, html, markdown, sensitivity=sensitivity)
         from nncompress.training.distributed import is_main_process

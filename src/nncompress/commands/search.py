@@ -46,8 +46,18 @@ def register(app: typer.Typer) -> None:
         """Platform-aware search of a MobileNet-style space: reward ACC·(LAT/T)^w against measured latency."""
         from nncompress.search import run_search
 
+        from nncompress.commands.common import check_data, check_float, check_int, check_out_dir, check_seed
+        from nncompress.search.platform_search import STRATEGIES
+
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}")
+        if strategy not in STRATEGIES:
+            raise UserError(f"unknown --strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
+        check_data(data), check_seed(seed), check_int(trials, "--trials", 1, 100_000), check_int(epochs, "--epochs", 1, 100_000)
+        check_int(n_train, "--n-train", 2), check_float(target_ms, "--target-ms", 0.0, lo_open=True)
+        check_float(alpha, "--alpha", -10.0, 10.0), check_float(beta, "--beta", -10.0, 10.0)
+        if out is not None:
+            check_out_dir(out)
         r = run_search(data, strategy, trials, epochs, n_train=n_train, target_ms=target_ms, alpha=alpha, beta=beta,
                        threads=threads, seed=seed, out_dir=out)
         if as_json:
@@ -83,7 +93,15 @@ def register(app: typer.Typer) -> None:
 
         if epochs < 1 or threads < 1:
             raise UserError(f"--epochs and --threads must be >= 1, got {epochs} and {threads}")
-        net, r = run_early_exit(model, data, _ints(exits, "--exits"), epochs, exit_weights=_floats(weights, "--exit-weights"),
+        from nncompress.commands.common import check_data, check_float, check_int, check_model, check_out_file, check_seed
+
+        check_model(model), check_data(data), check_seed(seed), check_int(n_train, "--n-train", 2)
+        check_float(max_drop, "--max-drop", 0.0, 100.0), check_float(width, "--width", 0.0, 10.0, lo_open=True)
+        exit_after, exit_weights = _ints(exits, "--exits"), _floats(weights, "--exit-weights")
+        for w in exit_weights or []:
+            check_float(w, "--exit-weights", 0.0)
+        check_out_file(save, "--save"), check_out_file(out)  # before the joint training
+        net, r = run_early_exit(model, data, exit_after, epochs, exit_weights=exit_weights,
                                 max_drop_pp=max_drop, n_train=n_train, threads=threads, seed=seed,
                                 model_kwargs=None if width is None else {"width_mult": width})
         if save is not None:

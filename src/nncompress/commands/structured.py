@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from nncompress.commands.common import (check_data, check_float, check_in_file, check_int, check_lr, check_model,
+                                        check_out_file, check_seed)
 from nncompress.core.errors import UserError
 
 
@@ -52,6 +54,16 @@ def _print(report: dict, title: str, as_json: bool, out_json: Path | None) -> No
         console.print(f"weights written to {report['out']}")
 
 
+def _check_common(model: str, data: str, weights: Path | None, seed: int, lr: float, finetune_epochs: int,
+                  pretrain_epochs: int, out: Path | None, report: Path | None) -> None:
+    """Checks both commands share, run before any data loads or pre-training starts."""
+    check_model(model), check_data(data), check_in_file(weights, "--weights", "weights file"), check_seed(seed)
+    check_lr(lr), check_int(finetune_epochs, "fine-tuning epochs", 0, 100_000)
+    if weights is None:
+        check_int(pretrain_epochs, "--pretrain-epochs (no --weights given)", 1, 100_000)
+    check_out_file(out), check_out_file(report, "--report")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("prune-channels")
     def prune_channels_cmd(
@@ -85,6 +97,10 @@ def register(app: typer.Typer) -> None:
         if not 0.0 <= ratio < 1.0 or (remove_macs is not None and not 0.0 < remove_macs < 1.0):
             raise UserError(f"--ratio must be in [0, 1) and --remove-macs in (0, 1); got {ratio} and {remove_macs}")
         layer_ratios = _parse_layer_ratios(layer_ratio)
+        for name, value in layer_ratios.items():
+            check_float(value, f"--layer-ratio {name}", 0.0, 1.0, hi_open=True)
+        check_float(sensitivity_drop, "--sensitivity-drop", 0.0, 100.0)
+        _check_common(model, data, weights, seed, lr, finetune_epochs, pretrain_epochs, out, report)
         result = run_prune_channels(
             model, data, weights, criterion=criterion, ratio=ratio, layer_ratios=layer_ratios,
             remove_macs=remove_macs, sensitivity_drop=sensitivity_drop, round_to=round_to, finetune_epochs=finetune_epochs,
@@ -116,6 +132,8 @@ def register(app: typer.Typer) -> None:
             raise UserError("--threads and --latency-batch must be at least 1")
         if not 0.0 < latency_budget < 1.0:
             raise UserError(f"--latency-budget is a fraction of the measured latency, in (0, 1); got {latency_budget}")
+        check_float(step, "--step", 0.0, 1.0, lo_open=True, hi_open=True), check_int(short_steps, "--short-steps", 0, 1_000_000)
+        _check_common(model, data, weights, seed, lr, long_epochs, pretrain_epochs, out, report)
         result = run_netadapt(model, data, weights, latency_budget=latency_budget, step=step, short_steps=short_steps,
                               long_epochs=long_epochs, pretrain_epochs=pretrain_epochs, lr=lr, latency_batch=latency_batch,
                               threads=threads, seed=seed, out=out)

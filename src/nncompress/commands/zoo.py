@@ -65,8 +65,11 @@ def register(app: typer.Typer) -> None:
         from nncompress.architectures.zoo import zoo_summary
         from nncompress.core.io import atomic_write_text
 
+        from nncompress.commands.common import check_float, check_model, check_out_file
+
         if classes < 1:
             raise UserError(f"--classes must be >= 1, got {classes}")
+        check_model(name, "NAME"), check_float(width, "--width", 0.0, 10.0, lo_open=True), check_out_file(out)
         kwargs = {} if width is None else {"width_mult": width}
         result = zoo_summary(name, parse_shape(input_shape) if input_shape else None, classes, **kwargs)
         text = json.dumps(result, indent=2)
