@@ -215,3 +215,12 @@ def test_float64_scores_are_not_rounded_to_float32():
     graph = build_dependency_graph(net, X)
     scores = channel_scores(net, graph, "l1", scope="filters")
     assert channels_to_remove({"c1": scores["c1"][:2]}, {"c1": 0.5}) == {"c1": [0]}
+
+
+def test_nm_masks_a_tied_weight_once():
+    from nncompress.pruning.structured import apply_nm_sparsity, is_nm_sparse
+
+    torch.manual_seed(0)
+    net = Tied()
+    apply_nm_sparsity(net, 2, 4, layers=["a"])
+    assert get_mask(net.a) is get_mask(net.b) and is_nm_sparse(net.b.weight, 2, 4)

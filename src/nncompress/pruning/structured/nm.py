@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
-from nncompress.pruning.mask import apply_mask
+from nncompress.pruning.mask import apply_shared_mask, dense_tensor
+from nncompress.pruning.pruners import weight_holders
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
@@ -58,9 +59,11 @@ def apply_nm_sparsity(model: nn.Module, n: int = 2, m: int = 4, layers: Sequence
             raise UserError(f"no Linear/Conv layer named {', '.join(missing)}: choose from {', '.join(mods)}")
         names = list(layers)
     masks = {}
+    holders = weight_holders(model)  # a tied weight gets one mask in every module that holds it
     for name in names:
         masks[name] = nm_mask(mods[name].weight, n, m)
-        apply_mask(mods[name], masks[name])
+        others = [h for h in holders.get(id(dense_tensor(mods[name])), []) if h is not mods[name]]
+        apply_shared_mask([mods[name], *others], masks[name])
     return masks
 
 
