@@ -52,7 +52,7 @@ def test_zoo_summary_json_and_table(app, tmp_path):
 @pytest.mark.parametrize("args,fragment", [
     (["zoo", "summary", "resnet9000"], "unknown model"),
     (["zoo", "summary", "mobilenet_v1", "--input", "3x224"], "--input"),
-    (["search", "--data", "digits", "--strategy", "annealing"], "unknown strategy"),
+    (["search", "--data", "digits", "--strategy", "annealing"], "strategy 'annealing'"),
     (["early-exit", "--data", "digits", "--exits", "a,b"], "--exits"),
 ])
 def test_bad_input_is_a_one_line_user_error(app, args, fragment):

@@ -1,4 +1,9 @@
-"""Score one architecture the platform-aware way: short training, top-1 on held-out data, latency measured here."""
+"""Score one architecture the platform-aware way: short training, top-1 on held-out data, latency measured here.
+
+During a search the held-out data is a validation split carved from the training set (`run_search` gives the
+Evaluator no test data at all): a winner picked by test accuracy would report an optimistically biased test
+score, since the choice itself was fitted to the test set.
+"""
 from __future__ import annotations
 
 import math
@@ -6,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from nncompress.analysis.latency import measure_latency_ms
 from nncompress.architectures.summary import count_macs, count_params
@@ -17,6 +23,9 @@ from nncompress.training import TrainConfig, evaluate, train
 
 @dataclass
 class Candidate:
+    """One measured model. `top1` and `reward` come from the Evaluator's held-out split (validation data during a
+    search) and are what the search compares; `test_top1` is set only after the choice, for the winner and baseline."""
+
     name: str
     params: int
     macs: int
@@ -25,6 +34,7 @@ class Candidate:
     reward: float = math.nan
     arch: dict | None = None
     strategy: str = ""
+    test_top1: float | None = None  # filled once, for the chosen model and the baseline, after the choice
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,8 +42,10 @@ class Candidate:
 
 @dataclass
 class Evaluator:
-    """Trains each model `epochs` epochs on `dataset` (seeded), measures top-1 on its test split and the median
-    batch-1 latency over `latency_repeats` calls on `threads` threads; scores ACC·(LAT/T)^w. Caches by architecture.
+    """Trains each model `epochs` epochs on `dataset.x_train` (seeded), measures top-1 on `dataset.x_test` (the
+    held-out split: validation data when `run_search` drives it) and the median batch-1 latency over
+    `latency_repeats` calls on `threads` threads; scores ACC·(LAT/T)^w. Caches by architecture and keeps each
+    trained model in `models` (by candidate name) so the chosen one can be tested once without retraining.
 
     `target_ms` may be set after construction (e.g. to a baseline's measured latency) but before the first call.
     """
@@ -50,10 +62,14 @@ class Evaluator:
     beta: float = -0.07
     seed: int = 0
     cache: dict[Arch, Candidate] = field(default_factory=dict)
+    models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
     def measure(self, model: nn.Module, name: str) -> Candidate:
         """Train, evaluate and time any model under the same protocol as the searched ones."""
         train_loader, test_loader = make_loaders(self.dataset, self.batch_size, self.seed)
+        if len(self.dataset.y_train) % self.batch_size == 1:  # a last batch of one sample breaks batch norm in training
+            train_loader = DataLoader(train_loader.dataset, batch_size=self.batch_size, shuffle=True,
+                                      generator=train_loader.generator, drop_last=True)
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -64,6 +80,7 @@ class Evaluator:
         shape = self.dataset.input_shape
         lat = measure_latency_ms(model, torch.zeros(1, *shape), warmup=3, repeats=self.latency_repeats, threads=self.threads)
         cand = Candidate(name, count_params(model), count_macs(model, shape), lat.median_ms, top1)
+        self.models[name] = model
         if self.target_ms is not None:
             cand.reward = latency_reward(top1, cand.latency_ms, self.target_ms, self.alpha, self.beta)
         return cand

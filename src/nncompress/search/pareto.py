@@ -25,7 +25,8 @@ def pareto_front(latency_ms: Sequence[float], accuracy: Sequence[float]) -> list
 
 
 def plot_pareto(points: Sequence[dict], path: str | os.PathLike, baselines: Sequence[dict] = (),
-                target_ms: float | None = None, title: str = "accuracy vs measured latency") -> None:
+                target_ms: float | None = None, title: str = "accuracy vs measured latency",
+                ylabel: str = "top-1 (%)") -> None:
     """Scatter of every candidate ({'latency_ms', 'top1', 'strategy'}), the front as a line, baselines as stars; PNG."""
     import matplotlib
 
@@ -43,7 +44,7 @@ def plot_pareto(points: Sequence[dict], path: str | os.PathLike, baselines: Sequ
     if target_ms is not None:
         ax.axvline(target_ms, color="grey", lw=0.8, ls=":", label=f"target T = {target_ms:.2f} ms")
     ax.set_xlabel("latency per image (ms, measured)")
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
