@@ -224,3 +224,16 @@ def test_nm_masks_a_tied_weight_once():
     net = Tied()
     apply_nm_sparsity(net, 2, 4, layers=["a"])
     assert get_mask(net.a) is get_mask(net.b) and is_nm_sparse(net.b.weight, 2, 4)
+
+
+def test_a_thinned_masked_state_dict_loads_into_a_fresh_model():
+    from nncompress.pruning import load_masked_state_dict
+    from nncompress.pruning.structured import resize_to_state_dict
+
+    net = _masked_net()
+    thin = prune_channels(net, X, "l1", 0.5).eval()
+    state = thin.state_dict()
+    fresh = resize_to_state_dict(Net(), state)  # shapes read from parametrizations.weight.original
+    load_masked_state_dict(fresh, state)
+    assert set(masked_layers(fresh)) == {"c1", "c2", "fc"}
+    assert torch.equal(fresh.eval()(X), thin(X))

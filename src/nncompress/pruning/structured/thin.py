@@ -201,9 +201,11 @@ def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
 
 def resize_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Narrow `model`'s conv/linear/bn layers in place to the shapes in `state_dict`, so a thinned model's saved
-    weights load into a freshly built (full-width) architecture."""
+    weights load into a freshly built (full-width) architecture; a masked layer's shape is read from its dense
+    tensor, so a thinned-and-masked state dict then loads with `load_masked_state_dict`."""
     for name, m in list(model.named_modules()):
-        w = state_dict.get(f"{name}.weight" if name else "weight")
+        prefix = f"{name}." if name else ""
+        w = state_dict.get(f"{prefix}weight", state_dict.get(f"{prefix}parametrizations.weight.original"))  # masked: dense tensor
         if isinstance(m, _NORMS):
             key = f"{name}.running_mean"
             n = state_dict[key].shape[0] if key in state_dict else (w.shape[0] if w is not None else m.num_features)
