@@ -5,17 +5,20 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
-from nncompress.core.io import load_weights
-from nncompress.data import Dataset, load_dataset
+
+if TYPE_CHECKING:  # torch loads on first use, not when the CLI starts (--help and usage errors stay fast)
+    from torch import nn
+
+    from nncompress.data import Dataset
 
 
 def load_into(net: nn.Module, weights: str | Path, what: str) -> nn.Module:
     """Load a safetensors state dict into `net` (plain or weight-shared), or raise a one-line UserError."""
+    from nncompress.core.io import load_weights
+
     state = load_weights(weights)
     if any(k.endswith(".centroids") for k in state):  # saved while weight-shared
         from nncompress.sharing import load_shared_state_dict
@@ -30,6 +33,9 @@ def load_into(net: nn.Module, weights: str | Path, what: str) -> nn.Module:
 
 def model_and_data(model: str, data: str, weights: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, Dataset]:
     """Dataset + model built for its input shape and classes, with weights loaded when given."""
+    from nncompress.architectures import build_model
+    from nncompress.data import load_dataset
+
     if weights is not None and not Path(weights).is_file():
         raise UserError(f"weights file not found: {weights}")
     ds = load_dataset(data, seed=seed)
@@ -179,5 +185,7 @@ def check_device(spec: str | None, option: str = "--device") -> str | None:
     try:
         resolve_device(spec)
     except UserError as e:
+        if option == "--device":  # resolve_device's message already names the device and the --device fix
+            raise
         raise UserError(f"{option}: {e}") from None
     return spec
