@@ -3,8 +3,10 @@
 Same ResNet-20 trained on mnist5k, same target (50% of MACs removed, uniform per-group ratio found by
 bisection for both), same L1 filter criterion, same fine-tuning budget and seed. Printed: params, MACs,
 measured CPU latency (median over interleaved repeats, fixed thread count), top-1 before/after fine-tuning;
-then the criteria ablation of Li et al. 2017 (L1 vs random vs largest-norm), and a NetAdapt run on a
-LeNet-5. Writes benchmarks/results/structured.json.
+then the criteria ablation of Li et al. 2017 (L1 vs random vs largest-norm, each over several fine-tuning
+seeds; one criterion is called better than another only when the gap in mean top-1 exceeds two standard errors
+of the difference and two test samples, else the pair is a tie), and a NetAdapt run on a LeNet-5. Writes
+benchmarks/results/structured.json.
 
     .venv/bin/python benchmarks/structured.py            # ~6-8 min on 2 shared cores
 """
@@ -36,19 +38,47 @@ REPEATS = 25
 TRAIN_EPOCHS = 3
 FT_EPOCHS = 2
 ABLATION_STEPS = 30  # batches of fine-tuning in the criteria ablation
+ABLATION_SEEDS = (0, 1, 2)  # fine-tuning seeds per criterion (random: also the channel draw)
+ORDER_Z = 2.0  # a gap counts as an ordering only beyond ORDER_Z standard errors of the difference of means
 REMOVE_MACS = 0.5
 ROUND_TO = 8  # kept widths in multiples of 8 (AVX2 blocks), for both tools
 OUT = Path(__file__).parent / "results" / "structured.json"
 
 
-def finetune(model, ds, epochs=FT_EPOCHS, steps=None):
+def finetune(model, ds, epochs=FT_EPOCHS, steps=None, seed=1):
     """The same budget for everyone: a fresh loader with the same seed, so every model sees the same batches."""
-    loader, _ = make_loaders(ds, batch_size=64, seed=1)
+    loader, _ = make_loaders(ds, batch_size=64, seed=seed)
     if steps is not None:
         loader = FirstBatches(loader, steps)
     schedule = "cosine" if steps is None else "constant"
-    train(model, loader, TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, lr_schedule=schedule, seed=1, progress=False))
+    train(model, loader, TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, lr_schedule=schedule, seed=seed, progress=False))
     return model
+
+
+def compare(a: list[float], b: list[float], z: float = ORDER_Z, min_gap: float = 0.0) -> tuple[str, float, float]:
+    """(">", "<" or "tie", gap of means, threshold): a beats b only when mean(a) − mean(b) exceeds both
+    z·sqrt(se_a² + se_b²) (se = sample std / sqrt(n)) and `min_gap` (the metric's resolution, e.g. two test
+    samples). A single run has no spread estimate, so with one seed on either side only `min_gap` guards the call;
+    a 0.03 pp gap between seeds that scatter by 0.5 pp is a tie, not an ordering."""
+    gap = statistics.mean(a) - statistics.mean(b)
+    se2 = sum(statistics.variance(v) / len(v) for v in (a, b) if len(v) > 1)
+    threshold = max(z * se2 ** 0.5, min_gap)
+    return (">" if gap > threshold else "<" if gap < -threshold else "tie"), gap, threshold
+
+
+def ordering(results: dict[str, list[float]], z: float = ORDER_Z, min_gap: float = 0.0) -> tuple[str, dict[str, dict]]:
+    """Criteria by mean, best first, joined by ">" where the neighbours differ beyond the threshold and "≈"
+    where they tie; and every pairwise verdict (ties are not transitive, so the chain alone can hide one)."""
+    names = sorted(results, key=lambda k: -statistics.mean(results[k]))
+    pairs = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            verdict, gap, threshold = compare(results[a], results[b], z, min_gap)
+            pairs[f"{a} vs {b}"] = {"verdict": verdict, "gap_pp": gap, "threshold_pp": threshold}
+    chain = names[0]
+    for a, b in zip(names, names[1:]):
+        chain += (" > " if pairs[f"{a} vs {b}"]["verdict"] == ">" else " ≈ ") + b
+    return chain, pairs
 
 
 def torch_pruning_at_macs(model, x, remove_macs):
@@ -169,21 +199,35 @@ def main() -> None:
           f"({fused['base']:.1f} / {fused['ours']:.1f} / {fused['peer']:.1f} ms)")
     print(f"2 threads: speedup ours {lat2['base'] / lat2['ours']:.2f}×, torch-pruning {lat2['base'] / lat2['peer']:.2f}×", flush=True)
 
-    # Li et al. 2017 ablation: same MAC target, which filters to drop
-    ablation = {}
-    for crit, seeds in (("l1", [0]), ("largest", [0]), ("random", [0, 1, 2])):
+    # Li et al. 2017 ablation: same MAC target, which filters to drop; every criterion over the same fine-tuning
+    # seeds (l1 and largest prune the same channels each time, so their spread is the fine-tuning noise)
+    ablation, tuned_by = {}, {}
+    min_gap = 2 * 100.0 / len(ds.y_test)  # two test samples, in pp: below the metric's resolution a gap means nothing
+    for crit in ("l1", "largest", "random"):
         accs, tuned = [], []
-        for s in seeds:
+        for s in ABLATION_SEEDS:
             m = prune_channels(model, x1, crit, remove_macs=REMOVE_MACS, seed=s, round_to=ROUND_TO)
             accs.append(evaluate(m, test_loader))
-            finetune(m, ds, epochs=1, steps=ABLATION_STEPS)
+            finetune(m, ds, epochs=1, steps=ABLATION_STEPS, seed=1 + s)
             tuned.append(evaluate(m, test_loader))
-        ablation[crit] = {"top1_pruned": statistics.mean(accs), "top1_short_finetune": statistics.mean(tuned), "seeds": seeds}
-    print(f"\ncriterion ablation (50% MACs removed): top-1 right after pruning → after {ABLATION_STEPS} batches of fine-tuning")
-    for crit, r in ablation.items():
-        print(f"  {crit:8s} {r['top1_pruned']:6.2f}% → {r['top1_short_finetune']:6.2f}%" + (" (mean of 3 seeds)" if crit == "random" else ""))
-    order = sorted(ablation, key=lambda c: -ablation[c]["top1_short_finetune"])
-    print(f"  ordering after fine-tuning: {' > '.join(order)}", flush=True)
+        tuned_by[crit] = tuned
+        ablation[crit] = {"top1_pruned": statistics.mean(accs), "top1_short_finetune": statistics.mean(tuned),
+                          "top1_short_finetune_runs": tuned, "std_pp": statistics.stdev(tuned) if len(tuned) > 1 else 0.0,
+                          "seeds": list(ABLATION_SEEDS)}
+    chain, pairs = ordering(tuned_by, ORDER_Z, min_gap)
+    ordering_result = {"after_short_finetune": chain, "pairs": pairs, "z": ORDER_Z, "min_gap_pp": min_gap,
+                       "rule": f"a > b only if mean gap > max({ORDER_Z:g}·SE of the difference, two test samples); else tie",
+                       # keys name the better-by-mean criterion first, so a missing key means the order is reversed
+                       "li_2017_order_holds": pairs.get("l1 vs random", {}).get("verdict") == ">"
+                       and pairs.get("random vs largest", {}).get("verdict") == ">"}
+    print(f"\ncriterion ablation (50% MACs removed): top-1 right after pruning → after {ABLATION_STEPS} batches of fine-tuning "
+          f"(mean ± std over {len(ABLATION_SEEDS)} seeds)")
+    for crit in ("l1", "largest", "random"):
+        r = ablation[crit]
+        print(f"  {crit:8s} {r['top1_pruned']:6.2f}% → {r['top1_short_finetune']:6.2f}% ± {r['std_pp']:.2f}")
+    print(f"  ordering after fine-tuning ({ordering_result['rule']}): {chain}")
+    for k, v in pairs.items():
+        print(f"    {k}: {v['verdict']} (gap {v['gap_pp']:+.2f} pp, threshold {v['threshold_pp']:.2f} pp)", flush=True)
 
     # NetAdapt on LeNet-5: measured-latency budget of 50%
     torch.manual_seed(0)
@@ -217,7 +261,7 @@ def main() -> None:
               "baseline": base, "methods": rows, "same_widths_as_peer": same_shapes, "same_channels_as_peer": same_channels,
               "bn_folded_speedup": {"ours": fused["base"] / fused["ours"], "peer": fused["base"] / fused["peer"], "ms": fused},
               "round_to": ROUND_TO, "two_threads": {"speedup_ours": lat2["base"] / lat2["ours"], "speedup_peer": lat2["base"] / lat2["peer"]},
-              "criteria_ablation": ablation, "netadapt_lenet5": netadapt_result, "nm_2_4_gpu": nm_gpu,
+              "criteria_ablation": ablation, "criteria_ordering": ordering_result, "netadapt_lenet5": netadapt_result, "nm_2_4_gpu": nm_gpu,
               "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),
               "seconds": round(time.time() - t0, 1)}
     atomic_write_text(OUT, json.dumps(result, indent=2))

@@ -45,7 +45,7 @@ def _dense_parts(m: nn.Module, where: str) -> dict[str, tuple[torch.Tensor, torc
         for tname, plist in m.parametrizations.items():
             others = [type(q).__name__ for q in plist if not isinstance(q, Mask)]
             if others or tname not in ("weight", "bias"):
-                what = others[0] if others else "a"
+                what = f"a {others[0]}" if others else "a"
                 raise UserError(f"layer '{where}' has {what} parametrization on its {tname}, which channel removal cannot slice: "
                                 "bake it in first (torch.nn.utils.parametrize.remove_parametrizations, or remove channels before applying it)")
             keep = plist[0].mask
