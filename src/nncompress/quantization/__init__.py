@@ -6,11 +6,29 @@ training (STE, LSQ), mixed precision, accumulator overflow analysis, and lowerin
     int8 = to_int8_kernels(gm)                                                 # torch.ao quantized CPU kernels
     compare_with_simulation(gm, int8, x)                                       # max |error|, in output steps
     OnnxRuntimeModel(to_onnx_qdq(gm, x))                                       # QDQ ONNX with our scales, in ORT
+    gm = ptq_ladder(model, calib_loader, weight_bits=4, granularity="tensor",  # fold BN → CLE (+ high-bias absorption)
+                    bias_correction="empirical", adaround=True)               # → calibrate → AdaRound → bias correction
 """
+from nncompress.quantization.adaround import AdaRoundConfig, adaround_weight, apply_adaround
 from nncompress.quantization.backends import Int8Model, compare_with_simulation, cpu_has_vnni, to_int8_kernels
+from nncompress.quantization.bias_correction import (
+    analytic_bias_correction,
+    clipped_gaussian_mean,
+    empirical_bias_correction,
+    relu_gaussian_mean,
+)
+from nncompress.quantization.equalization import (
+    ChannelClamp,
+    absorb_high_biases,
+    batchnorm_statistics,
+    cross_layer_equalization,
+    equalize,
+    find_layer_pairs,
+)
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, fake_quantize_ste
 from nncompress.quantization.fusion import fold_bn, fuse_conv_bn
 from nncompress.quantization.graph import QuantConfig, QuantLayer, freeze, prepare, quantizers
+from nncompress.quantization.ladder import ptq_ladder
 from nncompress.quantization.measure import float_weight_bytes, quantized_weight_bytes
 from nncompress.quantization.observers import (
     OBSERVERS,
@@ -48,4 +66,7 @@ __all__ = [
     "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels",
     "to_reduced_precision", "train_qat", "OnnxRuntimeModel", "save_onnx_qdq", "to_onnx_float", "to_onnx_qdq", "quantize_and_measure",
     "quantized_state_dict", "save_quantized",
+    "AdaRoundConfig", "ChannelClamp", "absorb_high_biases", "adaround_weight", "analytic_bias_correction", "apply_adaround",
+    "batchnorm_statistics", "clipped_gaussian_mean", "cross_layer_equalization", "empirical_bias_correction", "equalize",
+    "find_layer_pairs", "ptq_ladder", "relu_gaussian_mean",
 ]
