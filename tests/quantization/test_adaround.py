@@ -82,14 +82,15 @@ def test_adaround_config_errors():
         adaround_weight(nn.ReLU(), x, s, z, qmin, qmax, axis)
 
 
-def test_apply_adaround_plugs_into_quantize_static(trained_net, digits):
+@pytest.mark.parametrize("asymmetric", [True, False])
+def test_apply_adaround_plugs_into_quantize_static(trained_net, digits, asymmetric):
     """AdaRound on a quantize_static graph: every layer's error drops (or stays), and the weight quantizer of
     the graph reproduces the written weights, so fake-quant and export use the learned rounding."""
     torch.set_num_threads(1)
     calib = digits.x_train[:256]
     folded = fuse_conv_bn(trained_net)
     gm = quantize_static(folded, calib, bits=4, granularity="channel", num_batches=4)
-    report = apply_adaround(gm, folded, calib, num_batches=4, config=AdaRoundConfig(iters=150, seed=0))
+    report = apply_adaround(gm, folded, calib, num_batches=4, asymmetric=asymmetric, config=AdaRoundConfig(iters=150, seed=0))
     assert set(report) == set(gm.quant_layers)
     assert sum(a for _, a in report.values()) < 0.9 * sum(b for b, _ in report.values())
     for n in gm.quant_layers:

@@ -17,7 +17,7 @@ from nncompress.quantization.bias_correction import (
     empirical_bias_shift,
     relu_gaussian_mean,
 )
-from nncompress.quantization.equalization import batchnorm_statistics
+from nncompress.quantization.equalization import ChannelClamp, batchnorm_statistics, cross_layer_equalization
 from nncompress.quantization.fusion import fuse_conv_bn
 
 
@@ -91,25 +91,31 @@ def test_empirical_bias_correction_on_a_static_graph(trained_net, digits):
         assert float(shifts[n].abs().max()) > 1e-5, n    # and it was not zero before
 
 
-def test_analytic_bias_correction_matches_the_measured_shift():
+@pytest.mark.parametrize("act", ["relu", "relu6-cle-clamp"])
+def test_analytic_bias_correction_matches_the_measured_shift(act):
     """Linear → BN → ReLU → Linear with Gaussian inputs: the BN output is exactly N(β, γ²), so the data-free
-    correction must equal the empirical one measured on many samples."""
+    correction must equal the empirical one measured on many samples. With ReLU6 and CLE (relu6="clamp"),
+    the statistics are rescaled with the layer and E[x] is the mean of a Gaussian clipped at 6/s_i."""
     torch.manual_seed(0)
     l1, bn, l2 = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 5)
-    m = nn.Sequential(l1, bn, nn.ReLU(), l2).eval()
+    m = nn.Sequential(l1, bn, nn.ReLU() if act == "relu" else nn.ReLU6(), l2).eval()
     with torch.no_grad():  # x ~ N(0, I) → l1(x) ~ N(b1, diag(Σ_j W1_ij²))
         bn.running_mean.copy_(l1.bias)
         bn.running_var.copy_((l1.weight ** 2).sum(1) - bn.eps)
         bn.weight.copy_(torch.linspace(0.5, 2.0, 8))
-        bn.bias.copy_(torch.linspace(-1.0, 1.5, 8))
+        bn.bias.copy_(torch.linspace(-1.0, 1.5, 8) if act == "relu" else torch.linspace(-1.0, 6.5, 8))
     stats = batchnorm_statistics(m)
     folded = fuse_conv_bn(m)
+    if act != "relu":
+        cross_layer_equalization(folded, relu6="clamp", stats=stats)
+        upper = folded.get_submodule("2").upper
+        assert isinstance(folded.get_submodule("2"), ChannelClamp) and float((upper - 6).abs().max()) > 0.5
     g = torch.Generator().manual_seed(2)
     x = torch.randn(200_000, 6, generator=g)
     gm = quantize_static(folded, x[:512], bits=3, granularity="tensor", num_batches=1)
     q = gm.get_submodule("3")
     with torch.no_grad():
-        x2 = torch.relu(folded.get_submodule("0")(x))
+        x2 = folded.get_submodule("2")(folded.get_submodule("0")(x))
     measured = empirical_bias_shift(q.layer, q.quantized_weight(), [x2])
     assert float(measured.abs().max()) > 1e-2
     b = q.layer.bias.detach().clone()

@@ -12,6 +12,7 @@ from nncompress.quantization.equalization import (
     channel_ranges,
     cross_layer_equalization,
     equalization_scales,
+    equalize,
     find_layer_pairs,
 )
 from nncompress.quantization.fusion import fuse_conv_bn
@@ -195,3 +196,32 @@ def test_high_bias_absorption_skips_zero_padded_second_layer():
     stats = batchnorm_statistics(m)
     gm = fuse_conv_bn(m)
     assert absorb_high_biases(gm, stats) == {}
+
+
+def test_untraceable_model_uses_sequential_module_order():
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Sequential(nn.Linear(6, 5), nn.ReLU()), nn.Linear(5, 3))
+
+        def forward(self, x):
+            if x.sum() > 1e9:       # data-dependent control flow: torch.fx cannot trace this
+                return x
+            return self.body(x)
+
+    net = Gate().eval()
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(net)
+    pairs = find_layer_pairs(net)
+    assert [(p.first, p.second, p.act) for p in pairs] == [("body.0", "body.2.0", "relu"), ("body.2.0", "body.3", "relu")]
+    _imbalance(net.body[0], net.body[2][0], torch.logspace(-2, 1, 6))
+    x = torch.randn(32, 4)
+    with torch.no_grad():
+        y0 = net(x)
+    model, pairs = equalize(net)
+    assert model is net
+    with torch.no_grad():
+        assert (net(x) - y0).abs().max() < 1e-5
+    for p in pairs:
+        r1, r2 = channel_ranges(net.get_submodule(p.first), net.get_submodule(p.second))
+        assert torch.allclose(r1, r2, rtol=1e-5)
