@@ -32,10 +32,16 @@ Caps: ndim <= 8; product of the non-zero dims <= 2**31; names <= 4096 B; metadat
 at most 2**20 tensors of each kind; code lengths <= 24 bits.
 
 Robustness: the CRC is checked before any field is parsed (it catches every accidental 1-bit
-flip; it is not a signature). Every read is bounds-checked, every claimed size is compared with
-the bytes actually present before anything is allocated, counts and shapes are capped, and the
-rebuilt positions and codes are validated, so a truncated, damaged or crafted file raises
-`CorruptFileError` with a one-line message. No pickle.
+flip; it is not a signature, so everything behind it is checked as if the file were crafted).
+Every read is bounds-checked, every claimed size is compared with the bytes actually present
+before anything is allocated (a Huffman stream of n bits holds at most n symbols, so decoded
+arrays never outgrow the file), counts and shapes are capped, and the rebuilt positions and codes
+are validated, so a truncated, damaged or crafted file raises `CorruptFileError` with a one-line
+message. NaN or infinite codebook entries and dense float values are refused unless the caller
+passes `allow_nonfinite=True`; the metadata must be strict JSON (no NaN/Infinity constants).
+The only allocation a file can make that its bytes do not pay for is `SharedTensor.to_dense`
+(a sparse tensor's dense size): `export.nnc.model_from_nnc` checks every shape against the
+model it rebuilds, and the model's size against the file's size, before calling it. No pickle.
 """
 from __future__ import annotations
 
@@ -121,6 +127,8 @@ class CompressedModel:
     metadata: dict = field(default_factory=dict)
     shared: dict[str, SharedTensor] = field(default_factory=dict)
     dense: dict[str, np.ndarray] = field(default_factory=dict)
+    source_bytes: int | None = field(default=None, repr=False)
+    """Size of the file this was read from (set by `read_nnc`); bounds what decoding it may allocate."""
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -188,6 +196,8 @@ def _write_shared(w: _Writer, name: str, t: SharedTensor) -> None:
     if cb.ndim != 1 or cb.size > (1 << bits):
         raise UserError(f"tensor {name!r}: codebook must be 1-D with at most 2**bits = {1 << bits} entries, got shape {cb.shape}")
     cb = cb.astype("<f4")
+    if not np.isfinite(cb).all():
+        raise UserError(f"tensor {name!r}: the codebook holds NaN or infinite values (a diverged model?); readers refuse such files")
     k = cb.size
     pos = np.asarray(t.positions)
     codes = np.asarray(t.codes)
@@ -230,6 +240,8 @@ def _write_dense(w: _Writer, name: str, array) -> None:
     if a.dtype.name not in DTYPE_CODES:
         raise UserError(f"dense tensor {name!r}: dtype {a.dtype} not supported (use one of {', '.join(DTYPE_CODES)})")
     dims = _check_shape(name, a.shape)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise UserError(f"dense tensor {name!r} holds NaN or infinite values (a diverged model?); readers refuse such files")
     raw = _name_bytes(name)
     w.pack("tensor_headers", "H", len(raw))
     w.put("tensor_headers", raw)
@@ -241,7 +253,7 @@ def _serialise(model: CompressedModel) -> _Writer:
     if not isinstance(model.metadata, dict):
         raise UserError(f"metadata must be a dict, got {type(model.metadata).__name__}")
     try:
-        meta = json.dumps(model.metadata, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        meta = json.dumps(model.metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise UserError(f"metadata is not JSON-serialisable: {e}") from None
     if len(meta) > MAX_METADATA_BYTES:
@@ -364,7 +376,14 @@ def _read_stream(r: _Reader, lengths: np.ndarray, count: int, what: str) -> np.n
         raise CorruptFileError(f"corrupt .nnc file: {what}: {e}") from None
 
 
-def _read_shared(r: _Reader, seen: set[str]) -> tuple[str, SharedTensor]:
+def _reject_nonfinite(values: np.ndarray, name: str, what: str) -> None:
+    if values.dtype.kind in "fc" and values.size and not np.isfinite(values).all():
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        raise CorruptFileError(f"corrupt .nnc file: {what} of {name!r} holds {bad} NaN or infinite values "
+                               "(a diverged or damaged model; pass allow_nonfinite=True to load it anyway)")
+
+
+def _read_shared(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> tuple[str, SharedTensor]:
     name = _read_name(r, seen, "shared")
     shape, numel = _read_shape(r, name)
     bits, gap_bits, k = r.unpack("BBI", f"code widths of {name!r}")
@@ -373,6 +392,8 @@ def _read_shared(r: _Reader, seen: set[str]) -> tuple[str, SharedTensor]:
     if k > (1 << bits):
         raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} has {k} centroids for {bits}-bit indices")
     codebook = np.frombuffer(r.take(4 * k, f"codebook of {name!r}"), dtype="<f4").astype(np.float32)
+    if not allow_nonfinite:
+        _reject_nonfinite(codebook, name, "the codebook")
     n_stored, n_entries = r.unpack("II", f"entry counts of {name!r}")
     if not n_stored <= n_entries <= numel:
         raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} claims {n_stored} non-zeros in {n_entries} entries for {numel} elements")
@@ -393,7 +414,7 @@ def _read_shared(r: _Reader, seen: set[str]) -> tuple[str, SharedTensor]:
     return name, SharedTensor(shape, codebook, bits, positions, entry_codes[~is_filler], gap_bits)
 
 
-def _read_dense(r: _Reader, seen: set[str]) -> tuple[str, np.ndarray]:
+def _read_dense(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> tuple[str, np.ndarray]:
     name = _read_name(r, seen, "dense")
     code = r.one("B", f"dtype of {name!r}")
     if code not in _CODE_DTYPES:
@@ -403,11 +424,21 @@ def _read_dense(r: _Reader, seen: set[str]) -> tuple[str, np.ndarray]:
     raw = r.take(numel * dtype.itemsize, f"data of {name!r}")
     if dtype.kind == "b" and np.any(np.frombuffer(raw, dtype=np.uint8) > 1):
         raise CorruptFileError(f"corrupt .nnc file: bool tensor {name!r} holds bytes other than 0 and 1")
-    return name, np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    values = np.frombuffer(raw, dtype=dtype)
+    if not allow_nonfinite:
+        _reject_nonfinite(values, name, "dense tensor data")
+    return name, values.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
-def read_nnc(data: bytes | bytearray | memoryview) -> CompressedModel:
-    """Parse .nnc bytes; raises CorruptFileError (one line) on anything malformed."""
+def _no_constant(token: str):
+    raise ValueError(f"{token} is not JSON")
+
+
+def read_nnc(data: bytes | bytearray | memoryview, *, allow_nonfinite: bool = False) -> CompressedModel:
+    """Parse .nnc bytes; raises CorruptFileError (one line) on anything malformed.
+
+    NaN or infinite codebook entries or dense float values are refused unless `allow_nonfinite`.
+    """
     buf = memoryview(data).cast("B")
     if bytes(buf[:4]) != MAGIC:
         raise CorruptFileError("not an .nnc file (bad magic bytes; expected b'NNC\\x00')")
@@ -430,28 +461,41 @@ def read_nnc(data: bytes | bytearray | memoryview) -> CompressedModel:
     if meta_len > MAX_METADATA_BYTES:
         raise CorruptFileError(f"corrupt .nnc file: metadata claims {meta_len} bytes (max {MAX_METADATA_BYTES})")
     try:
-        metadata = json.loads(bytes(r.take(meta_len, "metadata")).decode("utf-8"))
+        metadata = json.loads(bytes(r.take(meta_len, "metadata")).decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CorruptFileError("corrupt .nnc file: metadata is not valid UTF-8 JSON") from None
+        raise CorruptFileError("corrupt .nnc file: metadata is not valid UTF-8 JSON (strict: no NaN or Infinity)") from None
     if not isinstance(metadata, dict):
         raise CorruptFileError("corrupt .nnc file: metadata is not a JSON object")
     n_shared, n_dense = r.unpack("II", "tensor counts")
     if n_shared > MAX_TENSORS or n_dense > MAX_TENSORS:
         raise CorruptFileError(f"corrupt .nnc file: claims {n_shared} shared and {n_dense} dense tensors (max {MAX_TENSORS} each)")
     seen: set[str] = set()
-    shared = dict(_read_shared(r, seen) for _ in range(n_shared))
-    dense = dict(_read_dense(r, seen) for _ in range(n_dense))
+    # a shared record takes at least 42 bytes and a dense one 5, so a count the file cannot hold fails at once
+    if n_shared * 42 + n_dense * 5 > r.left:
+        raise CorruptFileError(f"truncated or corrupt .nnc file: {n_shared} shared and {n_dense} dense tensors cannot fit in {r.left} bytes")
+    shared = dict(_read_shared(r, seen, allow_nonfinite) for _ in range(n_shared))
+    dense = dict(_read_dense(r, seen, allow_nonfinite) for _ in range(n_dense))
     if r.left:
         raise CorruptFileError(f"corrupt .nnc file: {r.left} unexpected bytes after the last tensor")
-    return CompressedModel(metadata, shared, dense)
+    return CompressedModel(metadata, shared, dense, source_bytes=len(buf))
 
 
-def load_nnc(path: str | os.PathLike) -> CompressedModel:
+MAX_FILE_BYTES = 4 << 30
+
+
+def load_nnc(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> CompressedModel:
     """Read and validate a .nnc file; the error message names the path."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f".nnc file not found: {path}")
     try:
-        return read_nnc(path.read_bytes())
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CorruptFileError(f"{path}: {size} bytes is beyond the .nnc limit of {MAX_FILE_BYTES} bytes; not an .nnc file")
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read .nnc file {path}: {e.strerror or e}") from None
+    try:
+        return read_nnc(data, allow_nonfinite=allow_nonfinite)
     except CorruptFileError as e:
         raise CorruptFileError(f"{path}: {e}") from None
