@@ -237,3 +237,20 @@ def test_a_thinned_masked_state_dict_loads_into_a_fresh_model():
     load_masked_state_dict(fresh, state)
     assert set(masked_layers(fresh)) == {"c1", "c2", "fc"}
     assert torch.equal(fresh.eval()(X), thin(X))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_sensitivity_scan_and_netadapt_take_float32_data_for_other_dtypes(dtype):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nncompress.pruning.structured import netadapt, structured_sensitivity
+
+    torch.manual_seed(0)
+    net = randomize_bn(Net()).to(dtype)
+    data = DataLoader(TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,))), batch_size=8)  # float32 data
+    scan = structured_sensitivity(net, X, data, ratios=(0.5,))
+    assert set(scan) == {"c1", "c2"} and all(0 <= v[0.5] <= 100 for v in scan.values())
+    result = netadapt(net, data, data, X, 0.9, short_steps=1, long_epochs=1, max_iterations=1, repeats=2)
+    assert {p.dtype for p in result.model.parameters()} == {dtype}
+    if dtype == torch.float64:  # bf16 convolutions on a CPU need not get faster when thinner: no proposal may qualify
+        assert result.history  # a proposal was fine-tuned on the float32 batches

@@ -144,6 +144,21 @@ def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class InModelDtype:
+    """`loader`'s (x, y) batches with x through `model_input`: float32 data through a float64 or bfloat16 model
+    would otherwise stop a scan or a fine-tuning step with "Input type (float) and bias type (double)"."""
+
+    def __init__(self, loader, model: nn.Module):
+        self.loader, self.model = loader, model
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield model_input(self.model, x), y
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """torch.fx symbolic trace; a UserError naming the innermost module whose forward cannot be traced."""
     tracer = _Tracer()

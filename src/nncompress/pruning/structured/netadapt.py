@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from nncompress.core.errors import UserError
 from nncompress.core.progress import track
 from nncompress.pruning.structured.criteria import channel_scores, member_positions
-from nncompress.pruning.structured.graph import build_dependency_graph, model_input
+from nncompress.pruning.structured.graph import InModelDtype, build_dependency_graph, model_input
 from nncompress.pruning.structured.measure import latency_ms
 from nncompress.pruning.structured.thin import remove_channels
 from nncompress.training import TrainConfig, evaluate, train
@@ -177,7 +177,7 @@ def netadapt(
         graph = build_dependency_graph(current, example_input)
         scores = channel_scores(current, graph, criterion, seed=seed)
         widths = layer_widths(current)
-        batches = list(FirstBatches(train_loader, short_steps))  # every proposal fine-tunes on the same batches
+        batches = list(FirstBatches(InModelDtype(train_loader, current), short_steps))  # every proposal fine-tunes on the same batches
         best = None
         for g in graph.groups:
             members = member_positions(graph, g)
@@ -195,7 +195,7 @@ def netadapt(
             k, new_est = hi, estimate(hi)
             proposal = remove_channels(current, graph, {g.name: sorted(order[:k].tolist())}, example_input)
             train(proposal, batches, TrainConfig(epochs=1, lr=lr, lr_schedule="constant", seed=seed + i, progress=False))
-            top1 = evaluate(proposal, val_loader)
+            top1 = evaluate(proposal, InModelDtype(val_loader, proposal))
             if best is None or (top1, -new_est) > (best[0], -best[1]):
                 best = (top1, new_est, proposal, g.name, k)
         if best is None:
@@ -205,7 +205,7 @@ def netadapt(
         history.append({"iteration": i, "group": group, "removed": k, "predicted_ms": predicted, "measured_ms": est, "target_ms": target,
                         "val_top1": top1, "widths": {n: list(w) for n, w in layer_widths(current).items()}})
     if long_epochs > 0 and history:
-        train(current, train_loader, TrainConfig(epochs=long_epochs, lr=lr, seed=seed, progress=progress))
+        train(current, InModelDtype(train_loader, current), TrainConfig(epochs=long_epochs, lr=lr, seed=seed, progress=progress))
     current.eval()
     return NetAdaptResult(current, est0, latency_ms(current, example_input, repeats=max(repeats, 20), warmup=5, threads=threads),
                           est <= budget_ms, history, table)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from nncompress.core.errors import UserError
 from nncompress.core.progress import track
 from nncompress.pruning.structured.criteria import channel_scores
-from nncompress.pruning.structured.graph import build_dependency_graph
+from nncompress.pruning.structured.graph import InModelDtype, build_dependency_graph
 from nncompress.pruning.structured.prune import channels_to_remove
 from nncompress.pruning.structured.thin import remove_channels
 from nncompress.training import evaluate
@@ -39,7 +39,7 @@ def structured_sensitivity(
         out[name] = {}
         for r in ratios:
             plan = channels_to_remove({name: scores[name]}, {name: r})
-            out[name][float(r)] = evaluate(remove_channels(model, graph, plan), loader)
+            out[name][float(r)] = evaluate(remove_channels(model, graph, plan), InModelDtype(loader, model))
     return out
 
 
