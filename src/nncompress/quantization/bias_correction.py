@@ -176,7 +176,7 @@ def expected_input(pair: LayerPair, stats: BNStats, float_model: nn.Module) -> t
         return relu_gaussian_mean(mean, std)
     if pair.act == "relu6":
         return clipped_gaussian_mean(mean, std, 0.0, 6.0)
-    upper = float_model.get_submodule(pair.act_target).upper
+    upper = float_model.get_submodule(pair.act_target).upper.detach().cpu()
     return clipped_gaussian_mean(mean, std, 0.0, upper)
 
 

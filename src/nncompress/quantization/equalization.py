@@ -67,7 +67,7 @@ class ChannelClamp(nn.Module):
         self.register_buffer("upper", upper.detach().clone().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.upper.to(x.dtype).reshape([1, -1] + [1] * (x.dim() - 2))
+        u = self.upper.to(device=x.device, dtype=x.dtype).reshape([1, -1] + [1] * (x.dim() - 2))
         return torch.minimum(torch.relu(x), u)
 
 
@@ -191,7 +191,7 @@ def _sequential_pairs(model: nn.Module) -> tuple[list[LayerPair], list[str]]:
     fallback for models torch.fx cannot trace. Assumes each Sequential's forward is its module order."""
     pairs, unfolded, seen = [], [], set()
     for prefix, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential) or any(prefix.startswith(s + ".") for s in seen):
+        if not isinstance(seq, nn.Sequential) or any(s == "" or prefix.startswith(s + ".") for s in seen):
             continue
         seen.add(prefix)
         leaves = _flatten_sequential(seq, f"{prefix}." if prefix else "")
@@ -275,8 +275,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def _swap_relu6(model: nn.Module, pair: LayerPair, mode: str, channels: int) -> None:
+def _swap_relu6(model: nn.Module, pair: LayerPair, mode: str, first: nn.Module) -> None:
     """ReLU6 between the pair → ReLU (replace) or ChannelClamp(6) (clamp), module or fx node."""
+    channels, device = _channels(first)[1], first.weight.device
     if pair.act_is_node:
         gm = model
         node = next(n for n in gm.graph.nodes if n.name == pair.act_target)
@@ -284,13 +285,13 @@ def _swap_relu6(model: nn.Module, pair: LayerPair, mode: str, channels: int) -> 
             node.op, node.target, node.args, node.kwargs = "call_function", torch.relu, (node.args[0],), {}
         else:
             name = f"{node.name}_clamp"
-            gm.add_submodule(name, ChannelClamp(torch.full((channels,), 6.0)))
+            gm.add_submodule(name, ChannelClamp(torch.full((channels,), 6.0, device=device)))
             node.op, node.target, node.args, node.kwargs = "call_module", name, (node.args[0],), {}
             pair.act_target, pair.act_is_node = name, False
         gm.graph.lint()
         gm.recompile()
     else:
-        _set_module(model, pair.act_target, nn.ReLU() if mode == "replace" else ChannelClamp(torch.full((channels,), 6.0)))
+        _set_module(model, pair.act_target, nn.ReLU() if mode == "replace" else ChannelClamp(torch.full((channels,), 6.0, device=device)))
     pair.act = "relu" if mode == "replace" else "clamp"
 
 
@@ -321,7 +322,7 @@ def cross_layer_equalization(model: nn.Module, relu6: str = "replace", max_iter:
             if p.act_is_node and not isinstance(model, fx.GraphModule):
                 p.notes.append("functional ReLU6 in an untraced model: skipped")
                 continue
-            _swap_relu6(model, p, relu6, _channels(mods[p.first])[1])
+            _swap_relu6(model, p, relu6, mods[p.first])
             mods = dict(model.named_modules())
         active.append(p)
     for _ in range(max_iter):
@@ -335,18 +336,18 @@ def cross_layer_equalization(model: nn.Module, relu6: str = "replace", max_iter:
                 first.bias.div_(s.to(first.bias.dtype))
             second.weight.copy_(_scale_in_channels(second.weight, s.to(second.weight.dtype), _groups(second)))
             if p.act == "clamp":
-                mods[p.act_target].upper.div_(s)
+                mods[p.act_target].upper.div_(s.to(mods[p.act_target].upper))
             if stats is not None and p.first in stats:
                 mean, std = stats[p.first]
-                stats[p.first] = (mean / s, std / s)
+                stats[p.first] = (mean / s.to(mean), std / s.to(std))
         if worst < tol:
             break
     return pairs
 
 
 def batchnorm_statistics(model: nn.Module) -> BNStats:
-    """{layer: (β, |γ|)} for every conv/linear followed by a BatchNorm, read before folding: after BN the
-    channel is ~N(β, γ²), which is what high-bias absorption and analytic bias correction assume.
+    """{layer: (β, |γ|)} (on the CPU) for every conv/linear followed by a BatchNorm, read before folding: after
+    BN the channel is ~N(β, γ²), which is what high-bias absorption and analytic bias correction assume.
     Layer names are those of `model` (and of `fuse_conv_bn(model)`, which keeps them)."""
     stats: BNStats = {}
     try:
@@ -366,9 +367,9 @@ def batchnorm_statistics(model: nn.Module) -> BNStats:
                 found += [(a[0], b[1]) for a, b in zip(leaves, leaves[1:]) if isinstance(a[1], LAYER_TYPES) and isinstance(b[1], _BN_TYPES)]
     for name, bn in found:
         if bn.affine:
-            stats[name] = (bn.bias.detach().clone().float(), bn.weight.detach().abs().clone().float())
+            stats[name] = (bn.bias.detach().float().cpu().clone(), bn.weight.detach().abs().float().cpu().clone())
         else:
-            stats[name] = (torch.zeros_like(bn.running_mean).float(), torch.ones_like(bn.running_var).float())
+            stats[name] = (torch.zeros(bn.num_features), torch.ones(bn.num_features))
     return stats
 
 
@@ -401,21 +402,22 @@ def absorb_high_biases(model: nn.Module, stats: BNStats, pairs: list[LayerPair] 
         mean, std = stats[p.first]
         c = torch.clamp(mean - n_sigma * std, min=0.0)
         if p.act == "clamp":
-            c = torch.minimum(c, mods[p.act_target].upper)
+            c = torch.minimum(c, mods[p.act_target].upper.to(c))
         if not bool((c > 0).any()):
             continue
+        cd = c.to(first.weight.device)
         if first.bias is None:
             first.bias = nn.Parameter(torch.zeros(first.weight.shape[0], dtype=first.weight.dtype, device=first.weight.device))
-        first.bias.sub_(c.to(first.bias.dtype))
+        first.bias.sub_(cd.to(first.bias.dtype))
         w2 = second.weight
         g = _groups(second)
         o, cg = w2.shape[0], w2.shape[1]
-        shift = (w2.reshape(g, o // g, cg, -1).sum(-1) * c.to(w2.dtype).reshape(g, 1, cg)).sum(-1).reshape(o)
+        shift = (w2.reshape(g, o // g, cg, -1).sum(-1) * cd.to(w2.dtype).reshape(g, 1, cg)).sum(-1).reshape(o)
         if second.bias is None:
             second.bias = nn.Parameter(torch.zeros(o, dtype=w2.dtype, device=w2.device))
         second.bias.add_(shift)
         if p.act == "clamp":
-            mods[p.act_target].upper.sub_(c)
+            mods[p.act_target].upper.sub_(cd.to(mods[p.act_target].upper))
         stats[p.first] = (mean - c, std)
         absorbed[p.first] = c
     return absorbed

@@ -7,7 +7,14 @@ Neural Network Quantization", §4's standard PTQ pipeline):
 
 Why this order: equalization needs BN folded and the BN statistics to absorb biases; AdaRound needs the
 activation quantizers in place to see the inputs the quantized model will really give each layer; bias
-correction comes last so it removes whatever mean shift the final weights still carry.
+correction comes last so it removes whatever mean shift the final weights still carry. Activation ranges
+are calibrated once, after CLE and before the weight rungs (which move each output by at most the weight
+error); weights stay on the grid `quantize_static`'s weight quantizers recompute, so `to_int8_kernels`,
+`to_onnx_qdq` and `save_quantized` take the result as they take any static graph.
+
+Measured (tests/quantization/test_ptq_ladder.py, a MobileNetV2-like net, one epoch on mnist5k, fp32 85.4 %):
+per-tensor W8A8 with depthwise ranges spread over 100×: min-max 56.0 %, bias correction 63.0 %, CLE 85.5 %,
+CLE + bias correction 85.6 %; W4A8 per channel: round-to-nearest 81.8 %, AdaRound 85.0 %.
 """
 from __future__ import annotations
 
