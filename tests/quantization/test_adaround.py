@@ -100,3 +100,21 @@ def test_apply_adaround_plugs_into_quantize_static(trained_net, digits, asymmetr
         codes = w / s.reshape([-1] + [1] * (w.dim() - 1))
         assert (codes - codes.round()).abs().max() < 1e-4 and codes.abs().max() <= 7 + 1e-4
         assert torch.allclose(q.quantized_weight(), w, rtol=0, atol=1e-6 * float(w.abs().max()))
+
+
+def test_ladder_with_adaround_lowers_to_int8_kernels(trained_net, digits):
+    """The AdaRound + bias-corrected graph is an ordinary static graph: real int8 kernels reproduce it to within
+    one output step, with the AdaRound codes as their weights."""
+    from nncompress.quantization import compare_with_simulation, ptq_ladder, to_int8_kernels
+    from nncompress.quantization.fake_quant import weight_codes
+
+    torch.set_num_threads(1)
+    calib = digits.x_train[:256]
+    gm = ptq_ladder(trained_net, calib, weight_bits=8, granularity="channel", num_batches=4, adaround=True,
+                    adaround_config=AdaRoundConfig(iters=30, seed=0), bias_correction="empirical")
+    for n in gm.quant_layers:
+        q = gm.get_submodule(n)
+        codes, s = weight_codes(q.weight_quant, q.layer.weight)
+        assert torch.allclose(codes.float() * s.reshape([-1] + [1] * (codes.dim() - 1)), q.layer.weight, atol=1e-6)
+    res = compare_with_simulation(gm, to_int8_kernels(gm), digits.x_test[:128])
+    assert res["error_in_steps"] <= 1.01 and res["top1_agreement"] >= 98.0, res
