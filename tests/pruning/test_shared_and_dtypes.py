@@ -161,3 +161,17 @@ def test_a_broken_parametrized_copy_is_a_user_error_not_a_key_error():
     with pytest.raises(UserError) as e:
         LevelPruner(0.5).prune(broken)
     assert "'0'" in str(e.value) and "plain Linear" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pruning_after_weight_sharing_is_refused_not_silently_ignored():
+    """SharedWeight computes centroids[codes]·mask and ignores the tensor it is given: a new or updated pruning
+    mask on that weight would change nothing while the pruner reported success."""
+    from nncompress.sharing import share_weights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    LevelPruner(0.5).prune(model)
+    share_weights(model, bits=4)
+    with pytest.raises(UserError, match="SharedWeight") as e:
+        LevelPruner(0.8).prune(model)
+    assert "\n" not in str(e.value)

@@ -73,6 +73,11 @@ def _check(module: nn.Module, mask: torch.Tensor, name: str) -> None:
     if plain is not None:
         raise UserError(f"{type(module).__name__} is a masked-layer class without its masks (a broken copy of a parametrized layer): "
                         f"rebuild it as a plain {plain} holding the effective weights, then prune again")
+    if parametrize.is_parametrized(module, name):
+        others = [type(q).__name__ for q in module.parametrizations[name] if not isinstance(q, Mask)]
+        if others:  # e.g. SharedWeight computes centroids[codes] and ignores its input: a mask there would do nothing
+            raise UserError(f"{type(module).__name__}.{name} carries a {others[0]} parametrization, which a pruning mask cannot "
+                            "act through: prune before weight sharing (Deep Compression's order), or bake it in first")
     tensor = getattr(module, name, None)
     if not isinstance(tensor, torch.Tensor):
         raise UserError(f"{type(module).__name__} has no tensor '{name}' to mask (use 'weight' or 'bias')")
