@@ -16,7 +16,6 @@ Usage: python benchmarks/architectures.py [--quick] [--search-only]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,11 +25,12 @@ from pathlib import Path
 
 import torch
 
+from bench_common import environment, target, write_results
 from nncompress.analysis.latency import measure_latency_ms
 from nncompress.architectures import build_model
 from nncompress.architectures.summary import count_macs, count_params
 from nncompress.architectures.zoo import compare_published
-from nncompress.core.io import atomic_write_text
+from nncompress.core.guards import DivergenceError, near_chance
 from nncompress.data import load_dataset, make_loaders
 from nncompress.search import run_early_exit, run_search
 from nncompress.training import TrainConfig, evaluate, train
@@ -77,7 +77,10 @@ def trained_table(n_train: int | None, epochs: int, rounds: int) -> list[dict]:
         train_s = time.perf_counter() - t0
         label = name + "".join(f" {k}={v}" for k, v in kwargs.items())
         models[label] = m.eval()
-        rows.append({"model": label, "lr": lr, "top1": evaluate(m, test_loader), "params": count_params(m),
+        top1 = evaluate(m, test_loader)
+        if near_chance(top1, ds.num_classes):  # a collapsed run is an error, never a row in the table
+            raise DivergenceError(f"architectures benchmark: {label} trained to {top1:.2f} % (chance level); lower its lr in LR")
+        rows.append({"model": label, "lr": lr, "top1": top1, "params": count_params(m),
                      "macs": count_macs(m, ds.input_shape), "train_s": train_s})
         print(f"  trained {label}: top-1 {rows[-1]['top1']:.2f}% in {train_s:.1f} s", flush=True)
     x = ds.x_test[:1]
@@ -112,10 +115,30 @@ def main() -> None:
         sections_1_to_3(result, q)
     search_section(result, q)
     result["wall_s"] = time.perf_counter() - t_start
-    name = "architectures_search_only" if args.search_only else "architectures"
-    out = RESULTS / (f"{name}_quick.json" if q else f"{name}.json")
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out} in {result['wall_s']:.0f} s ({THREADS} thread)")
+    result["targets"] = targets(result)
+    result["environment"] = environment(THREADS)
+    if q:  # a smoke run never lands among the recorded results
+        print(f"quick run, not written: {sum(t['met'] for t in result['targets'])}/{len(result['targets'])} targets met")
+        return
+    write_results("architectures_search_only" if args.search_only else "architectures", result)
+
+
+def targets(result: dict) -> list[dict]:
+    """Issue 6's targets from what ran: published counts, early-exit savings, the search's winner."""
+    out = []
+    if "published" in result:
+        worst = max(max(abs(r["params_error"]), abs(r["macs_error"])) for r in result["published"])
+        out.append(target("every family's params and MACs vs published (worst error, %)", "<= 1 %", 100 * worst, worst <= 0.01))
+    if "early_exit" in result:
+        ee = result["early_exit"]
+        out.append(target("early exit: average MACs saved (%)", ">= 30 %", 100 * ee["macs_saving"], ee["macs_saving"] >= 0.30))
+        out.append(target("early exit: top-1 drop", "<= 0.5 pp", ee["top1_drop_pp"], ee["top1_drop_pp"] <= 0.5))
+    s = result["search"]
+    out.append(target("search winner (chosen on validation) on the Pareto front", "on the front", s["best_on_pareto_front"],
+                      bool(s["best_on_pareto_front"])))
+    out.append(target("search winner beats MobileNet V1 0.25 on the reward (validation)", "> baseline reward",
+                      f"{s['best']['reward']:.3f} vs {s['baseline']['reward']:.3f}", bool(s["best_beats_baseline"])))
+    return out
 
 
 def sections_1_to_3(result: dict, q: bool) -> None:

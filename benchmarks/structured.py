@@ -13,7 +13,6 @@ benchmarks/results/structured.json.
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -24,8 +23,8 @@ from pathlib import Path
 import torch
 from torch.fx.experimental.optimization import fuse
 
+from bench_common import environment, target, write_results
 from nncompress.architectures import build_model
-from nncompress.core.io import atomic_write_text
 from nncompress.data import Dataset, load_dataset, make_loaders
 from nncompress.pruning.structured import count_macs, count_params, prune_channels
 from nncompress.pruning.structured.measure import latency_ms
@@ -264,8 +263,29 @@ def main() -> None:
               "criteria_ablation": ablation, "criteria_ordering": ordering_result, "netadapt_lenet5": netadapt_result, "nm_2_4_gpu": nm_gpu,
               "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),
               "seconds": round(time.time() - t0, 1)}
-    atomic_write_text(OUT, json.dumps(result, indent=2))
-    print(f"\nwrote {OUT} ({result['seconds']:.0f} s)")
+    result["targets"] = targets(rows, pairs)
+    result["environment"] = environment([THREADS, 2])
+    write_results("structured", result, OUT)
+
+
+def _verdict(pairs: dict[str, dict], a: str, b: str) -> str:
+    """'>' when a beats b beyond the ablation's threshold, '<' when b beats a, else 'tie' (keys name the better first)."""
+    if f"{a} vs {b}" in pairs:
+        return pairs[f"{a} vs {b}"]["verdict"]
+    return {">": "<", "<": ">"}.get(pairs[f"{b} vs {a}"]["verdict"], "tie")
+
+
+def targets(rows: list[dict], pairs: dict[str, dict]) -> list[dict]:
+    """Issue 4's targets from this run: speed-up and accuracy of 50 % MAC removal, against the peer; Li et al.'s order."""
+    ours, peer = rows[0], rows[2]
+    out = [target(f"L1 channel removal speed-up (batch {LAT_BATCH}, {THREADS} thread)", ">= 1.6x", ours["speedup"], ours["speedup"] >= 1.6),
+           target("top-1 drop after fine-tuning", "<= 1 pp", ours["drop_pp"], ours["drop_pp"] <= 1.0),
+           target("top-1 minus the peer's (Torch-Pruning, same MAC cut)", ">= 0 pp", ours["top1_finetuned"] - peer["top1_finetuned"],
+                  ours["top1_finetuned"] >= peer["top1_finetuned"])]
+    for other in ("random", "largest"):
+        v = _verdict(pairs, "l1", other)
+        out.append(target(f"L1 beats {other} filters (Li et al. 2017)", f"l1 > {other} beyond {ORDER_Z:g} SE", f"l1 {v} {other}", v == ">"))
+    return out
 
 
 if __name__ == "__main__":
