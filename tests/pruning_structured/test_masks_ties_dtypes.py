@@ -254,3 +254,16 @@ def test_sensitivity_scan_and_netadapt_take_float32_data_for_other_dtypes(dtype)
     assert {p.dtype for p in result.model.parameters()} == {dtype}
     if dtype == torch.float64:  # bf16 convolutions on a CPU need not get faster when thinner: no proposal may qualify
         assert result.history  # a proposal was fine-tuned on the float32 batches
+
+
+def test_a_second_name_finds_the_group_and_the_nm_layer():
+    from nncompress.pruning.structured import apply_nm_sparsity
+
+    torch.manual_seed(0)
+    net = Aliased().eval()
+    graph = build_dependency_graph(net, X)
+    assert graph.group("b") is graph.group("a") and graph.group_of("b") is graph.group_of("a")
+    thin = prune_channels(net, X, "l1", 0.0, ratios={"b": 0.5})  # used to be "no prunable channel group 'b'"
+    assert thin.a is thin.b and thin.a.out_channels == 4
+    masks = apply_nm_sparsity(net, 2, 4, layers=["b", "a"])  # one module, one mask, under the first name given
+    assert list(masks) == ["b"] and get_mask(net.a) is get_mask(net.b)

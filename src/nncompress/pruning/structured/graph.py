@@ -201,6 +201,10 @@ class DependencyGraph:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor):
         self.modules = dict(model.named_modules())
+        canonical = {id(m): n for n, m in self.modules.items()}
+        # a module registered under two names (`self.b = self.a`) is traced, labelled and grouped under its first
+        # name; `aliases` maps every other name to that one so either name finds its group
+        self.aliases = {n: canonical[id(m)] for n, m in model.named_modules(remove_duplicate=False) if canonical.get(id(m), n) != n}
         gm = trace(model)
         modes = {m: m.training for m in model.modules()}
         try:
@@ -403,7 +407,8 @@ class DependencyGraph:
         return groups
 
     def group(self, name: str) -> ChannelGroup:
-        """The group called `name`, or the group one of whose producers is the layer `name`."""
+        """The group called `name`, or the group one of whose producers is the layer `name` (under any of its names)."""
+        name = self.aliases.get(name, name)
         for g in self.groups:
             if g.name == name:
                 return g
@@ -414,6 +419,7 @@ class DependencyGraph:
 
     def group_of(self, module: str) -> ChannelGroup | None:
         """The group containing layer `module`'s output channels, if they are prunable."""
+        module = self.aliases.get(module, module)
         for g in self.groups:
             if module in g.producers:
                 return g

@@ -54,10 +54,17 @@ def apply_nm_sparsity(model: nn.Module, n: int = 2, m: int = 4, layers: Sequence
     if layers is None:
         names = [k for k, v in mods.items() if _rows(v.weight).shape[-1] % m == 0 and getattr(v, "groups", 1) == 1]
     else:
-        missing = [k for k in layers if k not in mods]
+        # a module registered under two names (`self.b = self.a`) is found under either, and masked once
+        every = {k: v for k, v in model.named_modules(remove_duplicate=False)
+                 if isinstance(v, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+        missing = [k for k in layers if k not in every]
         if missing:
             raise UserError(f"no Linear/Conv layer named {', '.join(missing)}: choose from {', '.join(mods)}")
-        names = list(layers)
+        first = {}
+        for k in layers:
+            first.setdefault(id(every[k]), k)
+        names = list(first.values())
+        mods = {k: every[k] for k in names}
     masks = {}
     holders = weight_holders(model)  # a tied weight gets one mask in every module that holds it
     for name in names:
