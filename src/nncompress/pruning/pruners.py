@@ -4,6 +4,11 @@ Each pruner computes a keep-mask per layer and applies it with `apply_mask`, whi
 mask already there, so pruning again never revives a weight and sparsity only grows. Only weights are
 pruned; biases stay dense. Layers are `compressible_layers(model)` (Linear, Conv) unless a list of
 names, or a dict of per-layer values, says otherwise.
+
+The unit of pruning is a weight *tensor*: a module registered under two names (`self.b = self.a`) is found
+under either name and pruned once, and tied weights (`b.weight = a.weight`) get one mask shared by every
+module that holds them, so no holder keeps using the dense tensor. Scores are computed in float32 or better
+(float64 stays float64); masks never change the model's dtype.
 """
 from __future__ import annotations
 
