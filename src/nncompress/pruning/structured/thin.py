@@ -4,6 +4,11 @@ Every conv, linear and batch norm touched by a removed channel is replaced by a 
 type; the model's own forward keeps working because it never hard-codes channel counts (checked on the
 example input). If the removed channels were already zero (weights, bias and bn shift), the thinned model
 computes exactly what the original did.
+
+Unstructured pruning masks ride along: a masked layer's dense tensor and its mask are sliced with the same
+indices and the mask is re-attached, so pruned weights stay pruned and later pruners keep working. The new
+layers keep the model's dtype; a module registered under two names is replaced under both; tied weights stay
+tied (the dependency graph removes the same channels from every holder) or the call is refused.
 """
 from __future__ import annotations
 
