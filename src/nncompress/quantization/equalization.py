@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.quantization.fusion import find_layer_bn_pairs
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -352,13 +353,8 @@ def batchnorm_statistics(model: nn.Module) -> BNStats:
     stats: BNStats = {}
     try:
         gm = fx.symbolic_trace(model)
-        mods = dict(gm.named_modules())
-        found = []
-        for n in gm.graph.nodes:
-            if n.op == "call_module" and isinstance(mods.get(n.target), LAYER_TYPES):
-                users = list(n.users)
-                if len(users) == 1 and users[0].op == "call_module" and isinstance(mods.get(users[0].target), _BN_TYPES):
-                    found.append((n.target, mods[users[0].target]))
+        mods = dict(gm.named_modules())  # exactly the pairs fuse_conv_bn folds
+        found = [(layer.target, mods[bn.target]) for layer, bn in find_layer_bn_pairs(gm)]
     except Exception:  # noqa: BLE001 - fall back to module order
         found = []
         for prefix, seq in model.named_modules():
