@@ -267,3 +267,15 @@ def test_a_second_name_finds_the_group_and_the_nm_layer():
     assert thin.a is thin.b and thin.a.out_channels == 4
     masks = apply_nm_sparsity(net, 2, 4, layers=["b", "a"])  # one module, one mask, under the first name given
     assert list(masks) == ["b"] and get_mask(net.a) is get_mask(net.b)
+
+
+def test_a_tie_that_would_be_cut_is_refused_naming_both_layers():
+    """A graph built before the weights were tied does not couple them; thinning must not untie them silently."""
+    torch.manual_seed(0)
+    net = Tied().eval()
+    net.b.weight = nn.Parameter(net.a.weight.detach().clone())  # untied while the graph is built ...
+    graph = build_dependency_graph(net, X)
+    net.b.weight = net.a.weight  # ... and tied again afterwards
+    with pytest.raises(UserError) as e:
+        remove_channels(net, graph, {graph.group("a").name: [0, 1]}, X)
+    assert "'a' and 'b'" in str(e.value) and "\n" not in str(e.value)
