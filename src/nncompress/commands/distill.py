@@ -67,8 +67,10 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="Write the distilled student's weights (.safetensors, atomically)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         out_json: Path | None = typer.Option(None, "--out-json", help="Also write the result JSON to this file."),
+        allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a student that ended at chance accuracy (a warning instead of an error)."),
     ) -> None:
         """Distil one or more teachers into a student (Hinton KD, optionally with AT, hints and RKD)."""
+        from nncompress.core.guards import check_accuracy_kept
         from nncompress.data import load_dataset, make_loaders
         from nncompress.distillation import distill
         from nncompress.lowrank import save_factorized
@@ -111,6 +113,9 @@ def register(app: typer.Typer) -> None:
                           teacher_weights=mix or None, val_loader=test_loader, **pairs)
         result.update(temperature=temperature, alpha=alpha, epochs=epochs, student_top1=evaluate(net, test_loader),
                       history=history)
+        check_accuracy_kept(max(t["top1"] for t in result["teachers"]), result["student_top1"], ds.num_classes,
+                            f"distillation into {student} ({epochs} epochs at --lr {lr:g}, T={temperature:g})",
+                            "lower --lr or --temperature, or check the teachers", allow_drop=allow_drop)
         lines = [f"teacher {t['name']}: top-1 {t['top1']:.2f}%" for t in result["teachers"]]
         lines.append(f"distilled {student}: top-1 {result['student_top1']:.2f}% (T={temperature}, α={alpha}, {epochs} epochs)")
         if baseline:
@@ -143,9 +148,11 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="Write the factorized weights (.safetensors with the structure in its metadata)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         out_json: Path | None = typer.Option(None, "--out-json", help="Also write the result JSON to this file."),
+        allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
     ) -> None:
         """Factorize layers (SVD, Tucker-2, CP), report per-layer ranks, sizes and reconstruction error, fine-tune."""
         from nncompress.data import load_dataset, make_loaders
+        from nncompress.core.guards import check_accuracy_kept
         from nncompress.lowrank import METHODS, factorize, save_factorized
         from nncompress.training import TrainConfig, evaluate, train
 
@@ -172,6 +179,9 @@ def register(app: typer.Typer) -> None:
         if finetune_epochs > 0:
             train(net, train_loader, TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed))
             result["top1_finetuned"] = evaluate(net, test_loader)
+        check_accuracy_kept(top1_dense, result.get("top1_finetuned", result["top1_factorized"]), ds.num_classes,
+                            f"{method} factorization" + (f" + {finetune_epochs} fine-tuning epochs at --lr {lr:g}" if finetune_epochs > 0 else ""),
+                            "lower --lr or keep more rank (--energy closer to 1, a smaller --ratio)", allow_drop=allow_drop)
         lines = [f"{lf.name}: {'x'.join(map(str, lf.shape))} → ranks {lf.ranks}, params {lf.params_before} → {lf.params_after}"
                  + (f", MACs {lf.macs_before} → {lf.macs_after}" if lf.macs_before is not None else "")
                  + (f", rel. error {lf.rel_error:.3f}" if lf.rel_error is not None else "")

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nncompress.core.errors import UserError
+from nncompress.core.guards import check_hyperparameter
 from nncompress.distillation.features import FeatureTaps
 from nncompress.distillation.losses import (
     attention_transfer_loss,
@@ -61,8 +62,11 @@ class DistillationCallback(Callback):
             raise UserError(f"got {len(teacher_weights)} teacher weights for {len(self.teachers)} teachers: give one weight per teacher")
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"alpha must be in [0, 1] (weight of the soft-target loss), got {alpha}")
-        if temperature <= 0:
-            raise UserError(f"temperature must be positive, got {temperature}")
+        temperature = check_hyperparameter("temperature", temperature)  # nan/inf passed `<= 0` and made the loss nan
+        for name, w in (("attention_weight", attention_weight), ("hint_weight", hint_weight), ("rkd_distance_weight", rkd_distance_weight),
+                        ("rkd_angle_weight", rkd_angle_weight), *((f"teacher weight {i}", w) for i, w in enumerate(teacher_weights or ()))):
+            if check_hyperparameter(name, w, positive=False) < 0:
+                raise UserError(f"{name} must be ≥ 0, got {w}")
         self.temperature, self.alpha, self.teacher_weights = temperature, alpha, teacher_weights
         self.attention, self.hints, self.rkd = list(attention), list(hints), list(rkd)
         self.attention_weight, self.hint_weight = attention_weight, hint_weight

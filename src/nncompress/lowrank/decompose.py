@@ -111,11 +111,34 @@ def cp_factors(weight: torch.Tensor, rank: int, n_iter_max: int = 300, seed: int
     return cp.weights, list(cp.factors)
 
 
+def balance_cp(lam: np.ndarray, factors: list[np.ndarray]) -> list[np.ndarray]:
+    """Spread each component's scale evenly over the N factors: column r of every factor gets the norm
+    s_r^(1/N), s_r = |λ_r|·Π_k ‖F_k[:, r]‖ (the sign of λ_r goes to the first factor). Same tensor, Σ_r λ_r ∘_k F_k[:, r].
+
+    Why: ALS hands back unit-norm columns with all the scale in λ; folded into the last 1×1 conv, that layer's
+    weights (and gradients) are orders of magnitude larger than the depthwise ones, so SGD at an ordinary
+    lr (0.01) blew the factors up to NaN and the model to chance (issue 12). Equal norms give every factor
+    gradients of the same size (the scale-balanced point of a product parametrization).
+    """
+    norms = [np.linalg.norm(f, axis=0) for f in factors]
+    scale = np.abs(lam) * np.prod(norms, axis=0)
+    root = scale ** (1.0 / len(factors))
+    out = []
+    for k, (f, nrm) in enumerate(zip(factors, norms)):
+        g = f / np.where(nrm > 0, nrm, 1.0)[None, :] * root[None, :]
+        if k == 0:
+            g = g * np.where(lam < 0, -1.0, 1.0)[None, :]
+        out.append(g)
+    return out
+
+
 @torch.no_grad()
 def cp_conv(layer: nn.Conv2d, rank: int, n_iter_max: int = 300, seed: int = 0) -> LowRank:
     """CP decomposition of a Conv2d into 1×1, k_h×1 depthwise, 1×k_w depthwise, 1×1 convolutions."""
     _check_conv(layer)
     lam, (a, b, c, d) = cp_factors(layer.weight, max(1, rank), n_iter_max, seed)
+    a, b, c, d = balance_cp(lam, [a, b, c, d])
+    lam = np.ones(a.shape[1])
     mod = cp_structure(layer, a.shape[1]).to(layer.weight.dtype)
     t = lambda arr: torch.from_numpy(np.ascontiguousarray(arr))  # noqa: E731
     mod[0].weight.copy_(t(b.T)[:, :, None, None])

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.core.guards import check_finite_weights
 from nncompress.core.io import load_weights, save_weights
 from nncompress.lowrank.decompose import (
     LowRank,
@@ -259,6 +260,8 @@ def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = N
     report = FactorizationReport(method, [])
     for name, layer in cands.items():
         io = io_all.get(name)
+        check_finite_weights(layer, f"{method} factorization of layer {name}",
+                             "its weights hold NaN/inf before factorizing: retrain or reload the model")
         if ranks is not None:
             r = ranks[name]
             chosen = tuple(r) if isinstance(r, (tuple, list)) else (r,)
@@ -279,6 +282,8 @@ def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = N
             new = tucker2_conv(layer, *chosen, seed=seed)
         else:
             new = cp_conv(layer, chosen[0], seed=seed)
+        check_finite_weights(new, f"{method} factorization of layer {name} (ranks {new.ranks})",
+                             "the layer's weights or the decomposition are not finite: check the weights, or try another method or rank")
         entry.ranks = new.ranks
         entry.params_after, entry.macs_after = _costs(layer, method, new.ranks, io)
         entry.rel_error = relative_error(layer.weight, new)
