@@ -53,29 +53,126 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
 
 
+MAX_CLASSES = 100_000
+"""Labels are class indices 0..C-1; C above this is a label column that is not classes (ids, targets)."""
+MAX_SAMPLE_ELEMENTS = 1 << 24
+MAX_ARRAY_ELEMENTS = 1 << 31
+MAX_ABS_INPUT = 1e20
+"""Inputs beyond this magnitude are not features a float32 model can use; rescale them first."""
+_ZIP_RATIO = 1100  # deflate never expands data more than ~1032x, so a member may not claim more than this
+
+
+def _npy_header(zf, member: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array in an .npz, from its header alone (nothing allocated yet)."""
+    import numpy.lib.format as npy
+
+    try:
+        with zf.open(member) as fp:
+            version = npy.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = npy.read_array_header_1_0(fp)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = npy.read_array_header_2_0(fp)
+            else:
+                raise ValueError(f"npy version {version}")
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise UserError(f"{path}: array '{member.removesuffix('.npy')}' is not readable ({type(e).__name__}); re-save it with np.savez") from None
+    if dtype.hasobject or dtype.kind not in "biufcSUV":
+        raise UserError(f"{path}: array '{member.removesuffix('.npy')}' has dtype {dtype}, which is not numeric; save numbers (no objects, no pickle)")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _check_claims(zf, path: Path) -> None:
+    """Refuse an .npz whose headers claim more data than its bytes can hold, before numpy allocates it."""
+    size = path.stat().st_size
+    for name in ("x", "y"):
+        info = zf.getinfo(f"{name}.npy")
+        shape, dtype = _npy_header(zf, info.filename, path)
+        numel = int(np.prod(shape, dtype=object)) if shape else 1
+        if numel > MAX_ARRAY_ELEMENTS:
+            raise UserError(f"{path}: array '{name}' claims shape {list(shape)}, beyond {MAX_ARRAY_ELEMENTS} elements")
+        nbytes = numel * dtype.itemsize
+        if nbytes > info.file_size or info.file_size > _ZIP_RATIO * max(info.compress_size, 1) + 4096 or info.compress_size > size:
+            raise UserError(f"{path}: array '{name}' claims {nbytes} bytes of data that the {size}-byte file does not hold (truncated or damaged .npz)")
+
+
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+
     if not path.is_file():
         raise UserError(f"data file not found: {path} (pass 'digits', 'mnist5k' or an existing .npz with arrays x and y)")
     try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy") for n in zf.namelist()}
+            if "x" not in names or "y" not in names:
+                raise UserError(f"{path}: the .npz must hold arrays 'x' (samples) and 'y' (integer labels); it has {sorted(names)[:10]}")
+            _check_claims(zf, path)
         with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files or "y" not in f.files:
-                raise UserError(f"{path}: the .npz must hold arrays 'x' (samples) and 'y' (integer labels); it has {sorted(f.files)}")
             x, y = np.asarray(f["x"]), np.asarray(f["y"])
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
-        raise UserError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+        raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}); save one with np.savez(path, x=..., y=...)") from None
+    return _check_arrays(x, y, path)
+
+
+def _check_arrays(x: np.ndarray, y: np.ndarray, path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse data a classifier cannot be trained on, with one line saying what to change."""
     if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
         raise UserError(f"{path}: expected x of shape [N, F], [N, H, W] or [N, C, H, W] and y of shape [N]; got x{list(x.shape)} y{list(y.shape)}")
     if len(y) < 2:
         raise UserError(f"{path}: the dataset is empty or has a single sample; need at least 2")
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise UserError(f"{path}: labels y must be non-negative integers (got dtype {y.dtype})")
-    if not np.isfinite(x.astype(np.float64)).all():
-        raise UserError(f"{path}: x contains NaN or infinite values")
+    sample = x.shape[1:]
+    if min(sample) < 1 or int(np.prod(sample, dtype=object)) > MAX_SAMPLE_ELEMENTS:
+        raise UserError(f"{path}: one sample of x has shape {list(sample)}; each dim must be >= 1 and a sample at most {MAX_SAMPLE_ELEMENTS} values")
+    if x.dtype.kind not in "iuf":
+        raise UserError(f"{path}: x must hold real numbers (int or float), got dtype {x.dtype}; convert it, e.g. x.astype(np.float32)")
+    if y.dtype.kind not in "iu":
+        raise UserError(f"{path}: labels y must be non-negative integers (got dtype {y.dtype}); use y.astype(np.int64)")
+    if y.min() < 0:
+        raise UserError(f"{path}: labels y must be non-negative integers (found {int(y.min())})")
+    top = int(y.max())
+    if top >= MAX_CLASSES:
+        raise UserError(f"{path}: label {top} would make a {top + 1}-class model (max {MAX_CLASSES} classes); "
+                        "relabel y as 0..C-1, e.g. np.unique(y, return_inverse=True)[1]")
+    present = int(np.count_nonzero(np.bincount(y.astype(np.int64), minlength=top + 1)))
+    if present < 2:
+        raise UserError(f"{path}: every label is {top}; a classifier needs at least 2 classes")
+    if top + 1 > max(2 * present, present + 16):
+        raise UserError(f"{path}: labels are sparse: {present} distinct values up to {top} would make a {top + 1}-class model; "
+                        "relabel y as 0..C-1, e.g. np.unique(y, return_inverse=True)[1]")
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            raise UserError(f"{path}: x contains NaN or infinite values; drop or impute those samples")
+        peak = max(abs(float(x.min())), abs(float(x.max())))
+        if peak > MAX_ABS_INPUT:
+            raise UserError(f"{path}: x holds values up to {peak:.3g}; beyond {MAX_ABS_INPUT:.0e} float32 "
+                            "normalisation is meaningless: rescale the inputs")
     if x.ndim == 3:
         x = x[:, None]
-    return x.astype(np.float32), y.astype(np.int64)
+    return x, y.astype(np.int64)
+
+
+def _standardise(x: np.ndarray, train_idx: np.ndarray, name: str) -> torch.Tensor:
+    """(x - mean) / std with the training split's statistics, computed in float64, returned as float32."""
+    n, chunk = len(train_idx), max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in range(0, n, chunk):
+        part = x[np.sort(train_idx[i : i + chunk])].astype(np.float64)
+        total += float(part.sum())
+        count += part.size
+    mean = total / max(count, 1)
+    for i in range(0, n, chunk):
+        part = x[np.sort(train_idx[i : i + chunk])].astype(np.float64) - mean
+        total_sq += float(np.square(part).sum())
+    std = (total_sq / max(count, 1)) ** 0.5
+    if not np.isfinite(mean) or not np.isfinite(std):
+        raise UserError(f"dataset '{name}': the inputs' mean or spread overflows; rescale x")
+    scale = std if std > 0 else 1.0
+    out = np.empty(x.shape, dtype=np.float32)
+    for i in range(0, len(x), chunk):
+        out[i : i + chunk] = (x[i : i + chunk].astype(np.float64) - mean) / scale
+    return torch.from_numpy(out)
 
 
 def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -100,8 +197,7 @@ def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 
     train_idx, test_idx = rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise UserError(f"dataset '{name}' is too small to split into train and test")
-    mean, std = float(x[train_idx].mean()), float(x[train_idx].std()) or 1.0
-    xs = torch.from_numpy((x - mean) / std)
+    xs = _standardise(x, train_idx, name)
     ys = torch.from_numpy(y)
     return Dataset(Path(name).stem if name.endswith(".npz") else name, xs[train_idx], ys[train_idx],
                    xs[test_idx], ys[test_idx], int(y.max()) + 1)
