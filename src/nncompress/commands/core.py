@@ -128,6 +128,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         recipe: Path | None = typer.Option(None, "--recipe", help="Run a YAML recipe instead (see recipes/); same as `nncompress run-recipe`."),
         resume: bool = typer.Option(False, "--resume", help="With --recipe: continue an interrupted run from its last checkpoint in --out."),
+        allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
     ) -> None:
         """The Deep Compression pipeline: prune → fine-tune → k-means share → fine-tune → Huffman (.nnc).
 
@@ -144,7 +145,7 @@ def register(app: typer.Typer) -> None:
 
             check_in_file(recipe, "--recipe", "recipe file")
 
-            result = run_recipe(recipe, out, threads=threads, resume=resume)
+            result = run_recipe(recipe, out, threads=threads, resume=resume, allow_drop=allow_drop)
             summary = result.to_dict()
             typer.echo(json.dumps(summary) if as_json else
                        f"{result.name}: top-1 {result.top1_pretrained:.2f}% → {result.top1_final:.2f}%, sparsity "

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         check: bool = typer.Option(False, "--check", help="Only validate the recipe; run nothing."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
     ) -> None:
         """Run a recipe: pruning, regularizers, QAT, distillation and sharing scheduled over one training run.
 
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         check_out_dir(out), check_device(device)  # a CLI default never overrides the recipe's own `device:`
         r = load_recipe(recipe)  # a bad field fails here, with its line number
         check_device(device or r.device, "--device" if device else f"{recipe}: device")
-        result = run_recipe(recipe, out, threads=threads, resume=resume, device=device)
+        result = run_recipe(recipe, out, threads=threads, resume=resume, device=device, allow_drop=allow_drop)
         from nncompress.training.distributed import is_main_process
 
         if not is_main_process():  # under torchrun only rank 0 reports

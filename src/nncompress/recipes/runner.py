@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
+from nncompress.core.guards import DivergenceError, check_accuracy_kept, check_finite_weights, check_hyperparameter
 from nncompress.core.io import atomic_write_text, load_weights, save_weights
 from nncompress.core.layers import compressible_layers, plain_state_dict
 from nncompress.core.seed import seed_everything
@@ -404,9 +405,36 @@ def _on_device(recipe: Recipe, device: str | None) -> Recipe:
     return recipe if device is None else recipe.model_copy(update={"device": device})
 
 
+def _check_numbers(recipe: Recipe) -> None:
+    """Learning rates and schedule factors finite (and > 0): `lr: .inf` passes a `gt=0` field and trained to NaN."""
+    check_hyperparameter("training.lr", recipe.training.lr)
+    check_hyperparameter("pretrain.lr", recipe.pretrain.lr)
+    sched = recipe.lr_schedule
+    for name in ("min_lr", "gamma", "warmup_epochs"):
+        value = getattr(sched, name, None)
+        if value is not None:
+            check_hyperparameter(f"lr_schedule.{name}", value, positive=False)
+
+
+def _remove_new_outputs(run: "_Run", existed: set[str] | None) -> None:
+    """After a divergence, delete what this run wrote in out_dir (pretrained weights, checkpoints) and nothing else;
+    `existed`: the names out_dir held before the run, None when the run created out_dir."""
+    import shutil
+
+    if run.out_dir is None or run.rank != 0 or not run.out_dir.is_dir():
+        return
+    for name in ("pretrained.safetensors", "checkpoints"):
+        path = run.out_dir / name
+        if name in (existed or set()) or not path.exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if existed is None and not any(run.out_dir.iterdir()):
+        run.out_dir.rmdir()
+
+
 def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = None, *, model: nn.Module | None = None,
                dataset: Dataset | None = None, threads: int = 1, progress: bool | None = None, resume: bool = False,
-               device: str | None = None) -> RecipeResult:
+               device: str | None = None, allow_drop: bool = False) -> RecipeResult:
     """Validate and run a recipe (YAML path, YAML text or dict); returns metrics, history and the compressed model.
 
     With `out_dir`, writes `pretrained.safetensors`, a checkpoint after every epoch (`checkpoints/`), the final
@@ -420,16 +448,32 @@ def run_recipe(path_or_dict: str | Path | dict, out_dir: str | Path | None = Non
     the recipe's `model` and `data.name` are then ignored. Under `torchrun`, each process trains on its
     shard of every batch and rank 0 writes the files. `device` overrides the recipe's `device:` (auto: this
     rank's GPU when CUDA is present, over nccl; else the CPU, over gloo).
+
+    Divergence (issue 12): a NaN/inf loss or weights, or a final top-1 at chance level while the pretrained model
+    was well above it, raises DivergenceError and removes what the run wrote; `allow_drop=True` turns the
+    accuracy check (only) into a warning.
     """
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     recipe = _on_device(load_recipe(path_or_dict), device)
+    _check_numbers(recipe)
     resolve_device(recipe.device)  # a bad or unavailable device fails here, before any work
     init_distributed(device=recipe.device)  # under torchrun: join the group; each rank trains on its shard, rank 0 writes the files
     if resume and out_dir is None:
         raise UserError("resume needs the output directory of the interrupted run (--out)")
     ds = _dataset(recipe, dataset)
     run = _Run(recipe, ds, Path(out_dir) if out_dir else None, progress)
+    run.allow_drop = allow_drop
+    existed = {p.name for p in run.out_dir.iterdir()} if run.out_dir is not None and run.out_dir.is_dir() else None
+    try:
+        return _run(run, recipe, path_or_dict, device, model, ds, resume, t0)
+    except DivergenceError as e:
+        _remove_new_outputs(run, None if existed is None else existed | ({"pretrained.safetensors", "checkpoints"} if resume else set()))
+        raise DivergenceError(f"recipe '{recipe.name}': {e}; the recipe's lr is training.lr / pretrain.lr") from None
+
+
+def _run(run: "_Run", recipe: Recipe, path_or_dict, device, model, ds, resume: bool, t0: float) -> RecipeResult:
+    """The body of `run_recipe` once the run's state exists (so a divergence can clean up after it)."""
     recipe = _on_device(load_recipe(path_or_dict, steps_per_epoch=run.clock.steps_per_epoch), device)  # step ranges vs. the real run length
     fingerprint = _fingerprint(recipe)
     pre_file = run.out_dir / "pretrained.safetensors" if run.out_dir else None
@@ -456,6 +500,9 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
     nonzero = sum(int((m.weight != 0).sum()) for m in layers.values())
     result = RecipeResult(r.name, r.model or type(pretrained).__name__, run.ds.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
                           params, nonzero, run.history, {}, 0.0, r.model_dump(mode="json"), model)
+    check_finite_weights(model, "the recipe's final model", "lower training.lr in the recipe")
+    check_accuracy_kept(top1_pre, result.top1_final, run.ds.num_classes, f"compression (top-1 before: pretrained)",
+                        "lower training.lr or soften the policies (sparsity, bits)", allow_drop=getattr(run, "allow_drop", False))
     if run.rank != 0:
         run.out_dir = None  # rank 0 writes the files
     if run.out_dir is not None:
