@@ -279,3 +279,26 @@ def test_a_tie_that_would_be_cut_is_refused_naming_both_layers():
     with pytest.raises(UserError) as e:
         remove_channels(net, graph, {graph.group("a").name: [0, 1]}, X)
     assert "'a' and 'b'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_run_prune_channels_keeps_the_masks_of_masked_weights(tmp_path):
+    """Magnitude-pruned weights saved with their masks, then channel-pruned and fine-tuned: still masked, still zero."""
+    from nncompress.architectures import LeNet5
+    from nncompress.core.io import load_weights, save_weights
+    from nncompress.pruning import load_masked_state_dict
+    from nncompress.pruning.structured import resize_to_state_dict
+    from nncompress.pruning.structured.api import run_prune_channels
+
+    torch.manual_seed(0)
+    net = LeNet5((1, 8, 8), 10)
+    LevelPruner(0.6).prune(net)
+    save_weights(net.state_dict(), tmp_path / "masked.safetensors")
+    rep = run_prune_channels("lenet5", "digits", tmp_path / "masked.safetensors", ratio=0.5, finetune_epochs=1,
+                             pretrain_epochs=0, latency_batch=4, out=tmp_path / "thin.safetensors")
+    assert rep["after"]["params"] < rep["before"]["params"]
+    state = load_weights(tmp_path / "thin.safetensors")
+    fresh = load_masked_state_dict(resize_to_state_dict(LeNet5((1, 8, 8), 10), state), state)
+    assert set(masked_layers(fresh)) == set(masked_layers(net))
+    for name, m in masked_layers(fresh).items():
+        assert (m.weight[~get_mask(m)] == 0).all()  # fine-tuning did not revive them
+        assert float((~get_mask(m)).float().mean()) > 0.3  # the weakest (most-pruned) channels went, the rest stay masked

@@ -15,6 +15,7 @@ from nncompress.core.errors import UserError
 from nncompress.core.io import load_weights, save_weights
 from nncompress.core.seed import seed_everything
 from nncompress.data import Dataset, load_dataset, make_loaders
+from nncompress.pruning.mask import load_masked_state_dict
 from nncompress.pruning.structured.measure import count_macs, count_params, latency_ms
 from nncompress.pruning.structured.netadapt import FirstBatches, netadapt
 from nncompress.pruning.structured.prune import prune_channels
@@ -34,11 +35,17 @@ def _load(model_name: str, ds: Dataset, weights: str | os.PathLike | None, pretr
     if weights is not None:
         state = load_weights(weights)
         resize_to_state_dict(model, state)  # a model thinned before loads into its narrower shapes
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:200]
-            raise UserError(f"weights {weights} do not fit model '{model_name}' on this data: {detail}") from None
+        if any(".parametrizations." in k or k.startswith("parametrizations.") for k in state):
+            try:  # saved with pruning masks on: they come back as masks, and channel removal carries them along
+                load_masked_state_dict(model, state)
+            except UserError as e:
+                raise UserError(f"weights {weights} (masked) for model '{model_name}': {e}") from None
+        else:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:200]
+                raise UserError(f"weights {weights} do not fit model '{model_name}' on this data: {detail}") from None
     elif pretrain_epochs > 0:
         train(model, loader, TrainConfig(epochs=pretrain_epochs, lr=0.05, weight_decay=5e-4, seed=seed))
     return model.eval()
