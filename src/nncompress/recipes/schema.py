@@ -15,6 +15,7 @@ field and the YAML line it comes from.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -352,24 +353,113 @@ def _fail(source: str, node: yaml.Node | None, problems: list[tuple[tuple, str]]
     return UserError(f"{source}{f':{line}' if line else ''}: {_where(loc)}: {msg}{more}")
 
 
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_VALUES = 100_000
+"""Values a recipe may hold with every alias expanded: a few hundred is typical; an alias bomb ("billion laughs") has billions."""
+MAX_INT = 2**63 - 1
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise UserError(f"{path}: {size} bytes is too large for a recipe (max {MAX_RECIPE_BYTES}); is it the right file?")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}); a recipe is YAML text") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the recipe ({e.strerror or e})") from None
+
+
+def _check_structure(text: str, source: str) -> None:
+    """Depth and size limits on the YAML event stream, before anything recursive (compose) or expanding runs."""
+    depth, anchors = 0, {}
+    expanded: list[int] = [0]  # per open collection: values read in it so far, each alias counted by its expansion
+    stack: list[str | None] = []
+    for ev in yaml.parse(text):
+        line = ev.start_mark.line + 1
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise UserError(f"{source}:{line}: nested deeper than {MAX_YAML_DEPTH} levels; a recipe is a few levels deep")
+            stack.append(ev.anchor)
+            expanded.append(1)
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+            anchor = stack.pop()
+            size = expanded.pop()
+            if anchor is not None:
+                anchors[anchor] = size
+            expanded[-1] += size
+        elif isinstance(ev, yaml.ScalarEvent):
+            expanded[-1] += 1
+            if ev.anchor is not None:
+                anchors[ev.anchor] = 1
+        elif isinstance(ev, yaml.AliasEvent):
+            expanded[-1] += anchors.get(ev.anchor, 1)
+        if sum(expanded) > MAX_YAML_VALUES:  # everything read so far, aliases expanded
+            raise UserError(f"{source}:{line}: the recipe expands to more than {MAX_YAML_VALUES} values "
+                            "(aliases of aliases, a 'billion laughs'?); write the values out")
+
+
+def _check_numbers(raw: Any, loc: tuple = ()) -> list[tuple[tuple, str]]:
+    """The first non-finite float or out-of-range integer, as a (location, message) problem."""
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            found = _check_numbers(v, loc + (k,))
+            if found:
+                return found
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            found = _check_numbers(v, loc + (i,))
+            if found:
+                return found
+    elif isinstance(raw, float) and not math.isfinite(raw):
+        return [(loc, f"must be a finite number (got {raw!r})")]
+    elif isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) > MAX_INT:
+        return [(loc, f"number out of range (|value| must be at most {MAX_INT})")]
+    elif isinstance(raw, str) and len(raw) < 40:
+        try:
+            value = float(raw)
+        except ValueError:
+            return []
+        if not math.isfinite(value):
+            return [(loc, f"must be a finite number (got {raw!r})")]
+    return []
+
+
 def load_recipe(path_or_dict: str | Path | dict[str, Any], steps_per_epoch: int | None = None) -> Recipe:
-    """Parse and validate a recipe (a YAML file, YAML text or a dict); raise one UserError naming field and line."""
+    """Parse and validate a recipe (a YAML file, YAML text or a dict); raise one UserError naming field and line.
+
+    Hostile YAML is refused before it can hurt: files over 1 MiB, nesting deeper than 32, more than
+    100,000 values once aliases are expanded, non-finite numbers (`.inf`, `.nan`) and integers beyond 64 bits.
+    """
     node, source = None, "recipe"
     if isinstance(path_or_dict, dict):
         raw = path_or_dict
     else:
         text = str(path_or_dict)
-        if "\n" not in text and Path(text).suffix in (".yaml", ".yml", ".json"):
+        if "\n" not in text and len(text) < 4096 and Path(text).suffix in (".yaml", ".yml", ".json"):
             if not Path(text).is_file():
                 raise UserError(f"recipe file not found: {text}")
-            source, text = text, Path(text).read_text()
+            source, text = text, _read_text(Path(text))
+        elif len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+            raise UserError(f"recipe text of {len(text)} characters is too large (max {MAX_RECIPE_BYTES} bytes)")
         try:
+            _check_structure(text, source)
             node, raw = yaml.compose(text), yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            raise UserError(f"{source}{f':{mark.line + 1}' if mark else ''}: not valid YAML: {getattr(e, 'problem', e)}") from None
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())[:200]  # one line, whatever the YAML error says
+            raise UserError(f"{source}{f':{mark.line + 1}' if mark else ''}: not valid YAML: {problem}") from None
+        except RecursionError:
+            raise UserError(f"{source}: nested too deeply to be a recipe") from None
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping with at least 'model' and 'training'")
+    problems = _check_numbers(raw)
+    if problems:
+        raise _fail(source, node, problems)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
