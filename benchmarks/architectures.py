@@ -174,7 +174,7 @@ def search_section(result: dict, q: bool) -> None:
     once, after the choice, and is the figure to quote; validation figures only rank the candidates."""
     print("\n== 4. platform-aware search vs MobileNet V1 0.25 (reward ACC·(LAT/T)^-0.07, chosen on validation) ==")
     s = run_search("mnist5k", "both", trials=2 if q else 5, epochs=1, n_train=300 if q else None, threads=THREADS,
-                   latency_repeats=10 if q else 20, out_dir=RESULTS / ("architectures_search_quick" if q else "architectures_search"),
+                   latency_repeats=10 if q else 20, out_dir=None if q else RESULTS / "architectures_search",
                    progress=False)
     b, best = s["baseline"], s["best"]
     s["winner"] = {"name": best["name"], "chosen_on": "validation", "val_top1": best["top1"], "test_top1": best["test_top1"],
