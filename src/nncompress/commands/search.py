@@ -67,9 +67,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"target T = {r['target_ms']:.3f} ms ({threads} thread(s)); {len(r['candidates'])} candidates; "
                    f"Pareto front: {', '.join(r['pareto'])}")
         for c in (b, best):
-            typer.echo(f"{c['name']:>24}: top-1 {c['top1']:.2f}%  {c['latency_ms']:.3f} ms  {c['params']:,} params  "
+            test = f"test top-1 {c['test_top1']:.2f}%  " if "test_top1" in c else ""
+            typer.echo(f"{c['name']:>24}: val top-1 {c['top1']:.2f}%  {test}{c['latency_ms']:.3f} ms  {c['params']:,} params  "
                        f"{c['macs']:,} MACs  reward {c['reward']:.3f}")
-        typer.echo(f"best beats the baseline on the reward: {r['best_beats_baseline']}")
+        typer.echo(f"chosen on validation; test top-1 measured once for the winner and the baseline. "
+                   f"Best beats the baseline on the (validation) reward: {r['best_beats_baseline']}")
 
     @app.command("early-exit")
     def early_exit_cmd(
