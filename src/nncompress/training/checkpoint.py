@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,70 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model_state: dict[s
     return final
 
 
-def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
-    """The latest checkpoint under `directory`, or None when there is none."""
+_CKPT_NAME = re.compile(r"ckpt-\d{6,}")
+
+
+def clean_interrupted(directory: str | os.PathLike) -> list[str]:
+    """Remove what a kill during `save_checkpoint` can leave: `.ckpt-*.tmp` folders and atomic-write temp files."""
     root = Path(directory)
+    removed = []
+    if not root.is_dir():
+        return removed
+    for stale in list(root.glob(".ckpt-*.tmp")) + list(root.glob(".latest.*.tmp")):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale.name)
+    return removed
+
+
+def _fail(path: Path, root: Path, why: str) -> UserError:
+    return UserError(f"checkpoint {path} is unreadable ({why}); delete {root} to start over, or run without --resume")
+
+
+def load_checkpoint(directory: str | os.PathLike, state_keys: tuple[str, ...] = (), tensor_keys: tuple[str, ...] = ()) -> Checkpoint | None:
+    """The latest checkpoint under `directory`, or None when there is none.
+
+    A corrupted or foreign checkpoint raises one UserError naming the file and how to recover; the
+    caller may name the `state` keys and extra tensors it needs, so their absence is that error too.
+    Leftovers of a write that was killed (`.ckpt-*.tmp`) are removed first.
+    """
+    root = Path(directory)
+    clean_interrupted(root)
     pointer = root / "latest"
     if not pointer.is_file():
         return None
-    path = root / pointer.read_text().strip()
     try:
-        meta = json.loads((path / "state.json").read_text())
-        return Checkpoint(load_weights(path / "model.safetensors"), _join_optimizer(load_weights(path / "optimizer.safetensors"), meta["optimizer"]),
-                          meta["state"], load_weights(path / "tensors.safetensors"))
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"checkpoint {path} is unreadable ({e}); delete {root} to start over") from None
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(pointer, root, f"{type(e).__name__}") from None
+    if not _CKPT_NAME.fullmatch(name):
+        raise _fail(pointer, root, f"'latest' names {name[:60]!r}, not a ckpt-NNNNNN folder")
+    path = root / name
+    if not path.is_dir():
+        raise _fail(path, root, "the folder 'latest' points to is missing")
+    try:
+        raw = (path / "state.json").read_bytes()
+        if len(raw) > 256 << 20:
+            raise ValueError(f"state.json is {len(raw)} bytes")
+        meta = json.loads(raw.decode("utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict) or not isinstance(meta.get("optimizer"), dict):
+            raise ValueError("state.json is not a checkpoint's (no 'state' and 'optimizer' objects)")
+        opt = meta["optimizer"]
+        if not isinstance(opt.get("scalars"), dict) or not isinstance(opt.get("param_groups"), list):
+            raise ValueError("state.json has no optimizer scalars and param groups")
+        missing = [k for k in state_keys if k not in meta["state"]]
+        if missing:
+            raise ValueError(f"state.json lacks {missing[0]!r}: written by another program or version")
+        model = load_weights(path / "model.safetensors")
+        optimizer = _join_optimizer(load_weights(path / "optimizer.safetensors"), opt)
+        tensors = load_weights(path / "tensors.safetensors")
+        missing = [k for k in tensor_keys if k not in tensors]
+        if missing:
+            raise ValueError(f"tensors.safetensors lacks {missing[0]!r}")
+        return Checkpoint(model, optimizer, meta["state"], tensors)
+    except UserError as e:  # load_weights: already one line, naming the file
+        raise _fail(path, root, str(e)) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise _fail(path, root, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
