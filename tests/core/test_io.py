@@ -76,3 +76,33 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_weights_for_another_architecture_name_the_first_mismatched_key(tmp_path):
+    from nncompress.architectures import build_model
+    from nncompress.core.io import load_weights_into, state_dict_mismatch
+
+    path = tmp_path / "w.safetensors"
+    save_weights(build_model("lenet300", (1, 8, 8), 10).state_dict(), path)
+    target = build_model("lenet300", (1, 28, 28), 10)
+    with pytest.raises(UserError, match=r"do not fit lenet300: key 'fc1.weight' has shape \[300, 64\] in the file, "
+                                        r"the model expects \[300, 784\] \(1 of 6 keys differ\)") as e:
+        load_weights_into(target, path, "lenet300")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="the file lacks key 'conv1.weight'"):
+        load_weights_into(build_model("lenet5"), path)
+    wide = {**build_model("lenet300").state_dict(), "extra.bias": torch.zeros(3)}
+    assert state_dict_mismatch(build_model("lenet300").state_dict(), wide).startswith("the file has key 'extra.bias' (shape [3])")
+    good = tmp_path / "good.safetensors"
+    save_weights(target.state_dict(), good)
+    assert load_weights_into(build_model("lenet300"), good) is not None
+
+
+def test_cli_load_into_names_the_mismatch(tmp_path):
+    from nncompress.architectures import build_model
+    from nncompress.commands.common import load_into
+
+    path = tmp_path / "w.safetensors"
+    save_weights(build_model("lenet5", (1, 8, 8), 10).state_dict(), path)
+    with pytest.raises(UserError, match=r"key 'fc1.weight' has shape \[500, 200\] in the file, the model expects \[500, 800\]"):
+        load_into(build_model("lenet5"), path, "model 'lenet5' on mnist5k")

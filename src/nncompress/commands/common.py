@@ -24,10 +24,12 @@ def load_into(net: nn.Module, weights: str | Path, what: str) -> nn.Module:
         from nncompress.sharing import load_shared_state_dict
 
         return load_shared_state_dict(net, state)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"weights {weights} do not fit {what}: {str(e).splitlines()[0][:300]}") from None
+    from nncompress.core.io import state_dict_mismatch
+
+    problem = state_dict_mismatch(net.state_dict(), state)  # names the first mismatched key and both shapes
+    if problem:
+        raise UserError(f"weights {weights} do not fit {what}: {problem}; were they saved for another model or dataset?")
+    net.load_state_dict(state, strict=True)
     return net
 
 

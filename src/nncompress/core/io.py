@@ -60,3 +60,34 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"cannot read weights {path}: not a valid safetensors file ({str(e).splitlines()[0][:200]})") from None
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between a model's state dict and loaded tensors, in words; None when they fit.
+
+    Missing keys first, then unexpected ones, then shapes, each in the model's own key order, with how many
+    keys differ in all, e.g. "key 'fc1.weight' has shape [300, 64] in the file, the model expects [300, 784] (1 of 6 keys differ)".
+    """
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    n = len(missing) + len(extra) + len(shapes)
+    if not n:
+        return None
+    tail = f" ({n} of {len(expected)} keys differ)"
+    if missing:
+        return f"the file lacks key '{missing[0]}' (shape {list(expected[missing[0]].shape)}){tail}"
+    if extra:
+        return f"the file has key '{extra[0]}' (shape {list(state[extra[0]].shape)}) the model does not{tail}"
+    k = shapes[0]
+    return f"key '{k}' has shape {list(state[k].shape)} in the file, the model expects {list(expected[k].shape)}{tail}"
+
+
+def load_weights_into(module: torch.nn.Module, path: str | os.PathLike, what: str = "the model") -> torch.nn.Module:
+    """Load weights from `path` into `module`, or raise one UserError naming the first mismatched key and shapes."""
+    state = load_weights(path)
+    problem = state_dict_mismatch(module.state_dict(), state)
+    if problem:
+        raise UserError(f"weights {path} do not fit {what}: {problem}; were they saved for another model, dataset or input shape?")
+    module.load_state_dict(state, strict=True)
+    return module
