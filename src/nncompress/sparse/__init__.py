@@ -1,0 +1,24 @@
+"""Sparse execution: make pruned layers run faster, not just store smaller.
+
+`sparsify(model, example_input)` swaps each pruned nn.Linear / nn.Conv2d for a sparse-executing module
+(torch CSR/BSR, scipy CSR, or a small C kernel) only where it is measured faster than dense on this machine
+at the example's batch size and thread count; `load_nnc_sparse` reads a .nnc file straight into such
+layers, and `sparse_from_shared` turns one stored SharedTensor into a CSR tensor without a dense copy.
+"""
+from nncompress.sparse.modules import BASE_FORMATS, SparseConv2d, SparseLinear
+from nncompress.sparse.nnc import csr_from_shared, load_nnc_sparse, sparse_from_shared
+from nncompress.sparse.sparsify import DEFAULT_FORMATS, LayerChoice, SparsifyReport, sparse_module_for, sparsify
+
+__all__ = [
+    "BASE_FORMATS",
+    "DEFAULT_FORMATS",
+    "LayerChoice",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparsifyReport",
+    "csr_from_shared",
+    "load_nnc_sparse",
+    "sparse_from_shared",
+    "sparse_module_for",
+    "sparsify",
+]
