@@ -16,6 +16,7 @@ silently dropping gradients. The sparse arrays are buffers, so they appear in ``
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -49,6 +50,17 @@ def _inference_only(module: nn.Module, x: torch.Tensor) -> None:
                         "keep the dense model for other dtypes or devices")
 
 
+def _quiet(fn: Callable) -> Callable:
+    """Silence torch's "sparse CSR support is in beta" / "invariant checks disabled" warnings: we build the
+    arrays ourselves (row-major, in range), and users should not see a warning per layer."""
+    def wrapped(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Sparse (CSR|BSR|invariant)", category=UserWarning)
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+@_quiet
 def _build_executor(fmt: str, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
                     bias: torch.Tensor | None) -> Executor:
     """A function x (N, in) float32 contiguous -> (N, out) for one format, closed over the CSR arrays."""
@@ -109,6 +121,7 @@ def _build_executor(fmt: str, crow: torch.Tensor, col: torch.Tensor, values: tor
     raise UserError(f"unknown sparse format {fmt!r}")
 
 
+@_quiet
 def csr_parts(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(crow int64, col int64, values float32) of the non-zeros of a 2-D weight, row by row."""
     csr = weight2d.detach().to(torch.float32).contiguous().to_sparse_csr()
@@ -137,6 +150,7 @@ class _SparseBase(nn.Module):
     def sparsity(self) -> float:
         return 1.0 - self.nnz / max(1, self.weight_shape[0] * self.weight_shape[1])
 
+    @_quiet
     def dense_weight_2d(self) -> torch.Tensor:
         """The (out, in·k·k) weight as a dense tensor (for checks; the layer itself never builds it)."""
         return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, self.weight_shape).to_dense()

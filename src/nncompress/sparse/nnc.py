@@ -10,6 +10,7 @@ order) and values are `codebook[codes]`. The container is read only through its 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -54,7 +55,9 @@ def csr_from_shared(t: SharedTensor, shape: tuple[int, ...] | None = None) -> tu
 def sparse_from_shared(t: SharedTensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """A `torch.sparse_csr_tensor` equal to `t.to_dense()` (viewed 2-D), built without the dense array."""
     crow, col, values, shape2 = csr_from_shared(t, shape)
-    return torch.sparse_csr_tensor(crow, col, values, shape2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Sparse (CSR|invariant)", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape2)
 
 
 def _default_format() -> str:
