@@ -57,14 +57,14 @@ def test_agp_follows_the_cubic_at_epoch_starts(tmp_path):
 
 
 def test_level_recipe_hits_per_layer_targets():
-    r = run_recipe(fast("level"), progress=False)
+    r = run_recipe(fast("level"), progress=False, allow_drop=True)  # 320 samples, 2 pretraining epochs: targets, not accuracy
     for name, s in {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}.items():
         w = dict(r.model.named_modules())[name].weight
         assert float((w == 0).float().mean()) == pytest.approx(s, abs=1 / w.numel())
 
 
 def test_regularizer_then_global_level():
-    r = run_recipe(fast("l1_then_prune"), progress=False)
+    r = run_recipe(fast("l1_then_prune"), progress=False, allow_drop=True)  # 320 samples, 2 pretraining epochs: targets, not accuracy
     assert [h["sparsity"] for h in r.history[:3]] == [0.0, 0.0, 0.0]
     assert r.sparsity == pytest.approx(0.85, abs=1e-4)
     assert [h["lr"] for h in r.history] == pytest.approx([0.02] * 4 + [0.002] * 2)  # step schedule at epoch 4
@@ -87,7 +87,8 @@ def test_qat_recipe_writes_integer_codes(tmp_path):
 
 
 def test_agp_qat_kd_keeps_masks_through_qat_and_exports_qdq(tmp_path):
-    r = run_recipe(fast("agp_qat_kd", training={"epochs": 5, "lr": 0.02}), tmp_path, progress=False)
+    r = run_recipe(fast("agp_qat_kd", training={"epochs": 5, "lr": 0.02}), tmp_path, progress=False,
+                   allow_drop=True)  # 320 samples: masks, QAT and export are checked here, not accuracy
     assert [h["sparsity"] for h in r.history][2:] == pytest.approx([0.8] * 3, abs=1e-3)
     assert hasattr(r.model, "quant_config")
     assert r.sparsity == pytest.approx(0.8, abs=1e-3)

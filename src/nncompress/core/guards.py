@@ -46,12 +46,14 @@ def check_finite_loss(loss: torch.Tensor | float, where: str, hint: str) -> None
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters and floating buffers (BN statistics, codebooks) holding a NaN or ±inf."""
-    bad = []
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.detach()).all()):
-            bad.append(name)
-    return bad
+    """Names of the parameters and BatchNorm statistics holding a NaN or ±inf. Other buffers are left alone:
+    observers start at min = +inf, max = −inf on purpose."""
+    tensors = list(model.named_parameters())
+    for mname, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            tensors += [(f"{mname}.{b}" if mname else b, getattr(m, b)) for b in ("running_mean", "running_var")
+                        if isinstance(getattr(m, b, None), torch.Tensor)]
+    return [name for name, t in tensors if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.detach()).all())]
 
 
 def check_finite_weights(model: nn.Module, where: str, hint: str) -> None:

@@ -501,7 +501,7 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
     result = RecipeResult(r.name, r.model or type(pretrained).__name__, run.ds.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
                           params, nonzero, run.history, {}, 0.0, r.model_dump(mode="json"), model)
     check_finite_weights(model, "the recipe's final model", "lower training.lr in the recipe")
-    check_accuracy_kept(top1_pre, result.top1_final, run.ds.num_classes, f"compression (top-1 before: pretrained)",
+    check_accuracy_kept(top1_pre, result.top1_final, run.ds.num_classes, "the compressed model (vs the pretrained one)",
                         "lower training.lr or soften the policies (sparsity, bits)", allow_drop=getattr(run, "allow_drop", False))
     if run.rank != 0:
         run.out_dir = None  # rank 0 writes the files
