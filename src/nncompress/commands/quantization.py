@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
         onnx: Path | None = typer.Option(None, "--onnx", help="Also write a QDQ .onnx with our scales and measure it in ONNX Runtime."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result more than 5 pp below fp32 top-1 (a warning naming the worst layers instead of an error)."),
     ) -> None:
         """Quantize a model; report bytes, top-1 and measured latency before/after, and kernel vs simulation error."""
         from nncompress.quantization import check_bits
@@ -112,7 +113,8 @@ def register(app: typer.Typer) -> None:
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
         with quiet_torch_ao():
             gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
-                                              qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed, onnx)
+                                              qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed, onnx,
+                                              allow_drop=allow_drop)
         if output is not None:
             save_quantized(gm, output)
             report["output"] = str(output)
@@ -143,6 +145,8 @@ def register(app: typer.Typer) -> None:
             console.print(report["int8_note"])
         for name, why in report["skipped_layers"].items():
             console.print(f"skipped {name}: {why}")
+        if report.get("accuracy_warning"):
+            Console(stderr=True).print(f"[bold red]warning:[/] {report['accuracy_warning']}", highlight=False)
 
     @app.command("mixed-precision")
     def mixed_precision_cmd(

@@ -12,6 +12,7 @@ from torch import nn
 
 from nncompress.analysis.latency import measure_latency_ms
 from nncompress.core.errors import UserError
+from nncompress.core.guards import check_accuracy_kept
 from nncompress.core.io import atomic_write_bytes, save_weights
 from nncompress.data import Dataset, make_loaders
 from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels
@@ -19,20 +20,27 @@ from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weigh
 from nncompress.quantization.graph import QuantLayer
 from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, to_onnx_qdq
 from nncompress.quantization.measure import float_weight_bytes, quantized_weight_bytes
-from nncompress.quantization.ptq import quantize_dynamic, quantize_static
+from nncompress.quantization.ptq import first_batch, quantize_dynamic, quantize_static
 from nncompress.quantization.qat import DEFAULT_QAT_LR, quantize_qat
+from nncompress.quantization.sqnr import layer_sqnr, worst_layers_text
 from nncompress.training import evaluate
 
 CLI_MODES = ("dynamic", "static", "qat")
+MAX_DROP_PP = 5.0  # a quantized top-1 further below fp32 is an error (issue 12) unless allow_drop
 
 
 def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bits: int = 8, act_bits: int = 8,
                          granularity: str = "channel", calibration: str = "minmax", calib_batches: int = 8,
                          epochs: int = 2, lr: float = DEFAULT_QAT_LR, qat_method: str = "lsq", keep_first_last: bool = False,
                          backend: str = "x86", reduce_range: bool | None = None, batch_size: int = 32, threads: int = 2,
-                         repeats: int = 20, seed: int = 0, onnx_path: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+                         repeats: int = 20, seed: int = 0, onnx_path: str | os.PathLike | None = None,
+                         allow_drop: bool = False, max_drop_pp: float = MAX_DROP_PP) -> tuple[nn.Module, dict]:
     """Quantize `model` on `ds` and measure it; returns (simulated quantized graph, report dict).
-    With `onnx_path` (static/qat), also write the QDQ ONNX model and measure it in ONNX Runtime."""
+    With `onnx_path` (static/qat), also write the QDQ ONNX model and measure it in ONNX Runtime.
+
+    A quantized top-1 more than `max_drop_pp` below fp32 (issue 12: entropy calibration once took a conv-BN net
+    from 93 % to 12 %) raises DivergenceError naming the worst layers by SQNR on a calibration batch, before any
+    file is written; `allow_drop=True` makes it a RuntimeWarning and records it in the report."""
     if mode not in CLI_MODES:
         raise UserError(f"unknown mode '{mode}': use one of {', '.join(CLI_MODES)}")
     if reduce_range is None:  # fbgemm/x86 without VNNI saturates int16 pair sums with 8-bit activations
@@ -57,6 +65,7 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         "threads": threads, "batch_size": batch_size, "backend": backend,
     }
     report["size_ratio"] = report["fp32_bytes"] / report["quantized_bytes"]
+    _check_drop(gm, report, report["fp32_top1"], report["quantized_top1"], ds, first_batch(train_loader), allow_drop, max_drop_pp)
     report["fp32_latency_ms"] = measure_latency_ms(model, x, warmup=5, repeats=repeats, threads=threads).median_ms
     kernels_ok = bits <= 8 and act_bits == 8
     if kernels_ok:
@@ -65,6 +74,9 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         report["int8_latency_ms"] = measure_latency_ms(real, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report["speedup"] = report["fp32_latency_ms"] / report["int8_latency_ms"]
         report.update({f"kernel_{k}": v for k, v in compare_with_simulation(gm, real, ds.x_test[:256]).items()})
+        if "accuracy_warning" not in report:  # the int8 kernels can lose what the simulation kept (overflow)
+            _check_drop(gm, report, report["fp32_top1"], report["int8_top1"], ds, first_batch(train_loader), allow_drop,
+                        max_drop_pp, what="int8 kernels")
     else:
         report["int8_note"] = f"no int8 kernels for {bits}-bit weights / {act_bits}-bit activations: simulated only"
     if onnx_path is not None:
@@ -78,6 +90,23 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         report["onnx_latency_ms"] = measure_latency_ms(ort_model, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report.update({f"onnx_{k}": v for k, v in compare_with_simulation(gm, ort_model, ds.x_test[:256]).items()})
     return gm, report
+
+
+def _check_drop(gm: nn.Module, report: dict, fp32: float, quantized: float, ds: Dataset, calib: torch.Tensor,
+                allow_drop: bool, max_drop_pp: float, what: str = "quantization") -> None:
+    """Stop (or, with allow_drop, warn) when `quantized` top-1 is more than `max_drop_pp` below fp32, naming the worst layers."""
+    if fp32 - quantized <= max_drop_pp:
+        return
+    sqnr = layer_sqnr(gm, calib)
+    report["layer_sqnr_db"] = sqnr
+    cfg = getattr(gm, "quant_config", None)
+    how = f"{cfg.mode}, {cfg.calibration} calibration" if cfg is not None and cfg.mode == "static" else (cfg.mode if cfg else "")
+    other = [c for c in ("minmax", "mse") if cfg is None or c != cfg.calibration]
+    hint = (f"worst layers by SQNR on a calibration batch: {worst_layers_text(sqnr)}; try "
+            + (f"--calibration {' or '.join(other)}, " if cfg is not None and cfg.mode == "static" else "")
+            + "--keep-first-last, or more --bits / --act-bits")
+    report["accuracy_warning"] = check_accuracy_kept(fp32, quantized, ds.num_classes, f"{what} ({how})", hint,
+                                                     allow_drop=allow_drop, max_drop_pp=max_drop_pp)
 
 
 def quantized_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
