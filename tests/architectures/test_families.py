@@ -27,8 +27,7 @@ PUBLISHED = {
 
 
 def test_every_family_matches_published_counts_within_1_percent():
-    rows = {r["name"]: r for r in compare_published()}
-    assert set(rows) == set(PUBLISHED)
+    rows = {r["name"]: r for r in compare_published(list(PUBLISHED))}  # later families: test_new_families.py
     for name, (params, macs) in PUBLISHED.items():
         assert rows[name]["params"] == pytest.approx(params, rel=0.01), name
         assert rows[name]["macs"] == pytest.approx(macs, rel=0.01), name
@@ -44,7 +43,7 @@ def test_every_family_matches_published_counts_within_1_percent():
     assert 2.3 < rows["squeezenet1_0"]["macs"] / rows["squeezenet1_1"]["macs"] < 2.45
     with pytest.raises(UserError):
         compare_published(["nope"])
-    assert set(REFERENCES) == set(PUBLISHED)
+    assert set(PUBLISHED) <= set(REFERENCES)
 
 
 @pytest.mark.parametrize("rho_size,macs", [(192, 418e6), (160, 291e6), (128, 186e6)])

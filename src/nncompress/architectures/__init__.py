@@ -5,12 +5,18 @@ from collections.abc import Callable
 
 from torch import nn
 
+from nncompress.architectures.densenet import densenet121
+from nncompress.architectures.efficientnet import efficientnet_b0, efficientnet_lite0
+from nncompress.architectures.googlenet import BNInception, GoogLeNet
 from nncompress.architectures.inception import InceptionV3
 from nncompress.architectures.lenet import LeNet5, LeNet300100
+from nncompress.architectures.mnasnet import MnasNetA1
 from nncompress.architectures.mobilenet import MobileNetV1, MobileNetV2, mobilenet_v3_large, mobilenet_v3_small
 from nncompress.architectures.resnet_cifar import resnet20, resnet56
 from nncompress.architectures.shufflenet import ShuffleNetV1, ShuffleNetV2
 from nncompress.architectures.squeezenet import squeezenet1_0, squeezenet1_1
+from nncompress.architectures.vgg_alexnet import AlexNet, vgg16
+from nncompress.architectures.xception import Xception
 from nncompress.core.errors import UserError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -27,6 +33,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "inception_v3": InceptionV3,
     "resnet20": resnet20,
     "resnet56": resnet56,
+    "googlenet": GoogLeNet,
+    "bn_inception": BNInception,
+    "xception": Xception,
+    "mnasnet_a1": MnasNetA1,
+    "efficientnet_b0": efficientnet_b0,
+    "efficientnet_lite0": efficientnet_lite0,
+    "densenet121": densenet121,
+    "alexnet": AlexNet,
+    "vgg16": vgg16,
 }
 
 

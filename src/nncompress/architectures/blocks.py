@@ -91,15 +91,18 @@ class SqueezeExcite(nn.Module):
     (the MobileNet V3 choice); `gate` is h-sigmoid in V3, sigmoid in SENet.
     """
 
-    def __init__(self, channels: int, squeeze_channels: int | None = None, gate: type[nn.Module] = HSigmoid):
+    def __init__(self, channels: int, squeeze_channels: int | None = None, gate: type[nn.Module] = HSigmoid,
+                 act: type[nn.Module] | None = None):
         super().__init__()
         squeeze_channels = squeeze_channels or make_divisible(channels // 4, 8)
         self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
         self.gate = gate()
+        self.act = act() if act is not None else None  # None: ReLU (V3, SENet); EfficientNet uses swish (SiLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))
+        s = self.fc1(x.mean((2, 3), keepdim=True))
+        s = torch.relu(s) if self.act is None else self.act(s)
         return x * self.gate(self.fc2(s))
 
 
@@ -112,18 +115,20 @@ class InvertedResidual(nn.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, hidden: int | None = None, expand_ratio: float = 6.0,
-                 kernel_size: int = 3, se: bool = False, act: type[nn.Module] = nn.ReLU6):
+                 kernel_size: int = 3, se: bool = False, act: type[nn.Module] = nn.ReLU6,
+                 se_channels: int | None = None, se_gate: type[nn.Module] = HSigmoid,
+                 se_act: type[nn.Module] | None = None, bn_eps: float = 1e-5):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         hidden = hidden if hidden is not None else int(round(c_in * expand_ratio))
         layers: list[nn.Module] = []
         if hidden != c_in:
-            layers.append(ConvBNAct(c_in, hidden, 1, act=act))
-        layers.append(ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, act=act))
-        if se:
-            layers.append(SqueezeExcite(hidden))
-        layers.append(ConvBNAct(hidden, c_out, 1, act=None))
+            layers.append(ConvBNAct(c_in, hidden, 1, act=act, bn_eps=bn_eps))
+        layers.append(ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, act=act, bn_eps=bn_eps))
+        if se:  # V3: squeeze to hidden/4 (÷8), h-sigmoid; MnasNet/EfficientNet: c_in/4, sigmoid (se_channels, se_gate)
+            layers.append(SqueezeExcite(hidden, se_channels, se_gate, se_act))
+        layers.append(ConvBNAct(hidden, c_out, 1, act=None, bn_eps=bn_eps))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and c_in == c_out
         self.out_channels = c_out

@@ -6,7 +6,8 @@
 
 At 299×299 with 1000 classes and the auxiliary head it has 27.16 M parameters and 5.71 G MACs
 (the reference implementation's count; 23.83 M without the auxiliary head). `width_mult` scales every
-branch; inputs smaller than 75 px get a stride-1 stem without its pools so the 8×8 stage keeps ≥ 2×2 pixels.
+branch; inputs smaller than 75 px get a stride-1 stem without its pools so the 8×8 stage keeps ≥ 2×2 pixels
+(28×28 → 13 → 6 → 2); inputs under 15 px also lose the last stem pool and get padded grid reductions (8 → 4 → 2).
 """
 from __future__ import annotations
 
@@ -49,12 +50,17 @@ def inception_a(c_in: int, pool_features: int, w) -> _Branches:
     )
 
 
-def reduction_a(c_in: int, w) -> _Branches:
-    """35 → 17 grid reduction: 3×3/2 | 1×1 → two 3×3 (the second /2) | max pool /2 (Fig. 10)."""
+def reduction_a(c_in: int, w, pad: int = 0) -> _Branches:
+    """35 → 17 grid reduction: 3×3/2 | 1×1 → two 3×3 (the second /2) | max pool /2 (Fig. 10).
+
+    `pad=1` pads the strided convolutions and the pool (n → ⌈n/2⌉ instead of ⌊(n−3)/2⌋+1): tiny inputs only."""
+    last = factorized_5x5(w(64), w(96), w(96), stride=2)
+    if pad:
+        last[1][0].padding = (pad, pad)
     return _Branches(
-        _conv(c_in, w(384), 3, 2, padding=0),
-        nn.Sequential(_conv(c_in, w(64)), factorized_5x5(w(64), w(96), w(96), stride=2)),
-        nn.MaxPool2d(3, 2),
+        _conv(c_in, w(384), 3, 2, padding=pad),
+        nn.Sequential(_conv(c_in, w(64)), last),
+        nn.MaxPool2d(3, 2, pad),
         out_channels=w(384) + w(96) + c_in,
     )
 
@@ -72,13 +78,13 @@ def inception_b(c_in: int, c7: int, w) -> _Branches:
     )
 
 
-def reduction_b(c_in: int, w) -> _Branches:
-    """17 → 8 grid reduction: 1×1 → 3×3/2 | 1×1 → 1×7 → 7×1 → 3×3/2 | max pool /2."""
+def reduction_b(c_in: int, w, pad: int = 0) -> _Branches:
+    """17 → 8 grid reduction: 1×1 → 3×3/2 | 1×1 → 1×7 → 7×1 → 3×3/2 | max pool /2 (`pad` as in `reduction_a`)."""
     return _Branches(
-        nn.Sequential(_conv(c_in, w(192)), _conv(w(192), w(320), 3, 2, padding=0)),
+        nn.Sequential(_conv(c_in, w(192)), _conv(w(192), w(320), 3, 2, padding=pad)),
         nn.Sequential(_conv(c_in, w(192)), asymmetric_conv(w(192), w(192), w(192), 7),
-                      _conv(w(192), w(192), 3, 2, padding=0)),
-        nn.MaxPool2d(3, 2),
+                      _conv(w(192), w(192), 3, 2, padding=pad)),
+        nn.MaxPool2d(3, 2, pad),
         out_channels=w(320) + w(192) + c_in,
     )
 
@@ -135,6 +141,10 @@ class InceptionV3(nn.Module):
             return max(8, int(round(c * width_mult)))
 
         small = min(in_shape[1:]) < 75
+        # tiny inputs (the 8×8 digits): also no stem pool and padded grid reductions, 8 → 8 → 4 → 2. Below 15 px
+        # the unpadded 3×3/2 pool and reductions leave reduction B less than 3×3 (8 → 3 → 1), and its 3×3 conv fails
+        tiny = min(in_shape[1:]) < 15
+        pad = 1 if tiny else 0
         s = 1 if small else 2
         stem: list[nn.Module] = [
             _conv(in_shape[0], w(32), 3, s, padding=1 if small else 0),
@@ -143,20 +153,22 @@ class InceptionV3(nn.Module):
         ]
         if not small:
             stem.append(nn.MaxPool2d(3, 2))
-        stem += [_conv(w(64), w(80)), _conv(w(80), w(192), 3, padding=1 if small else 0), nn.MaxPool2d(3, 2)]
+        stem += [_conv(w(64), w(80)), _conv(w(80), w(192), 3, padding=1 if small else 0)]
+        if not tiny:
+            stem.append(nn.MaxPool2d(3, 2))
         blocks: list[nn.Module] = []
         c = w(192)
         for pf in (32, 64, 64):
             blocks.append(inception_a(c, pf, w))
             c = blocks[-1].out_channels
-        blocks.append(reduction_a(c, w))
+        blocks.append(reduction_a(c, w, pad))
         c = blocks[-1].out_channels
         for c7 in (128, 160, 160, 192):
             blocks.append(inception_b(c, c7, w))
             c = blocks[-1].out_channels
         self.aux_index = len(stem) + len(blocks)  # the aux head reads the output of the last 17×17 module
         self.aux = AuxHead(c, num_classes, w) if aux_logits else None
-        blocks.append(reduction_b(c, w))
+        blocks.append(reduction_b(c, w, pad))
         c = blocks[-1].out_channels
         for _ in range(2):
             blocks.append(inception_c(c, w))
