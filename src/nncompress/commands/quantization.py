@@ -101,13 +101,13 @@ def register(app: typer.Typer) -> None:
 
         _check_common(model, data, weights, seed, train_epochs, subset)
         if granularity not in ("tensor", "channel"):
-            raise UserError(f"unknown --granularity '{granularity}': use tensor or channel")
+            raise UserError(f"--granularity: unknown granularity '{granularity}': use tensor or channel")
         if calibration not in OBSERVERS:
-            raise UserError(f"unknown --calibration '{calibration}': choose one of {', '.join(OBSERVERS)}")
+            raise UserError(f"--calibration: unknown calibration '{calibration}': choose one of {', '.join(OBSERVERS)}")
         if qat_method not in ("lsq", "ste"):
-            raise UserError(f"unknown --qat-method '{qat_method}': use lsq or ste")
+            raise UserError(f"--qat-method: unknown QAT method '{qat_method}': use lsq or ste")
         if backend not in BACKENDS:
-            raise UserError(f"unknown --backend '{backend}': choose one of {', '.join(BACKENDS)}")
+            raise UserError(f"--backend: unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
         check_int(calib_batches, "--calib-batches", 1, 100_000), check_int(epochs, "--epochs", 0, 100_000), check_lr(lr)
         check_out_file(output, "--output"), check_out_file(onnx, "--onnx")  # unwritable outputs fail before training
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)

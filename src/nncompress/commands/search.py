@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}")
         if strategy not in STRATEGIES:
-            raise UserError(f"unknown --strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
+            raise UserError(f"--strategy: unknown strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
         check_data(data), check_seed(seed), check_int(trials, "--trials", 1, 100_000), check_int(epochs, "--epochs", 1, 100_000)
         check_int(n_train, "--n-train", 2), check_float(target_ms, "--target-ms", 0.0, lo_open=True)
         check_float(alpha, "--alpha", -10.0, 10.0), check_float(beta, "--beta", -10.0, 10.0)
