@@ -63,8 +63,10 @@ class Inception(nn.Module):
 
 
 class AuxClassifier(nn.Module):
-    """GoogLeNet auxiliary head: 5×5/3 average pool (here adaptive to 4×4, the same on the 14×14 grid) → 1×1 conv 128
-    → FC 1024 → ReLU → dropout 0.7 → FC to the classes (Szegedy et al. 2015 §5)."""
+    """GoogLeNet auxiliary head: 5×5/3 average pool (4×4 out of the 14×14 grid) → 1×1 conv 128 → FC 1024 → ReLU →
+    dropout 0.7 → FC to the classes (Szegedy et al. 2015 §5). The pool is adaptive to 4×4, as in torchvision, so the
+    head works on any grid; on 14×14 it averages 4-5 pixel windows instead of the paper's overlapping 5×5, with the
+    same output size, parameters and MACs."""
 
     def __init__(self, c_in: int, num_classes: int):
         super().__init__()

@@ -65,6 +65,7 @@ REFERENCES: dict[str, Reference] = {r_name: r for r_name, r in [
     # BN-Inception: the paper (Ioffe & Szegedy 2015) gives no counts; osmr/imgclsmob's PyTorch table (port of
     # Cadene/pretrained-models.pytorch bninception): 11,295,240 params, 2,048.06 M FLOPs (= multiply-adds). Their
     # Caffe-derived convolutions also carry biases (+10 K parameters) and their counter counts more than conv/linear.
+    # A second source, OpenVINO open_model_zoo googlenet-v2.md: 11.185 M params, 4.058 GFLOPs (2 per MAC: 2.03 G).
     ("bn_inception", Reference("bn_inception", 11_295_240, 2.04806e9, "osmr/imgclsmob table (Cadene bninception port)",
                                "Ioffe & Szegedy 2015 Figure 5 (layout only)")),
     ("xception", Reference("xception", 22_855_952, 8.40363e9, "Chollet 2017 Table 3 params; MACs at 299: osmr/imgclsmob "
