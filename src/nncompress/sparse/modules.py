@@ -111,12 +111,14 @@ def _build_executor(fmt: str, crow: torch.Tensor, col: torch.Tensor, values: tor
         val = values.contiguous()
         bptr = 0 if bias is None else bias.contiguous()
         keep = (idx, ptr, val, bptr)  # the closure holds the arrays the raw pointers point into
+        p_idx, p_ptr, p_val = idx.data_ptr(), ptr.data_ptr(), val.data_ptr()
+        p_bias = None if bias is None else bptr.data_ptr()
 
         def run_kernel(x: torch.Tensor) -> torch.Tensor:
             y = torch.empty(x.shape[0], out_f)
-            fn(out_f, in_f, x.shape[0], keep[1].data_ptr(), keep[0].data_ptr(), keep[2].data_ptr(), x.data_ptr(),
-               None if bias is None else keep[3].data_ptr(), y.data_ptr())
+            fn(out_f, in_f, x.shape[0], p_ptr, p_idx, p_val, x.data_ptr(), p_bias, y.data_ptr())
             return y
+        run_kernel.keep = keep  # type: ignore[attr-defined]  # alive as long as the executor is
         return run_kernel
     raise UserError(f"unknown sparse format {fmt!r}")
 

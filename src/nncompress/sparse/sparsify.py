@@ -118,8 +118,9 @@ def _bsr_formats(weight2d: torch.Tensor) -> list[str]:
         if rows % b or cols % b:
             continue
         filled = nz.reshape(rows // b, b, cols // b, b).any(dim=3).any(dim=1).float().mean().item()
-        if filled <= MAX_BSR_FILL:
-            out.append(f"bsr{b}")
+        if filled > MAX_BSR_FILL:
+            break  # a 2b-block holds four b-blocks: if too many b-blocks are filled, larger ones are fuller still
+        out.append(f"bsr{b}")
     return out
 
 
@@ -131,6 +132,14 @@ def _dense_fn(layer: nn.Module, x: torch.Tensor):
     if isinstance(layer, nn.Conv2d):
         return lambda: F.conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
     return lambda: F.linear(x, w, b)
+
+
+def _from_parts(layer: nn.Module, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], fmt: str) -> nn.Module:
+    w = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
+    if isinstance(layer, nn.Conv2d):
+        return SparseConv2d(*parts, w.shape[0], w.shape[1], tuple(w.shape[2:]), layer.stride, layer.padding, layer.dilation, bias, fmt)
+    return SparseLinear(*parts, tuple(w.shape), bias, fmt)
 
 
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
@@ -220,8 +229,9 @@ def sparsify(model: nn.Module, example_input: Any, *, threads: int = 1, min_spar
             tol = verify_atol * max(1.0, float(y_dense.abs().max()))
             cands: dict[str, nn.Module] = {}
             rejected = []
+            parts = csr_parts(w2)  # once per layer: every format is built from the same CSR arrays
             for fmt in dict.fromkeys(fmts):
-                mod = (SparseConv2d if kind == "Conv2d" else SparseLinear).from_dense(layer, fmt)
+                mod = _from_parts(layer, parts, fmt)
                 diff = float((mod(x) - y_dense).abs().max())
                 if diff <= tol:
                     cands[fmt] = mod
