@@ -51,7 +51,7 @@ SEED = 12
 LIMIT_BYTES = 500 * 2**20
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))  # < 1 for a quick smoke run (targets then not met)
 COUNTS = {k: max(2, int(v * SCALE)) for k, v in {"nnc_raw": 10_000, "nnc_crc": 5_200, "yaml": 2_050, "npz": 2_050}.items()}
-CLI_RUNS = {k: max(1, int(v * SCALE)) for k, v in {"decompress": 120, "evaluate": 60, "analyze": 65, "check_recipe": 65}.items()}
+CLI_RUNS = {k: max(1, int(v * SCALE)) for k, v in {"decompress": 125, "evaluate": 60, "analyze": 65, "check_recipe": 65}.items()}
 MEMORY_RE = re.compile(r"MemoryError|allocate", re.IGNORECASE)
 
 
@@ -244,22 +244,36 @@ def worker(index: int, n_workers: int, tmp: Path, out: Path) -> None:
     base_data, base_rss = _vm_data(), _maxrss()
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (base_data + LIMIT_BYTES, hard))
+    canary = {}  # proof that the limit catches a big allocation, numpy's untouched calloc and torch's alike
+    for label, alloc in (("numpy.zeros", lambda: np.zeros(LIMIT_BYTES + (64 << 20), dtype=np.uint8)),
+                         ("torch.empty", lambda: torch.empty(LIMIT_BYTES + (64 << 20), dtype=torch.uint8))):
+        try:
+            alloc()
+            canary[label] = "not caught"
+        except (MemoryError, RuntimeError) as e:
+            canary[label] = f"caught: {type(e).__name__}"
 
     def nnc_case(family: str, i: int, rng):
         name = ("lenet300", "lenet5")[i % 2]
-        data, kind = mutate(nnc[name], rng, recompute_crc=family == "nnc_crc", fields=maps[name])
+        data = nnc[name]
+        while data == nnc[name]:  # a mutation that changed nothing (a field set to its own value) is drawn again
+            data, kind = mutate(nnc[name], rng, recompute_crc=family == "nnc_crc", fields=maps[name])
         return kind, lambda: model_from_nnc(read_nnc(data))
 
     def yaml_case(family: str, i: int, rng):
         names = sorted(recipes)
-        data, kind = mutate_yaml(recipes[names[i % len(names)]], rng)
+        original = data = recipes[names[i % len(names)]]
+        while data == original:
+            data, kind = mutate_yaml(original, rng)
         path = scratch / "r.yaml"
         path.write_bytes(data)
         return kind, lambda: load_recipe(path)
 
     def npz_case(family: str, i: int, rng):
         names = sorted(npz)
-        data, kind = mutate_npz(npz[names[i % len(names)]], rng)
+        original = data = npz[names[i % len(names)]]
+        while data == original:
+            data, kind = mutate_npz(original, rng)
         path = scratch / "d.npz"
         path.write_bytes(data)
         return kind, lambda: load_dataset(str(path))
@@ -301,12 +315,13 @@ def worker(index: int, n_workers: int, tmp: Path, out: Path) -> None:
                           "max_cpu_s": round(cpu_max, 4), "max_wall_s": round(wall_max, 4), "examples": examples,
                           "seconds": round(time.perf_counter() - family_start, 1)}
     report["rss_growth_bytes"] = _maxrss() - base_rss
+    report["canary"] = canary
     report["data_limit_bytes"] = base_data + LIMIT_BYTES
     out.write_text(json.dumps(report))
 
 
 # --------------------------------------------------------------------------------------- CLI
-def cli_cases(tmp: Path, nnc: dict[str, bytes], npz: dict[str, bytes]) -> list[tuple[str, list[str], Path | None]]:
+def cli_cases(tmp: Path, nnc: dict[str, bytes], npz: dict[str, bytes]) -> list[tuple[str, list[str], Path | None, bool]]:
     from nncompress.encoding.fuzzing import mutate
 
     rng = np.random.default_rng([SEED, 99])
@@ -324,30 +339,36 @@ def cli_cases(tmp: Path, nnc: dict[str, bytes], npz: dict[str, bytes]) -> list[t
         name = ("lenet300", "lenet5")[n_case % 2]
         if cmd_kind in ("decompress", "evaluate"):
             valid = n_case % 20 == 0  # a few unmutated files: the happy path must exit 0
-            data = nnc[name] if valid else mutate(nnc[name], rng, recompute_crc=rng.random() < 0.8)[0]
+            data = nnc[name]
+            while not valid and data == nnc[name]:
+                data = mutate(nnc[name], rng, recompute_crc=rng.random() < 0.8)[0]
             src = folder / "in.nnc"
             src.write_bytes(data)
             if cmd_kind == "decompress":
                 out = folder / "out" / "w.safetensors"
-                cases.append((cmd_kind, ["decompress", str(src), "--out", str(out)], out))
+                cases.append((cmd_kind, ["decompress", str(src), "--out", str(out)], out, not valid))
             else:
-                cases.append((cmd_kind, ["evaluate", "--nnc", str(src), "--data", str(data28), "--json"], None))
+                cases.append((cmd_kind, ["evaluate", "--nnc", str(src), "--data", str(data28), "--json"], None, not valid))
         elif cmd_kind == "analyze":
-            data, _ = mutate_npz(npz[sorted(npz)[n_case % 2]], rng)
+            original = data = npz[sorted(npz)[n_case % 2]]
+            while data == original:
+                data, _ = mutate_npz(original, rng)
             src = folder / "bad.npz"
             src.write_bytes(data)
             out = folder / "out" / "analysis.json"
-            cases.append((cmd_kind, ["analyze", "--model", "lenet300", "--data", str(src), "--json", "--out", str(out)], out))
+            cases.append((cmd_kind, ["analyze", "--model", "lenet300", "--data", str(src), "--json", "--out", str(out)], out, True))
         else:
-            data, _ = mutate_yaml(recipes[sorted(recipes)[n_case % len(recipes)]], rng)
+            original = data = recipes[sorted(recipes)[n_case % len(recipes)]]
+            while data == original:
+                data, _ = mutate_yaml(original, rng)
             src = folder / "bad.yaml"
             src.write_bytes(data)
-            cases.append((cmd_kind, ["run-recipe", str(src), "--check"], None))
+            cases.append((cmd_kind, ["run-recipe", str(src), "--check"], None, True))
     return cases
 
 
-def run_cli(case: tuple[str, list[str], Path | None]) -> dict:
-    kind, args, out = case
+def run_cli(case: tuple[str, list[str], Path | None, bool]) -> dict:
+    kind, args, out, mutated = case
     exe = ROOT / ".venv" / "bin" / "nncompress"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("NNCOMPRESS_DEBUG", None)
@@ -371,7 +392,7 @@ def run_cli(case: tuple[str, list[str], Path | None]) -> dict:
                 load_file(str(out))
             except Exception:  # noqa: BLE001
                 half_written = True
-    return {"kind": kind, "rc": rc, "traceback": "Traceback" in err, "half_written": half_written,
+    return {"kind": kind, "mutated": mutated, "rc": rc, "traceback": "Traceback" in err, "half_written": half_written,
             "stderr": err.strip().splitlines()[-1][:200] if err.strip() else "", "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -451,8 +472,13 @@ def main() -> None:
             target(f"{label} loads over 1 s (CPU time of the loading thread)", "0", slow, slow == 0),
             target(f"{label} loads over 500 MB (allocation refused by RLIMIT_DATA = start + 500 MiB)", "0", memory, memory == 0),
         ]
+    targets.append(target("nnc raw mutations (old CRC kept) that load: the checksum catches every one", "0",
+                          nr["outcomes"]["loaded"], nr["outcomes"]["loaded"] == 0))
+    unmutated = [c for c in cli if not c["mutated"]]
     targets += [
-        target("CLI runs on mutated files", ">= 300", len(cli), len(cli) >= 300),
+        target("CLI runs on unmutated files exiting 0 (the happy path still works)", f"{len(unmutated)} of {len(unmutated)}",
+               sum(c["rc"] == 0 for c in unmutated), all(c["rc"] == 0 for c in unmutated)),
+        target("CLI runs on mutated files", ">= 300", sum(c["mutated"] for c in cli), sum(c["mutated"] for c in cli) >= 300),
         target("CLI runs exiting other than 0 or 2, with a traceback or leaving a half-written file", "0", len(bad_cli), not bad_cli),
     ]
     result = {
@@ -474,6 +500,7 @@ def main() -> None:
                           "taking a load past 500 MB fails (numpy and torch, touched or not) and is counted; peak RSS growth "
                           "(ru_maxrss) over start-up is reported beside it"),
         "max_rss_growth_bytes": rss_growth,
+        "memory_canary": reports[0]["canary"],
         "time_method": "time.thread_time() around each load (the machine is shared; wall-clock maxima reported per family)",
         "workers": 2,
         "seconds": {"in_process": round(in_process_s, 1), "cli": round(cli_s, 1), "total": round(time.perf_counter() - start, 1)},
