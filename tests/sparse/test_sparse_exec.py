@@ -207,3 +207,14 @@ def test_conv_dense_fn_reference():
         x = torch.randn(2, 3, 9, 7)
         sc = SparseConv2d.from_dense(conv, "csr")
         torch.testing.assert_close(sc(x), F.conv2d(x, conv.weight, conv.bias, (2, 1), (1, 0)), atol=ATOL, rtol=0)
+
+
+@pytest.mark.skipif("kernel" not in FORMATS, reason="no C compiler here")
+def test_kernel_spans_several_column_panels():
+    """More inputs than one panel (and not a multiple of it): the per-panel partial sums add up to the dense result."""
+    torch.manual_seed(5)
+    lin = nn.Linear(2 * sparse_kernel.PANEL + 77, 9)
+    with torch.no_grad():
+        lin.weight[torch.rand_like(lin.weight) < 0.9] = 0
+        x = torch.randn(3, lin.in_features)
+        torch.testing.assert_close(SparseLinear.from_dense(lin, "kernel")(x), lin(x), atol=ATOL, rtol=0)

@@ -7,7 +7,7 @@ form — row pointers, column indices, values — and run one of several executo
   ``torch.set_num_threads``). int64 indices take a slower generic path in torch 2.x, so indices are int32.
 - ``"bsr<b>"``: ``torch.sparse`` BSR with b×b blocks; pays off only when the kept weights cluster in blocks.
 - ``"scipy"``: ``scipy.sparse.csr_matrix`` (int32 indices); single-threaded, low call overhead.
-- ``"kernel"``: the small C kernel of `nncompress.sparse.kernel` (uint16 indices where they fit).
+- ``"kernel"``: the small C kernel of `nncompress.sparse.kernel` (column panels that keep x in L1, uint16 indices).
 
 Which one is fastest depends on the layer's shape, sparsity, batch size, thread count and CPU, so
 `sparsify` measures them per layer; these classes only execute. They hold no Parameters (nothing to
@@ -103,20 +103,28 @@ def _build_executor(fmt: str, crow: torch.Tensor, col: torch.Tensor, values: tor
         lib = _kernel.load()
         if lib is None:
             raise UserError(f"the sparse C kernel is unavailable here ({_kernel.unavailable_reason()}); use format 'csr' or 'scipy'")
-        narrow = in_f <= 65536
-        fn = lib.nnc_spmm_u16 if narrow else lib.nnc_spmm_i32
-        idx = col.to(torch.int32).numpy().astype(np.uint16) if narrow else col.to(torch.int32).numpy()
-        idx = torch.from_numpy(np.ascontiguousarray(idx).view(np.int16 if narrow else np.int32).copy())
-        ptr = crow.to(torch.int64).contiguous()
-        val = values.contiguous()
+        panel = _kernel.PANEL
+        n_panels = max(1, -(-in_f // panel))
+        rows = np.repeat(np.arange(out_f, dtype=np.int64), np.diff(crow.numpy()))
+        cols = col.numpy().astype(np.int64)
+        pid = cols // panel
+        order = np.argsort(pid, kind="stable")  # CSR is row-major: a stable sort by panel gives (panel, row, col)
+        seg = pid[order] * out_f + rows[order]
+        ptr_np = np.zeros(n_panels * out_f + 1, dtype=np.int64)
+        np.cumsum(np.bincount(seg, minlength=n_panels * out_f), out=ptr_np[1:])
+        ptr = torch.from_numpy(ptr_np)
+        idx = torch.from_numpy((cols[order] - pid[order] * panel).astype(np.uint16).view(np.int16))
+        val = torch.from_numpy(np.ascontiguousarray(values.numpy()[order]))
+        del rows, cols, pid, order, seg
         bptr = 0 if bias is None else bias.contiguous()
         keep = (idx, ptr, val, bptr)  # the closure holds the arrays the raw pointers point into
         p_idx, p_ptr, p_val = idx.data_ptr(), ptr.data_ptr(), val.data_ptr()
         p_bias = None if bias is None else bptr.data_ptr()
+        fn = lib.nnc_spmm_panel_u16
 
         def run_kernel(x: torch.Tensor) -> torch.Tensor:
             y = torch.empty(x.shape[0], out_f)
-            fn(out_f, in_f, x.shape[0], p_ptr, p_idx, p_val, x.data_ptr(), p_bias, y.data_ptr())
+            fn(out_f, in_f, x.shape[0], panel, n_panels, p_ptr, p_idx, p_val, x.data_ptr(), p_bias, y.data_ptr())
             return y
         run_kernel.keep = keep  # type: ignore[attr-defined]  # alive as long as the executor is
         return run_kernel
