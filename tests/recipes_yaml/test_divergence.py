@@ -76,3 +76,18 @@ def test_collapse_to_chance_is_an_error_unless_allowed(tmp_path):
     with pytest.warns(RuntimeWarning, match="chance level"):
         result = run_recipe(collapse, tmp_path / "b", allow_drop=True)
     assert result.top1_final < 28.0 and (tmp_path / "b" / "result.json").is_file()
+
+
+def test_deep_compression_stops_when_a_stage_falls_to_chance(tmp_path):
+    """`nncompress compress` without a recipe: pruning 99.9 % of LeNet-300-100 on digits cannot keep its accuracy; the
+    pipeline stops at that stage, naming it and the fix, and writes no .nnc (allow_drop is the recipe test's warning path)."""
+    from nncompress.recipes.deep_compression import DeepCompressionConfig, run_deep_compression
+
+    def cfg(out, allow_drop):
+        return DeepCompressionConfig(model="lenet300", data="digits", out_dir=str(out), cache_dir=str(tmp_path / "cache"),
+                                     threads=1, baseline_epochs=4, prune_steps=1, prune_finetune_epochs=1,
+                                     share_finetune_epochs=1, sparsity=0.999, bits=2, progress=False, allow_drop=allow_drop)
+
+    with pytest.raises(DivergenceError, match=r"pruning \+ fine-tuning: top-1 fell from .* chance level.*--sparsity.*--allow-drop"):
+        run_deep_compression(cfg(tmp_path / "a", False), log=lambda *a: None)
+    assert not (tmp_path / "a").exists() or not list((tmp_path / "a").glob("*.nnc"))

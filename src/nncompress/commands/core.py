@@ -161,6 +161,7 @@ def register(app: typer.Typer) -> None:
             model=model, data=data, weights=str(weights) if weights else None, out_dir=str(out),
             sparsity=sparsity_value, bits=bits_value,
             prune_steps=prune_steps, prune_finetune_epochs=epochs, baseline_epochs=train_epochs, seed=seed, threads=threads,
+            allow_drop=allow_drop,
         )
         log = (lambda *a: None) if as_json else (lambda msg: typer.echo(msg, err=True))
         result = run_deep_compression(cfg, log=log)

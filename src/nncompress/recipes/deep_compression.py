@@ -26,6 +26,7 @@ from torch import nn
 from nncompress.analysis import analyze, sparsity_bar_plot, weight_histogram
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
+from nncompress.core.guards import check_accuracy_kept
 from nncompress.core.layers import plain_state_dict
 from nncompress.core.io import atomic_write_text, load_weights, save_weights
 from nncompress.core.seed import seed_everything
@@ -66,6 +67,7 @@ class DeepCompressionConfig:
     gap_bits: int | str = "auto"  # relative-index width; "auto" picks the smallest file per layer
     cache_dir: str | None = None  # baseline cache; default $NNCOMPRESS_CACHE or ./.nncompress-cache
     progress: bool | None = None
+    allow_drop: bool = False  # a stage at chance accuracy (from a model well above it) warns instead of stopping the run
 
 
 @dataclass
@@ -203,6 +205,8 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     stages.append(Stage("pruned", pruned_bytes, dense_bytes / pruned_bytes, evaluate(model, test_loader),
                         {"rounds": [{"sparsity": lv, "top1": acc} for lv, acc in history]}))
     log(f"pruned: {pruned_bytes} bytes ({dense_bytes / pruned_bytes:.1f}x), top-1 {stages[-1].top1:.2f}%")
+    check_accuracy_kept(stages[0].top1, stages[-1].top1, ds.num_classes, "pruning + fine-tuning",
+                        f"lower the fine-tuning lr ({cfg.finetune_lr:g}) or the --sparsity, or raise --prune-steps", allow_drop=cfg.allow_drop)
 
     # 2. k-means weight sharing, then centroid fine-tuning (masks preserved by construction)
     share_weights(model, bits=cfg.bits, init=cfg.share_init, layers=list(targets), seed=cfg.seed)
@@ -219,6 +223,8 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     stages.append(Stage("shared", shared_bytes, dense_bytes / shared_bytes, top1_shared,
                         {"bits": shared_bits, "top1_before_finetune": top1_shared_raw}))
     log(f"shared: {shared_bytes} bytes ({dense_bytes / shared_bytes:.1f}x), top-1 {top1_shared:.2f}%")
+    check_accuracy_kept(stages[0].top1, top1_shared, ds.num_classes, "weight sharing + centroid fine-tuning",
+                        f"use more --bits or lower the centroid lr ({cfg.share_lr:g})", allow_drop=cfg.allow_drop)
 
     # 3. Huffman coding into the .nnc file; decode it again and check it is the same model
     metadata = {"model": cfg.model, "in_shape": list(ds.input_shape), "num_classes": ds.num_classes, "format": "deep-compression"}
