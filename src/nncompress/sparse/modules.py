@@ -42,6 +42,7 @@ def check_format(fmt: str) -> str:
 
 
 def _inference_only(module: nn.Module, x: torch.Tensor) -> None:
+    """Refuse what a sparse layer cannot do (it has no gradient path, and runs float32 on CPU only)."""
     if module.training or (torch.is_grad_enabled() and x.requires_grad):
         raise UserError(f"{type(module).__name__} executes a sparse weight for inference only: call model.eval() and run "
                         "under torch.no_grad() (keep the dense model for training or fine-tuning)")
@@ -182,7 +183,10 @@ class SparseLinear(_SparseBase):
         return cls(*csr_parts(w), tuple(w.shape), None if linear.bias is None else linear.bias.detach(), format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _inference_only(self, x)
+        if self.training or x.requires_grad or x.dtype is not torch.float32 or not x.is_cpu:
+            _inference_only(self, x)  # raises unless it is only requires_grad under no_grad
+        if x.dim() == 2 and x.is_contiguous():  # the common case, without reshapes: small layers are all overhead
+            return self._run(x)
         lead = x.shape[:-1]
         y = self._run(x.reshape(-1, self.in_features).contiguous())
         return y.reshape(*lead, self.out_features)
