@@ -218,3 +218,24 @@ def test_kernel_spans_several_column_panels():
         lin.weight[torch.rand_like(lin.weight) < 0.9] = 0
         x = torch.randn(3, lin.in_features)
         torch.testing.assert_close(SparseLinear.from_dense(lin, "kernel")(x), lin(x), atol=ATOL, rtol=0)
+
+
+def test_cli_evaluate_sparse_gives_the_dense_accuracy(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nncompress.cli import app
+    from nncompress.core.io import save_weights
+
+    torch.manual_seed(6)
+    m = build_model("lenet300", (1, 8, 8), 10)
+    LevelPruner(0.9).prune(m)
+    save_weights(finalize(m).state_dict(), tmp_path / "w.safetensors")
+    top1 = []
+    for extra in ([], ["--sparse"]):
+        r = CliRunner().invoke(app, ["evaluate", "--model", "lenet300", "--data", "digits", "--weights",
+                                     str(tmp_path / "w.safetensors"), "--json", *extra])
+        assert r.exit_code == 0, r.output
+        top1.append(json.loads(r.stdout.strip().splitlines()[-1])["top1"])
+    assert top1[0] == top1[1]

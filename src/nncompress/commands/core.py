@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         weights: Path | None = typer.Option(None, "--weights", help=".safetensors weights, or use --nnc."),
         nnc: Path | None = typer.Option(None, "--nnc", help="A .nnc file written by `nncompress compress`."),
         as_json: bool = typer.Option(False, "--json"),
+        sparse: bool = typer.Option(False, "--sparse", help="Run pruned layers sparse where measured faster (nncompress.sparse.sparsify)."),
     ) -> None:
         """Top-1 accuracy of saved weights (or of a .nnc file) on the test split."""
         from nncompress.data import load_dataset, make_loaders
@@ -109,6 +110,10 @@ def register(app: typer.Typer) -> None:
 
             net, ds = model_and_data(model, data, weights)
         _, test_loader = make_loaders(ds)
+        if sparse:
+            from nncompress.sparse import sparsify
+
+            sparsify(net, next(iter(test_loader))[0])
         top1 = evaluate(net, test_loader)
         typer.echo(json.dumps({"model": model, "data": data, "top1": top1}) if as_json else f"top-1 {top1:.2f}%")
 
