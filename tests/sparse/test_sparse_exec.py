@@ -239,3 +239,14 @@ def test_cli_evaluate_sparse_gives_the_dense_accuracy(tmp_path):
         assert r.exit_code == 0, r.output
         top1.append(json.loads(r.stdout.strip().splitlines()[-1])["top1"])
     assert top1[0] == top1[1]
+
+
+def test_state_dict_round_trip_rebuilds_the_executor():
+    m = _lenet(True)
+    a = sparse_module_for(m.fc2, "kernel" if "kernel" in FORMATS else "csr")
+    with torch.no_grad():
+        m.fc2.weight.mul_(2.0)
+        b = sparse_module_for(m.fc2, a.format)  # same pattern, other values
+        a.load_state_dict(b.state_dict())  # a, after loading b's state, must compute what b computes
+        x = torch.randn(2, 300)
+        torch.testing.assert_close(a(x), b(x), atol=ATOL, rtol=0)

@@ -7,6 +7,9 @@ kernel cuts the weight into column panels (see PANEL) so the part of x it gather
 column indices as uint16 relative to the panel, so a kept weight costs 6 bytes, and sums each row in 8
 independent lanes that the compiler turns into one AVX gather + FMA. The summation order is fixed (lanes, then a fixed tree), so results are deterministic.
 
+The kernel is single-threaded: at batch 1 one core already saturates what it can stream. With `threads > 1`
+torch's CSR (MKL, multi-threaded) may win instead, and `sparsify` measures that rather than assuming.
+
 The kernel is optional: when no C compiler is found or compilation fails, `load()` returns None, the reason
 is kept in `unavailable_reason()`, and `sparsify` simply does not offer the "kernel" format. The shared
 object is cached under ``$NNCOMPRESS_CACHE`` (default ``~/.cache/nncompress``), keyed by the source, the flags

@@ -153,6 +153,11 @@ class _SparseBase(nn.Module):
         self._run = _build_executor(self.format, self.crow_indices, self.col_indices, self.values, self.weight_shape, self.bias)
         self.eval()
 
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003 - torch's own signature
+        """After loading (same nnz; torch refuses other shapes), rebuild the executor: it holds its own copies."""
+        super()._load_from_state_dict(*args, **kwargs)
+        self._run = _build_executor(self.format, self.crow_indices, self.col_indices, self.values, self.weight_shape, self.bias)
+
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
