@@ -250,3 +250,21 @@ def test_state_dict_round_trip_rebuilds_the_executor():
         a.load_state_dict(b.state_dict())  # a, after loading b's state, must compute what b computes
         x = torch.randn(2, 300)
         torch.testing.assert_close(a(x), b(x), atol=ATOL, rtol=0)
+
+
+def test_without_the_kernel_sparsify_still_works(monkeypatch):
+    """No C compiler (or NNCOMPRESS_NO_KERNEL): the kernel format is dropped with a note, the rest still run."""
+    monkeypatch.setattr(sparse_kernel, "_tried", True)
+    monkeypatch.setattr(sparse_kernel, "_lib", None)
+    monkeypatch.setattr(sparse_kernel, "_reason", "no C compiler (cc/gcc/clang) on PATH")
+    m = _lenet(True)
+    x = torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        ref = m(x).clone()
+    report = sparsify(m, x, min_speedup=1e-9, repeats=1)
+    assert any("kernel format unavailable" in n for n in report.notes)
+    assert all(c.format in ("csr", "scipy") or c.format.startswith("bsr") for c in report.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, atol=ATOL, rtol=0)
+    with pytest.raises(UserError, match="kernel is unavailable"):
+        sparse_module_for(m.fc1 if isinstance(m.fc1, nn.Linear) else nn.Linear(4, 4), "kernel")
