@@ -129,3 +129,27 @@ def test_cli_quantize_drop_exits_2_without_output_unless_allowed(tmp_path, monke
     report = json.loads(stdout[stdout.index("{"):])
     assert report["fp32_top1"] - report["quantized_top1"] > 5.0 and "worst layers" in report["accuracy_warning"]
     assert set(report["layer_sqnr_db"]) == {"conv1", "conv2", "fc1", "fc2"} and out.is_file()
+
+
+def test_calibration_on_nan_activations_is_an_error(trained_net, loaders):
+    """A NaN weight makes every activation after it NaN, so the observers' ranges and scales are NaN: calibration must
+    stop there (DivergenceError), not hand back a model that evaluates at chance or say "seen no data"."""
+    import copy
+
+    from nncompress.core.guards import DivergenceError
+
+    broken = copy.deepcopy(trained_net)
+    with torch.no_grad():
+        broken.conv2.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match="calibration: .*(NaN|not finite)"):
+        quantize_static(broken, loaders[0], calibration="minmax", num_batches=1)
+
+
+def test_calibration_on_nan_inputs_says_nan_not_no_data(trained_net, loaders):
+    """NaN inputs reach only the activation observers: the error must say NaN/inf, not "saw no calibration data"."""
+    from nncompress.core.guards import DivergenceError
+
+    x = next(iter(loaders[0]))[0].clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match="calibration: .*NaN/inf"):
+        quantize_static(trained_net, [x], calibration="minmax", num_batches=1)

@@ -304,7 +304,7 @@ def freeze(gm: nn.Module) -> nn.Module:
     """End calibration: fix every activation quantizer's (scale, zero point) and start quantizing."""
     for name, m in quantizers(gm).items():
         if isinstance(m, FakeQuantize) and not m.dynamic:
-            if not m.observer.has_data:
+            if not m.observer.has_data and not m.observer.saw_nonfinite:  # NaN/inf: m.freeze() raises DivergenceError
                 raise UserError(f"activation quantizer '{name}' saw no calibration data: pass calibration batches through the model")
             m.freeze()
     return gm

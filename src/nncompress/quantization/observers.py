@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.core.guards import DivergenceError
 from nncompress.quantization.quantizer import compute_qparams, fake_quantize, qrange
 
 
@@ -44,6 +45,12 @@ class Observer(nn.Module):
     def has_data(self) -> bool:
         return bool(torch.isfinite(self.min_val).all())
 
+    @property
+    def saw_nonfinite(self) -> bool:
+        """NaN or ±inf was observed (min/max start at +inf/−inf, so "no data" looks different)."""
+        return bool(torch.isnan(self.min_val).any() | torch.isnan(self.max_val).any()
+                    | (self.min_val == float("-inf")).any() | (self.max_val == float("inf")).any())
+
     def _channel_minmax(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.axis is None:
             return x.min(), x.max()
@@ -63,6 +70,9 @@ class Observer(nn.Module):
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point); raises if nothing was observed (no calibration data reached this point)."""
         if not self.has_data:
+            if self.saw_nonfinite:
+                raise DivergenceError(f"calibration: {type(self).__name__} saw NaN/inf values: the model's weights or "
+                                      f"activations are not finite; check the weights and the inputs")
             raise UserError(f"{type(self).__name__} has seen no data: run calibration batches through the model first")
         lo, hi = self.clip_range()
         return compute_qparams(lo, hi, self.qmin, self.qmax, self.symmetric)

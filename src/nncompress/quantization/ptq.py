@@ -13,8 +13,10 @@ import torch.fx as fx
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.core.guards import DivergenceError
 from nncompress.core.progress import track
-from nncompress.quantization.graph import QuantConfig, freeze, prepare, set_observing
+from nncompress.quantization.fake_quant import FakeQuantize
+from nncompress.quantization.graph import QuantConfig, freeze, prepare, quantizers, set_observing
 from nncompress.training.device import module_device
 
 
@@ -53,7 +55,13 @@ def calibrate(gm: nn.Module, data: Iterable, num_batches: int = 8) -> nn.Module:
     batches = list(iter_batches(data, num_batches))
     for x in track(batches, "calibrating", total=len(batches)):
         gm(x.to(device, non_blocking=True))
-    return freeze(gm)
+    freeze(gm)
+    bad = [n for n, m in quantizers(gm).items() if isinstance(m, FakeQuantize) and m.frozen
+           and not bool(torch.isfinite(torch.as_tensor(m.scale)).all())]
+    if bad:  # NaN/inf activations give a NaN scale, and a NaN scale a NaN model that still "evaluates"
+        raise DivergenceError(f"calibration: activation range of {', '.join(bad[:3])} is not finite (the model's activations "
+                              f"hold NaN/inf on the calibration data); check the weights and the inputs")
+    return gm
 
 
 def quantize_static(model: nn.Module, calib_data, bits: int = 8, granularity: str = "channel", calibration: str = "minmax",
