@@ -121,3 +121,22 @@ def test_cli_train_lr_nan_exits_2_and_writes_nothing(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and "lr" in err and "nan" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": float("nan")}, {"temperature": float("inf")}, {"hint_weight": float("nan")},
+                                    {"teacher_weights": [float("inf")]}])
+def test_distillation_refuses_non_finite_settings(kwargs):
+    """A NaN temperature passed the old `T <= 0` check and made every KD loss NaN; now refused before training."""
+    from nncompress.distillation import DistillationCallback
+
+    with pytest.raises(UserError):
+        DistillationCallback(nn.Linear(4, 2), **kwargs)
+
+
+def test_distillation_nan_loss_mid_run_stops_with_epoch_and_step():
+    """Distillation trains through the same loop: a student going NaN stops it with the place named."""
+    from nncompress.distillation import distill
+
+    torch.manual_seed(0)
+    with pytest.raises(DivergenceError, match="training diverged at epoch 1 step 4: loss is nan"):
+        distill(GoesBad(after=3), nn.Linear(4, 2), _loader(), TrainConfig(epochs=1, lr=0.1, progress=False, device="cpu"))
