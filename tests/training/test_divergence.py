@@ -140,3 +140,16 @@ def test_distillation_nan_loss_mid_run_stops_with_epoch_and_step():
     torch.manual_seed(0)
     with pytest.raises(DivergenceError, match="training diverged at epoch 1 step 4: loss is nan"):
         distill(GoesBad(after=3), nn.Linear(4, 2), _loader(), TrainConfig(epochs=1, lr=0.1, progress=False, device="cpu"))
+
+
+def test_device_side_tracking_names_the_step_too(monkeypatch):
+    """The GPU path (no host read after the first 3 steps) exercised on the CPU: the first bad step is kept on the
+    device and read with the epoch's loss, still before on_epoch_end, and still named."""
+    from nncompress.training import loop
+
+    monkeypatch.setattr(loop, "_reads_loss_every_step", lambda device: False)
+    torch.manual_seed(0)
+    net, log = GoesBad(after=12), EpochLog()
+    with pytest.raises(DivergenceError, match=r"training diverged at epoch 2 step 3: loss is nan or inf"):
+        train(net, _loader(), TrainConfig(epochs=3, lr=0.1, progress=False, device="cpu"), callbacks=[log])
+    assert log.ended == [0] and net.calls == 20  # epoch 2 ran to its end (no sync per step), epoch 3 never started

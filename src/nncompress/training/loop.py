@@ -95,7 +95,7 @@ def train(
             loss = loss_fn(out, y)
             for cb in callbacks:
                 loss = cb.loss(model, x, y, out, loss)
-            if device.type == "cpu" or step < _CHECK_FIRST_STEPS:  # on the host reading is free; on a GPU, the first steps
+            if _reads_loss_every_step(device) or step < _CHECK_FIRST_STEPS:  # free on the host; on a GPU, the first steps
                 _stop_if_nonfinite(float(loss.detach()), epoch, i, cfg)
             else:  # no sync: remember the first bad step on the device, read with the epoch's loss
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
@@ -130,6 +130,11 @@ def train(
 
 
 _CHECK_FIRST_STEPS = 3  # loss read on the host at these first steps of a run even on a GPU (a bad lr shows at once)
+
+
+def _reads_loss_every_step(device: torch.device) -> bool:
+    """Whether the loss is read on the host at every step (the CPU: no sync to avoid) or tracked on the device."""
+    return device.type == "cpu"
 
 
 def _stop_if_nonfinite(value: float | None, epoch: int, i: int | None, cfg: TrainConfig) -> None:
