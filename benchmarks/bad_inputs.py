@@ -101,9 +101,9 @@ BAD_VALUES = [
 
 # (command, option, value): names that are not models / datasets / layers / methods.
 BAD_NAMES = [
-    *[(cmd, "--model", "alexnet") for cmd in ("train", "compress", "quantize", "analyze", "prune-channels", "export")],
+    *[(cmd, "--model", "nosuchnet") for cmd in ("train", "compress", "quantize", "analyze", "prune-channels", "export")],
     *[(cmd, "--data", "imagenet") for cmd in ("train", "prune", "search", "distill")],
-    ("distill", "--student", "alexnet"), ("distill", "--teacher", "alexnet"),
+    ("distill", "--student", "nosuchnet"), ("distill", "--teacher", "nosuchnet"),
     ("prune", "--layers", "fc9"), ("sensitivity", "--layers", "fc9"),
     ("prune", "--criterion", "biggest"), ("prune", "--scope", "everywhere"),
     ("quantize", "--mode", "float8"), ("quantize", "--calibration", "magic"), ("quantize", "--backend", "tpu"),
@@ -224,7 +224,7 @@ RECIPES = {
     "negative-epochs.yaml": "model: lenet300\ndata: digits\ntraining: {epochs: -2}\n",
     "unknown-method.yaml": RECIPE_OK + "policies:\n  - method: magic\n    start: 0\n",
     "sparsity-1.5.yaml": RECIPE_OK + "policies:\n  - method: level\n    sparsity: 1.5\n    start: 0\n",
-    "unknown-model.yaml": RECIPE_OK.replace("lenet300", "alexnet"),
+    "unknown-model.yaml": RECIPE_OK.replace("lenet300", "nosuchnet"),
     "bad-device.yaml": RECIPE_OK + "device: gpu0\n",
 }
 

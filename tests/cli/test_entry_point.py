@@ -76,7 +76,7 @@ CASES = [
     ("lr-inf", ["distill", "--teacher", "lenet5", "--student", "lenet300", "--lr", "inf"], None),
     ("seed-negative", ["train", "--seed", "-1", "--out", "m.safetensors"], None),
     ("batch-size-zero", ["quantize", "--batch-size", "0"], None),
-    ("unknown-model", ["train", "--model", "alexnet", "--out", "m.safetensors"], None),
+    ("unknown-model", ["train", "--model", "nosuchnet", "--out", "m.safetensors"], None),
     ("unknown-dataset", ["compress", "--data", "imagenet", "--out", "c"], None),
     ("unknown-layer", ["prune", "--layers", "fc9", "--data", "digits", "--out", "p.safetensors"], None),
     ("missing-weights", ["evaluate", "--weights", "{inp}/nope.safetensors"], None),
