@@ -59,13 +59,14 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _check_creatable_under(path: Path, option: str) -> None:
+def _check_creatable_under(path: Path, option: str, shown: Path | None = None) -> None:
     """Files can be created at `path` (or inside it, for a folder): the nearest existing ancestor is a writable folder.
 
     Writability is probed by creating and removing a temp file, not by permission bits: root ignores the bits,
     while a read-only mount or an immutable folder still refuses.
     """
     base = _nearest_existing(path)
+    path = shown or path  # the path the user typed, in the message
     if not base.is_dir():
         raise UserError(f"{option} {path}: {base} is a file, not a folder; choose a path whose parent folders are folders")
     try:
@@ -92,10 +93,10 @@ def check_out_file(path: str | Path | None, option: str = "--out") -> Path | Non
         return None
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{option} {path} is a folder, but a file is expected; pass a file path like {path / 'out.safetensors'}")
+        raise UserError(f"{option} {path} is a folder, but a file is expected; pass a file path inside it")
     if str(path).endswith(("/", os.sep)):
         raise UserError(f"{option} {path} ends with a slash, but a file is expected")
-    _check_creatable_under(path.parent, option)
+    _check_creatable_under(path.parent, option, shown=path)
     return path
 
 
