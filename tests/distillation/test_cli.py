@@ -63,7 +63,8 @@ def test_factorize_svd_energy_and_reload(app, tmp_path):
 
 def test_factorize_tucker_table_output(app):
     r = CliRunner().invoke(app, ["factorize", "--model", "lenet5", "--data", "digits", "--method", "tucker", "--ratio", "2",
-                                 "--macs", "--layers", "conv2", "--pretrain-epochs", "1", "--finetune-epochs", "0"])
+                                 "--macs", "--layers", "conv2", "--pretrain-epochs", "1", "--finetune-epochs", "0",
+                                 "--allow-drop"])  # 1 pretraining epoch (49 %) → 27 % unfine-tuned: the table is tested here
     assert r.exit_code == 0, r.output
     assert "conv2: 50x20x5x5" in r.output and "MACs" in r.output
 
