@@ -80,3 +80,14 @@ def test_resume_refuses_another_recipe(tmp_path):
     run_recipe(small, tmp_path, progress=False)
     with pytest.raises(UserError, match="written by a different recipe"):
         run_recipe({**small, "seed": 1}, tmp_path, progress=False, resume=True)
+
+
+def test_resume_from_a_foreign_checkpoint_is_one_clear_error(tmp_path):
+    """A checkpoint written by something else (no recipe fingerprint, no RNG state) is refused with one line."""
+    net = torch.nn.Linear(3, 2)
+    save_checkpoint(tmp_path / "out" / "checkpoints", 1, net.state_dict(), torch.optim.SGD(net.parameters(), lr=0.1), {"epoch": 1})
+    small = {**RECIPE, "training": {**RECIPE["training"], "epochs": 2}, "pretrain": {"epochs": 0}, "policies": []}
+    with pytest.raises(UserError) as e:
+        run_recipe(small, out_dir=tmp_path / "out", resume=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "checkpoint" in msg and "--resume" in msg and "lacks 'history'" in msg, msg

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
 from nncompress.core.guards import DivergenceError, check_accuracy_kept, check_finite_weights, check_hyperparameter
-from nncompress.core.io import atomic_write_text, load_weights, save_weights
+from nncompress.core.io import atomic_write_text, load_weights, save_weights, state_dict_mismatch
 from nncompress.core.layers import compressible_layers, plain_state_dict
 from nncompress.core.seed import seed_everything
 from nncompress.data import Dataset, load_dataset
@@ -381,17 +381,25 @@ def _checkpointer(run: _Run, fingerprint: str):
 
 def _resume(run: _Run, pretrained: nn.Module, fingerprint: str) -> tuple[nn.Module, int]:
     """The model as it was at the end of the last checkpointed epoch, and the epoch to continue from."""
-    ckpt = load_checkpoint(run.out_dir / "checkpoints")
+    ckpt = load_checkpoint(run.out_dir / "checkpoints", state_keys=("epoch", "history", "recipe"), tensor_keys=("rng_state",))
     if ckpt is None:
         return copy.deepcopy(pretrained), 0
     if ckpt.state["recipe"] != fingerprint:
         raise UserError(f"the checkpoint in {run.out_dir} was written by a different recipe: use another --out, or run without --resume")
-    start = ckpt.state["epoch"] + 1
+    epoch = ckpt.state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < run.recipe.training.epochs:
+        raise UserError(f"the checkpoint in {run.out_dir} names epoch {epoch!r}, not one of this recipe's 0..{run.recipe.training.epochs - 1}: "
+                        "delete its checkpoints/ folder or run without --resume")
+    start = epoch + 1
     model = copy.deepcopy(pretrained)
     for p in run.recipe.policies:  # rebuild the structure (fake quantizers, codebooks, thinned layers) the weights need
         if p.method in _STRUCTURAL and p.start < start:
             model = _apply_structural(model, p, run)
     if set(model.state_dict()) == set(ckpt.model):  # structure complete (e.g. codebooks, whose buffers include a mask)
+        problem = state_dict_mismatch(model.state_dict(), ckpt.model)
+        if problem:
+            raise UserError(f"the checkpoint in {run.out_dir} does not fit this recipe's model: {problem}; "
+                            "delete its checkpoints/ folder or run without --resume")
         model.load_state_dict(ckpt.model)
     else:  # pruning masks still to attach
         load_masked_state_dict(model, ckpt.model)
