@@ -74,7 +74,7 @@ def render_deep_compression(results: dict[str, dict]) -> str:
         stages = [s["bytes"] for s in m["stages"]]
         lines.append(f"| {m['paper']['name']} | {stages[0]:,} B | {stages[1]:,} B | {stages[2]:,} B | {m['nnc_bytes']:,} B | "
                      f"**{m['ratio']:.1f}×** | {m['paper']['ratio']:.0f}× | {m['top1_dense']:.2f} → {m['top1_compressed']:.2f} % "
-                     f"({-m['top1_drop_pp']:+.2f} pp) |")
+                     f"({0.0 - m['top1_drop_pp'] + 0.0:+.2f} pp) |")
     lines.append("")
     kept = "; ".join(f"{m['paper']['name']}: " + ", ".join(f"{l['layer']} {100 * (1 - l['sparsity']):.1f} %" for l in m["layers"])
                      for m in r["models"])
