@@ -329,8 +329,9 @@ def run_case(i: int, case: dict, base: Path, inp: Path, ro: Path, env: dict) -> 
     shown = [a.replace(str(work), "{work}").replace(str(inp), "{inp}").replace(str(ro), "{ro}") for a in argv]
     ok = (rc == 2 and len(lines) == 1 and err.count("\n") == 1 and lines[0].startswith("error: ")
           and "Traceback" not in err + out and not left)
+    first = (lines[0] if lines else "").replace(str(work), "{work}").replace(str(inp), "{inp}").replace(str(ro), "{ro}")
     return {"kind": case["kind"], "command": case["command"], "argv": shown, "rc": rc,
-            "stderr_first_line": (lines[0] if lines else "")[:400], "stderr_lines": len(lines),
+            "stderr_first_line": first[:400], "stderr_lines": len(lines),
             "traceback": "Traceback" in err + out, "files_left": left, "seconds": round(seconds, 2), "ok": ok}
 
 
