@@ -38,10 +38,12 @@ def register(app: typer.Typer) -> None:
 
             load_shared_state_dict(net, state)
         elif state is not None:
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise UserError(f"weights {weights} do not fit {model} on {data}: {str(e).splitlines()[0][:300]}") from None
+            from nncompress.core.io import state_dict_mismatch
+
+            problem = state_dict_mismatch(net.state_dict(), state)  # names the first mismatched key and both shapes
+            if problem:
+                raise UserError(f"weights {weights} do not fit {model} on {data}: {problem}; were they saved for another model or dataset?")
+            net.load_state_dict(state, strict=True)
         analysis = analyze(net, ds.input_shape, value_bits=bits)
         result = analysis.to_dict()
         result["model"], result["data"] = model, data

@@ -26,7 +26,6 @@ def _check_common(model: str, data: str, weights: Path | None, seed: int, train_
 def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int, train_epochs: int, subset: int | None, quiet: bool):
     """Build the model for the dataset; load weights, or train a quick float baseline when none are given."""
     from nncompress.architectures import build_model
-    from nncompress.core.io import load_weights
     from nncompress.core.seed import seed_everything
     from nncompress.data import load_dataset, make_loaders
     from nncompress.training import TrainConfig, evaluate, train
@@ -39,10 +38,9 @@ def _model_and_data(model_name: str, data: str, weights: Path | None, seed: int,
         ds = ds.subset(subset, max(subset // 4, 1))
     net = build_model(model_name, ds.input_shape, ds.num_classes)
     if weights is not None:
-        try:
-            net.load_state_dict(load_weights(weights))
-        except RuntimeError as e:
-            raise UserError(f"weights {weights} do not fit model '{model_name}': {str(e).splitlines()[0][:160]}") from None
+        from nncompress.core.io import load_weights_into
+
+        load_weights_into(net, weights, f"model '{model_name}'")
     else:
         if train_epochs < 1:
             raise UserError("no --weights given and --train-epochs < 1: pass --weights or a positive --train-epochs")

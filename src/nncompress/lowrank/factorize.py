@@ -18,7 +18,7 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.core.guards import check_finite_weights
-from nncompress.core.io import load_weights, save_weights
+from nncompress.core.io import load_weights, save_weights, state_dict_mismatch
 from nncompress.lowrank.decompose import (
     LowRank,
     cp_conv,
@@ -327,8 +327,8 @@ def load_factorized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         with safe_open(str(path), framework="pt") as f:
             spec = json.loads((f.metadata() or {}).get(SPEC_KEY, "{}"))
     restructure(model, spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"weights in {path} do not fit the model: {str(e).splitlines()[0][:200]}") from None
+    problem = state_dict_mismatch(model.state_dict(), state)  # names the first mismatched key and both shapes
+    if problem:
+        raise UserError(f"weights in {path} do not fit the model: {problem}; were they factorized from another model?")
+    model.load_state_dict(state)
     return model

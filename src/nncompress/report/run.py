@@ -9,7 +9,7 @@ from torch import nn
 
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
-from nncompress.core.io import load_weights
+from nncompress.core.io import load_weights, load_weights_into, state_dict_mismatch
 from nncompress.data import Dataset, load_dataset
 from nncompress.report.document import Report, build_report
 from nncompress.training.distributed import (
@@ -50,13 +50,16 @@ def report_run(run_dir: str | os.PathLike, html_path: str | os.PathLike | None =
     d = recipe["data"]
     ds = load_dataset(d["name"], test_fraction=d["test_fraction"], seed=recipe["seed"]).subset(d["train_samples"], d["test_samples"])
     before = build_model(recipe["model"], ds.input_shape, ds.num_classes)
-    before.load_state_dict(load_weights(pre_file))
+    load_weights_into(before, pre_file, f"the run's model '{recipe['model']}'")
     after = build_model(recipe["model"], ds.input_shape, ds.num_classes)
     state = load_weights(post_file)
     if any(state[k].shape != v.shape for k, v in after.state_dict().items() if k in state):  # thinned by channel removal
         from nncompress.pruning.structured import resize_to_state_dict
 
         resize_to_state_dict(after, state)
+    problem = state_dict_mismatch(after.state_dict(), state)
+    if problem:
+        raise UserError(f"{post_file} does not fit the run's model '{recipe['model']}': {problem}; was the run folder changed?")
     after.load_state_dict(state)
     sens = sensitivity_sweep(before, ds) if sensitivity else None
     report = build_report(before, after, ds.input_shape, result["top1_pretrained"], result["top1_final"],
