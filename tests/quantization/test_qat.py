@@ -34,7 +34,7 @@ def test_2bit_qat_recovers_accuracy(trained_net, digits, method):
     ptq = evaluate(quantize_weights(trained_net, digits.x_train[:64], bits=2), test_loader)
     gm = prepare_qat(trained_net, digits.x_train[:64], weight_bits=2, method=method)
     assert sum(isinstance(m, LSQQuantizer) for m in gm.modules()) == (7 if method == "lsq" else 0)
-    train_qat(gm, train_loader, epochs=2, progress=False)
+    train_qat(gm, train_loader, epochs=4, progress=False)  # 2 epochs left LSQ 8.6 pp short after the float64 data normalisation
     qat = evaluate(convert_qat(gm), test_loader)
     assert qat > ptq + 5  # 2-bit weights: fine-tuning through the quantizer beats rounding after training
     assert qat >= fp32 - 8.0
