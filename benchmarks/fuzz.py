@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_common import environment, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SEED = 12
@@ -508,10 +510,9 @@ def main() -> None:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "cpu_count": os.cpu_count(),
+        "environment": environment(1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "fuzz.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_results("fuzz", result)
     for t in targets:
         print(f"{'met ' if t['met'] else 'MISS'}  {t['name']}: {t['measured']} (target {t['target']})")
     print(f"wrote {path} in {time.perf_counter() - start:.0f} s")

@@ -27,6 +27,7 @@ DESCRIPTIONS = {
     "structured": "L1 channel removal vs Torch-Pruning 1.6 on ResNet-20 (mnist5k), same MAC cut; NetAdapt",
     "distill_lowrank": "student alone vs distilled; SVD; Tucker-2; lottery rewinding",
     "architectures": "every family's params/MACs at 224 vs published; trained on mnist5k; early exit; search",
+    "sparse_exec": "pruned layers on sparse kernels (`nncompress.sparse.sparsify`) vs dense PyTorch, batch 1, 1 thread",
     "fuzz": "mutated `.nnc`, recipe and `.npz` files through the API and the installed CLI",
     "bad_inputs": "bad invocations of the installed `nncompress` console script",
 }
