@@ -70,7 +70,7 @@ def test_cli_compress_on_digits_then_decompress_and_evaluate(tmp_path):
     (["compress", "--data", "digits", "--bits", "17"], "1..16"),
     (["compress", "--data", "missing.npz"], "not found"),
     (["compress", "--data", "digits", "--weights", "nope.safetensors"], "not found"),
-    (["compress", "--data", "digits", "--model", "alexnet"], "unknown model"),
+    (["compress", "--data", "digits", "--model", "nosuchnet"], "unknown model"),
     (["decompress", "corrupt.nnc"], "corrupt"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, run_main, args, message):
