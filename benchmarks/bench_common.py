@@ -63,6 +63,19 @@ def target(name: str, target: str, measured: Any, met: bool) -> dict[str, Any]:
     return {"name": name, "target": target, "measured": measured, "met": bool(met)}
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with NaN/inf floats (a figure that does not apply, e.g. the output step of an unquantized output) as null:
+    strict JSON has no NaN, and a reader must not mistake one for a measurement. Targets are never sanitised: a
+    non-finite target figure is refused by `target`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_results(name: str, payload: dict[str, Any], out: Path | str | None = None) -> Path:
     """Write `payload` (which must hold a non-empty `targets` list) to benchmarks/results/<name>.json atomically."""
     from nncompress.core.io import atomic_write_text
@@ -72,7 +85,8 @@ def write_results(name: str, payload: dict[str, Any], out: Path | str | None = N
         raise ValueError(f"benchmark {name}: results need a non-empty 'targets' list of {{name, target, measured, met}}")
     path = Path(out) if out is not None else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    ordered = {"benchmark": name, "targets": targets, **{k: v for k, v in payload.items() if k not in ("benchmark", "targets")}}
+    ordered = {"benchmark": name, "targets": targets,
+               **{k: _json_safe(v) for k, v in payload.items() if k not in ("benchmark", "targets")}}
     atomic_write_text(path, json.dumps(ordered, indent=2, allow_nan=False) + "\n")
     met = sum(t["met"] for t in targets)
     print(f"{name}: {met}/{len(targets)} targets met -> {path}", file=sys.stderr)
