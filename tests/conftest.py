@@ -39,3 +39,22 @@ def run_main(monkeypatch, capsys):
         return exit_info.value.code, capsys.readouterr().err
 
     return run
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the real CLI entry point in-process; returns (exit code, stdout, stderr); success returns without SystemExit."""
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        from nncompress.cli import main
+
+        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

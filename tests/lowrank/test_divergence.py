@@ -4,7 +4,6 @@ The CP scale λ sat in the last 1×1 conv, whose weights were ~10⁹× the depth
 over the four factors. These tests fail without the balancing (NaN / DivergenceError at lr 0.01) and without
 the guards (a chance-level model written with exit 0 at lr 1.0).
 """
-import sys
 
 import numpy as np
 import pytest
@@ -79,30 +78,17 @@ def test_cp_factors_are_balanced_in_the_model(digits, trained_lenet5):
     assert torch.allclose(per_component, per_component[:1].expand_as(per_component), rtol=1e-4)
 
 
-def _cli(args, monkeypatch, capsys):
-    """Run the real entry point in-process; (exit code, stdout, stderr). Success returns without SystemExit."""
-    from nncompress.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cp_cli_at_lr_1_works_or_stops_with_a_divergence_error(digits, trained_lenet5, tmp_path, monkeypatch, capsys):
+def test_cp_cli_at_lr_1_works_or_stops_with_a_divergence_error(digits, trained_lenet5, tmp_path, run_cli):
     """lr 1.0 fine-tuning: either a working model (exit 0, well above chance) or exit 2 naming the divergence and the
     fix, with no output file. Never a chance-level model with exit 0 (the reported bug)."""
     ds, _ = digits
     weights = tmp_path / "lenet5.safetensors"
     save_weights(trained_lenet5, weights)
     out = tmp_path / "cp.safetensors"
-    code, stdout, stderr = _cli(["factorize", "--model", "lenet5", "--data", "digits", "--method", "cp", "--ratio", "3",
-                                 "--layers", "conv1", "--weights", str(weights), "--finetune-epochs", "2", "--lr", "1.0",
-                                 "--json", "--out", str(out)], monkeypatch, capsys)
+    code, stdout, stderr = run_cli(["factorize", "--model", "lenet5", "--data", "digits", "--method", "cp", "--ratio", "3",
+                                    "--layers", "conv1", "--weights", str(weights), "--finetune-epochs", "2", "--lr", "1.0",
+                                    "--json", "--out", str(out)])
     if code == 0:
         import json
 

@@ -7,7 +7,6 @@
 """
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -98,33 +97,21 @@ def test_layer_sqnr_names_the_layer_that_lost_its_signal(trained_net, loaders):
     assert next(iter(broken)) == "conv2" and broken["conv2"] < 10.0 < broken["fc"], broken
 
 
-def _cli(args, monkeypatch, capsys):
-    from nncompress.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 CLI = ["quantize", "--model", "lenet5", "--data", "digits", "--subset", "600", "--train-epochs", "2", "--calib-batches", "1",
        "--repeats", "3", "--batch-size", "8", "--bits", "2", "--act-bits", "2"]
 
 
-def test_cli_quantize_drop_exits_2_without_output_unless_allowed(tmp_path, monkeypatch, capsys):
+def test_cli_quantize_drop_exits_2_without_output_unless_allowed(tmp_path, run_cli):
     """2-bit weights and activations lose > 5 pp (58 → 32 % measured): exit 2, one line naming the worst layers by SQNR,
     no file; with --allow-drop: exit 0, the file, and the warning with per-layer SQNR in the JSON."""
     out = tmp_path / "q.safetensors"
-    code, _, err = _cli([*CLI, "--output", str(out)], monkeypatch, capsys)
+    code, _, err = run_cli([*CLI, "--output", str(out)])
     line = err.strip().splitlines()[-1]
     assert code == 2 and line.startswith("error: quantization (static, minmax calibration): top-1 fell from"), err
     assert "worst layers by SQNR" in line and " dB" in line and "--allow-drop" in line
     assert not out.exists()
-    code, stdout, err = _cli([*CLI, "--output", str(out), "--allow-drop", "--json"], monkeypatch, capsys)
+    code, stdout, err = run_cli([*CLI, "--output", str(out), "--allow-drop", "--json"])
     assert code == 0, err
     report = json.loads(stdout[stdout.index("{"):])
     assert report["fp32_top1"] - report["quantized_top1"] > 5.0 and "worst layers" in report["accuracy_warning"]

@@ -10,18 +10,7 @@ from nncompress.recipes.schema import LRSchedule, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 
-BASE = """\
-model: lenet300
-data: digits
-training:
-  epochs: 6
-  lr: 0.02
-policies:
-  - method: agp
-    final_sparsity: 0.9
-    start: 0
-    end: 4
-"""
+BASE = (Path(__file__).parent / "base_recipe.yaml").read_text()  # the valid recipe the cases start from
 
 
 def error(text: str) -> str:

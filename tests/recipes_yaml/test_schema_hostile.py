@@ -1,5 +1,6 @@
 """Hostile recipe YAML: alias bombs, deep nesting, huge files and numbers, non-finite floats — one clear error each."""
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,18 +8,7 @@ import pytest
 from nncompress.core.errors import UserError
 from nncompress.recipes.schema import MAX_RECIPE_BYTES, load_recipe
 
-BASE = """\
-model: lenet300
-data: digits
-training:
-  epochs: 6
-  lr: 0.02
-policies:
-  - method: agp
-    final_sparsity: 0.9
-    start: 0
-    end: 4
-"""
+BASE = (Path(__file__).parent / "base_recipe.yaml").read_text()  # the valid recipe the cases start from
 
 
 def error(text) -> str:
