@@ -42,7 +42,7 @@ def test_every_result_carries_targets(path):
 def test_met_agrees_with_the_measured_figure(path):
     """Where a target is a plain threshold ('>= 5x', '<= 0.5 pp', 'within 0.5 pp'), `met` must follow from `measured`."""
     for t in json.loads(path.read_text())["targets"]:
-        m = THRESHOLD.match(t["target"])
+        m = THRESHOLD.match(str(t["target"]))
         if not m or isinstance(t["measured"], bool) or not isinstance(t["measured"], (int, float)):
             continue
         op, bound, x = m[1], float(m[2]), float(t["measured"])
