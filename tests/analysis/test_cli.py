@@ -96,3 +96,16 @@ def test_main_exits_2_with_one_line(tmp_path):
         pytest.skip(f"another topic's command module is missing: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "weights file not found" in r.stderr
+
+
+def test_analyze_shows_energy(app):
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits", "--json", "--mac-type", "int8", "--bits", "8"])
+    assert r.exit_code == 0, r.output
+    t = json.loads(r.stdout)["totals"]
+    # 50,200 int8 MACs · 0.23 pJ + bytes (int8 weights, 32-bit biases) / 4 words · 640 pJ
+    nbytes = 50_200 + 4 * (300 + 100 + 10)
+    assert t["energy_pj"] == pytest.approx(50_200 * 0.23 + (nbytes // 4) * 640)
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits"])
+    assert r.exit_code == 0 and "energy nJ" in r.output
+    r = CliRunner().invoke(app, ["analyze", "--model", "lenet300", "--data", "digits", "--mac-type", "fp8"])
+    assert r.exit_code != 0 and isinstance(r.exception, UserError)

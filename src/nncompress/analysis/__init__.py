@@ -1,6 +1,6 @@
 """Measure a model: parameters, non-zeros, sparsity, MACs, storage bytes per format, latency, energy estimate."""
 from nncompress.analysis.counts import LayerCounts, ModelCounts, count_layer, count_parameters, nnz, sparsity, weight_layers
-from nncompress.analysis.energy import EnergyEstimate, estimate_energy_pj
+from nncompress.analysis.energy import MAC_COSTS_PJ, EnergyEstimate, estimate_energy_pj, layer_energy_pj
 from nncompress.analysis.latency import (
     LatencyResult,
     measure_callable_ms,
@@ -23,6 +23,7 @@ from nncompress.analysis.storage import (
 
 __all__ = [
     "EnergyEstimate",
+    "MAC_COSTS_PJ",
     "LatencyResult",
     "LayerCounts",
     "LayerMacs",
@@ -40,6 +41,7 @@ __all__ = [
     "dense_bytes",
     "estimate_energy_pj",
     "index_bits_for",
+    "layer_energy_pj",
     "layer_storage",
     "matrix_shape",
     "measure_callable_ms",

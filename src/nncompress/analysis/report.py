@@ -2,6 +2,8 @@
 
 Storage per layer: the weight in each format (see storage.py) plus the bias stored dense at 32 bits
 in every format (float32, or the int32 bias of quantized kernels), so format totals are comparable.
+Energy per layer (energy.py, Horowitz ISSCC 2014 45 nm costs): its MACs of `mac_type` plus one read of its
+stored bytes (weight + bias, dense at `value_bits` or CSR per `weight_format`) from DRAM or SRAM.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from nncompress.analysis.counts import count_layer, weight_layers
+from nncompress.analysis.energy import check_mac_type, layer_energy_pj
 from nncompress.analysis.macs import count_macs
 from nncompress.analysis.storage import dense_bytes, layer_storage
 from nncompress.core.errors import UserError
@@ -39,9 +42,10 @@ class LayerRow:
     coo_bytes: int
     csr_bytes: int
     csc_bytes: int
+    energy_pj: float = 0.0  # estimate: MACs + one read of the stored bytes (energy.py)
 
 
-_SUMMED = ("params", "nnz", "macs", "sparse_macs") + tuple(f"{f}_bytes" for f in FORMATS)
+_SUMMED = ("params", "nnz", "macs", "sparse_macs") + tuple(f"{f}_bytes" for f in FORMATS) + ("energy_pj",)
 
 
 @dataclass
@@ -49,6 +53,9 @@ class ModelAnalysis:
     input_shape: tuple[int, ...]
     value_bits: int
     layers: list[LayerRow] = field(default_factory=list)
+    mac_type: str = "fp32"
+    weight_format: str = "dense"
+    weight_memory: str = "dram"
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -61,6 +68,8 @@ class ModelAnalysis:
         return {
             "input_shape": list(self.input_shape),
             "value_bits": self.value_bits,
+            "energy_model": {"mac_type": self.mac_type, "weight_format": self.weight_format,
+                             "weight_memory": self.weight_memory, "costs": "Horowitz ISSCC 2014, 45 nm (estimate)"},
             "layers": [{**asdict(r), "shape": list(r.shape)} for r in self.layers],
             "totals": self.totals,
         }
@@ -71,12 +80,12 @@ class ModelAnalysis:
 
         table = Table(title=title or f"model analysis (input {tuple(self.input_shape)}, {self.value_bits}-bit values)")
         for col in ("layer", "type", "shape", "params", "non-zero", "sparsity", "MACs", "sparse MACs",
-                    "dense B", "COO B", "CSR B", "CSC B"):
+                    "dense B", "COO B", "CSR B", "CSC B", "energy nJ"):
             table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
 
         def cells(d: dict[str, Any]) -> list[str]:
             return [f"{d['params']:,}", f"{d['nnz']:,}", f"{100 * d['sparsity']:.1f}%", f"{d['macs']:,}",
-                    f"{d['sparse_macs']:,}"] + [f"{d[f + '_bytes']:,}" for f in FORMATS]
+                    f"{d['sparse_macs']:,}"] + [f"{d[f + '_bytes']:,}" for f in FORMATS] + [f"{d['energy_pj'] / 1000:,.1f}"]
 
         for i, r in enumerate(self.layers):
             table.add_row(r.name or "(model)", r.type, "×".join(map(str, r.shape)), *cells(asdict(r)),
@@ -96,9 +105,13 @@ def _as_shape(input_shape) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def analyze(model: nn.Module, input_shape: tuple[int, ...], value_bits: int = 32) -> ModelAnalysis:
-    """Per-layer params, non-zeros, sparsity, MACs (dense and non-zero only) and bytes in each format."""
+def analyze(model: nn.Module, input_shape: tuple[int, ...], value_bits: int = 32, mac_type: str = "fp32",
+            weight_format: str = "dense", weight_memory: str = "dram") -> ModelAnalysis:
+    """Per-layer params, non-zeros, sparsity, MACs (dense and non-zero only), bytes in each format and an energy
+    estimate (pJ): MACs of `mac_type` + one read of the `weight_format` ('dense' or 'csr') bytes from
+    `weight_memory` ('dram' or 'sram'); see energy.py for the costs and their source."""
     shape = _as_shape(input_shape)
+    check_mac_type(mac_type)
     dense_macs = count_macs(model, shape).layers
     sparse_macs = count_macs(model, shape, count_sparse=True).layers
     rows = []
@@ -106,14 +119,15 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], value_bits: int = 32
         c = count_layer(m, name)
         st = layer_storage(m.weight, value_bits)
         bias = dense_bytes(c.bias_params, BIAS_BITS)
+        macs = dense_macs[name].macs if name in dense_macs else 0
+        smacs = sparse_macs[name].macs if name in sparse_macs else 0
+        nbytes = {f"{f}_bytes": st[f"{f}_bytes"] + bias for f in FORMATS}
+        energy = layer_energy_pj(macs, smacs, nbytes["dense_bytes"], nbytes["csr_bytes"], mac_type, weight_format, weight_memory)
         rows.append(LayerRow(
             name=name, type=c.type, shape=c.weight_shape, params=c.params, nnz=c.nnz, sparsity=c.sparsity,
-            weight_sparsity=c.weight_sparsity,
-            macs=dense_macs[name].macs if name in dense_macs else 0,
-            sparse_macs=sparse_macs[name].macs if name in sparse_macs else 0,
-            **{f"{f}_bytes": st[f"{f}_bytes"] + bias for f in FORMATS},
+            weight_sparsity=c.weight_sparsity, macs=macs, sparse_macs=smacs, **nbytes, energy_pj=energy.total_pj,
         ))
-    return ModelAnalysis(shape, value_bits, rows)
+    return ModelAnalysis(shape, value_bits, rows, mac_type, weight_format, weight_memory)
 
 
 def _save_figure(fig, path: str | os.PathLike) -> Path:
