@@ -42,7 +42,24 @@ def test_sizes_and_layer_table_by_hand():
     assert all(s["ratio"] == pytest.approx(60 / s["bytes"]) for s in rep.stages)
     assert rep.stages[-1]["stage"] == "after: sparse (CSR) 8-bit values" and rep.stages[-1]["bytes"] < rep.stages[2]["bytes"]
     assert rep.layers == [{"name": "1", "shape": "3×4", "params": 15, "nnz_before": 15, "nnz_after": 9, "sparsity_after": 0.5,
-                           "bytes_after": rep.layers[0]["bytes_after"]}]
+                           "bytes_after": 24, "energy_after_pj": pytest.approx(3895.2)}]
+    # energy (Horowitz 45 nm): 12 fp32 MACs · 4.6 pJ = 55.2 pJ, plus the stored bytes read from DRAM at 640 pJ/word:
+    # before 15 fp32 values = 15 words; after 12 int8 weights (dense 12 B < CSR 6 + 10 index B) + 12 B bias = 6 words
+    key = "energy estimate (45 nm, fp32 MACs, weights from DRAM)"
+    assert rep.summary[key] == f"{(55.2 + 15 * 640) / 1e6:,.3f} µJ → {(55.2 + 6 * 640) / 1e6:,.3f} µJ"
+    assert "energy after (nJ, est.)" in rep.to_markdown() and "energy after (nJ, est.)" in rep.to_html()
+
+
+def test_sparse_layer_energy_counts_nonzero_macs():
+    torch.manual_seed(0)
+    before = nn.Sequential(nn.Linear(100, 10, bias=False))
+    after = nn.Sequential(nn.Linear(100, 10, bias=False))
+    with torch.no_grad():
+        after[0].weight[:, 10:] = 0  # 100 non-zeros of 1,000
+    rep = build_report(before, after, (100,), 90.0, 89.0)
+    # CSR fp32: 100·4 + (100 + 10 + 1)·1 = 511 B < dense 4,000 B → 128 words · 640 pJ + 100 MACs · 4.6 pJ
+    assert rep.layers[0]["bytes_after"] == 511
+    assert rep.layers[0]["energy_after_pj"] == pytest.approx(128 * 640 + 460)
 
 
 def test_html_and_markdown_are_self_contained(tmp_path):

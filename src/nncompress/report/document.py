@@ -2,6 +2,8 @@
 
 Sections: summary, per-stage sizes and ratios (original / compressed), per-layer table, accuracy-vs-size
 Pareto plot, weight histograms before/after, training history, sensitivity curves (when given), environment.
+Energy: the analysis package's estimate (Horowitz ISSCC 2014, 45 nm; fp32 MACs + one read of each layer's
+stored weights from DRAM), before (dense fp32) and after (each layer in the format its bytes are counted in).
 """
 from __future__ import annotations
 
@@ -47,10 +49,11 @@ class Report:
     def _tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
         stages = [[s["stage"], f"{s['bytes']:,}", f"{s['ratio']:.2f}×", f"{s['top1']:.2f}"] for s in self.stages]
         layers = [[r["name"], r["shape"], f"{r['params']:,}", f"{r['nnz_before']:,}", f"{r['nnz_after']:,}",
-                   f"{100 * r['sparsity_after']:.1f}%", f"{r['bytes_after']:,}"] for r in self.layers]
+                   f"{100 * r['sparsity_after']:.1f}%", f"{r['bytes_after']:,}",
+                   "" if r.get("energy_after_pj") is None else f"{r['energy_after_pj'] / 1000:,.1f}"] for r in self.layers]
         return [("Stages (ratio = original / compressed bytes)", ["stage", "bytes", "ratio", "top-1 (%)"], stages),
                 ("Layers", ["layer", "weight shape", "weights", "non-zero before", "non-zero after", "sparsity after",
-                            "bytes after"], layers)]
+                            "bytes after", "energy after (nJ, est.)"], layers)]
 
     def to_html(self) -> str:
         e = html.escape
@@ -100,6 +103,7 @@ def build_report(before: nn.Module, after: nn.Module, input_shape: tuple[int, ..
     `value_bits` (each layer in the smaller of dense and CSR). `sensitivity`: a SensitivityResult.to_dict()."""
     a_before, a_after32 = analyze(before, input_shape), analyze(after, input_shape)
     a_after = analyze(after, input_shape, value_bits) if value_bits != 32 else a_after32
+    csr_energy = {r.name: r.energy_pj for r in analyze(after, input_shape, value_bits, weight_format="csr").layers}
     dense_before = a_before.totals["dense_bytes"]
 
     def best(a) -> int:
@@ -117,7 +121,8 @@ def build_report(before: nn.Module, after: nn.Module, input_shape: tuple[int, ..
         rb = before_rows.get(name, before_rows.get(r.name))
         layers.append({"name": name, "shape": "×".join(map(str, r.shape)), "params": rb.params if rb else r.params,
                        "nnz_before": rb.nnz if rb else r.params, "nnz_after": r.nnz, "sparsity_after": r.weight_sparsity,
-                       "bytes_after": min(r.dense_bytes, r.csr_bytes)})
+                       "bytes_after": min(r.dense_bytes, r.csr_bytes),
+                       "energy_after_pj": r.energy_pj if r.dense_bytes <= r.csr_bytes else csr_energy[r.name]})
     wb = _weights(before)
     wa = {k.removesuffix(".layer"): v for k, v in _weights(after).items()}
     figures = {"Accuracy vs size": plots.pareto_png([s["stage"] for s in stage_rows], [s["bytes"] / 1024 for s in stage_rows],
@@ -129,5 +134,8 @@ def build_report(before: nn.Module, after: nn.Module, input_shape: tuple[int, ..
         figures["Pruning sensitivity"] = plots.sensitivity_png(sensitivity["levels"], sensitivity["metrics"], sensitivity["baseline"])
     summary = {"top-1 before → after": f"{top1_before:.2f}% → {top1_after:.2f}%",
                "compression": f"{stage_rows[-1]['ratio']:.1f}× ({dense_before:,} → {stage_rows[-1]['bytes']:,} bytes)",
-               "weight sparsity": f"{100 * a_after.totals['sparsity']:.1f}%", **(extra or {})}
+               "weight sparsity": f"{100 * a_after.totals['sparsity']:.1f}%",
+               "energy estimate (45 nm, fp32 MACs, weights from DRAM)":
+                   f"{a_before.totals['energy_pj'] / 1e6:,.3f} µJ → {sum(r['energy_after_pj'] for r in layers) / 1e6:,.3f} µJ",
+               **(extra or {})}
     return Report(title, summary, stage_rows, layers, figures, sensitivity=sensitivity)
