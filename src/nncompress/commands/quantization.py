@@ -79,14 +79,20 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result more than 5 pp below fp32 top-1 (a warning naming the worst layers instead of an error)."),
+        cle: bool = typer.Option(False, "--cle/--no-cle", help="PTQ ladder: cross-layer equalization + high-bias absorption (static)."),
+        bias_correction: str = typer.Option("none", "--bias-correction", help="PTQ ladder: none | empirical | analytic (static)."),
+        adaround: bool = typer.Option(False, "--adaround/--no-adaround", help="PTQ ladder: learn the weight rounding (AdaRound; static)."),
+        adaround_steps: int = typer.Option(1000, "--adaround-steps", help="AdaRound optimization steps per layer."),
     ) -> None:
-        """Quantize a model; report bytes, top-1 and measured latency before/after, and kernel vs simulation error."""
+        """Quantize a model; report bytes, top-1 and measured latency before/after, and kernel vs simulation error.
+        --cle, --bias-correction and --adaround run the static PTQ ladder (`ptq_ladder`) and report its rungs."""
         from nncompress.quantization import check_bits
         from nncompress.quantization.backends import quiet_torch_ao
-        from nncompress.quantization.pipeline import CLI_MODES, quantize_and_measure, save_quantized
+        from nncompress.quantization.pipeline import CLI_MODES, check_ladder_options, quantize_and_measure, save_quantized
 
         if mode not in CLI_MODES:
             raise UserError(f"--mode {mode!r} is not supported: use one of {', '.join(CLI_MODES)}")
+        check_ladder_options(mode, bias_correction, adaround, adaround_steps, cle)
         check_bits(bits, "--bits")
         check_bits(act_bits, "--act-bits")
         if onnx is not None and (mode == "dynamic" or bits > 8 or act_bits != 8):
@@ -112,7 +118,8 @@ def register(app: typer.Typer) -> None:
         with quiet_torch_ao():
             gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
                                               qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed, onnx,
-                                              allow_drop=allow_drop)
+                                              allow_drop=allow_drop, cle=cle, bias_correction=bias_correction, adaround=adaround,
+                                              adaround_steps=adaround_steps)
         if output is not None:
             save_quantized(gm, output)
             report["output"] = str(output)
@@ -141,6 +148,10 @@ def register(app: typer.Typer) -> None:
                           f"= {report['kernel_error_in_steps']:.2f} output steps")
         else:
             console.print(report["int8_note"])
+        if "ptq_ladder" in report:
+            lad = report["ptq_ladder"]
+            console.print(f"PTQ ladder: {' → '.join(lad['steps'])}; top-1 {lad['ladder_top1']:.2f}% vs plain static "
+                          f"{lad['static_top1']:.2f}% ({lad['gain_pp']:+.2f} pp)")
         for name, why in report["skipped_layers"].items():
             console.print(f"skipped {name}: {why}")
         if report.get("accuracy_warning"):

@@ -34,7 +34,8 @@ BIAS_CORRECTIONS = ("empirical", "analytic", None)
 def ptq_ladder(model: nn.Module, calib_data, weight_bits: int = 8, act_bits: int = 8, granularity: str = "tensor",
                calibration: str = "minmax", num_batches: int = 8, cle: bool = True, high_bias_absorption: bool = True,
                relu6: str = "replace", bias_correction: str | None = "empirical", adaround: bool = False,
-               adaround_config: AdaRoundConfig | None = None, asymmetric: bool = True) -> fx.GraphModule:
+               adaround_config: AdaRoundConfig | None = None, asymmetric: bool = True, keep_first_last: bool = False,
+               reduce_range: bool = False) -> fx.GraphModule:
     """Static PTQ with the DFQ/AdaRound rungs; returns the simulated quantized graph (the model is not modified).
 
     granularity: weight scales per "tensor" (where CLE matters most) or per "channel".
@@ -42,6 +43,8 @@ def ptq_ladder(model: nn.Module, calib_data, weight_bits: int = 8, act_bits: int
         equalized pairs, as the paper does; "clamp" keeps the function exact; "skip" leaves those pairs).
     bias_correction: "empirical" (measured on calib_data), "analytic" (data-free, from BN statistics) or None.
     adaround: learn weight rounding (`adaround_config`, `asymmetric` reconstruction) instead of nearest.
+    keep_first_last / reduce_range: as in `quantize_static` (the CLI passes them so the ladder's graph lowers to
+        the same int8 kernels a plain static graph does; the rungs skip the layers left in float).
 
     The graph carries `ptq_ladder_report`: equalized pairs, absorbed layers, AdaRound errors, corrected layers."""
     if bias_correction not in BIAS_CORRECTIONS:
@@ -58,7 +61,7 @@ def ptq_ladder(model: nn.Module, calib_data, weight_bits: int = 8, act_bits: int
         if high_bias_absorption and stats:
             report["absorbed"] = sorted(absorb_high_biases(fused, stats, pairs))
     gm = quantize_static(fused, calib_data, bits=weight_bits, granularity=granularity, calibration=calibration,
-                         num_batches=num_batches, act_bits=act_bits)
+                         num_batches=num_batches, act_bits=act_bits, keep_first_last=keep_first_last, reduce_range=reduce_range)
     if adaround:
         report["adaround"] = apply_adaround(gm, fused, calib_data, num_batches, asymmetric=asymmetric, config=adaround_config)
     if bias_correction == "empirical":

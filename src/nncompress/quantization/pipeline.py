@@ -17,7 +17,9 @@ from nncompress.core.io import atomic_write_bytes, save_weights
 from nncompress.data import Dataset, make_loaders
 from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weight_codes
+from nncompress.quantization.adaround import AdaRoundConfig
 from nncompress.quantization.graph import QuantLayer
+from nncompress.quantization.ladder import ptq_ladder
 from nncompress.quantization.onnx_qdq import OnnxRuntimeModel, to_onnx_qdq
 from nncompress.quantization.measure import float_weight_bytes, quantized_weight_bytes
 from nncompress.quantization.ptq import first_batch, quantize_dynamic, quantize_static
@@ -34,20 +36,34 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
                          epochs: int = 2, lr: float = DEFAULT_QAT_LR, qat_method: str = "lsq", keep_first_last: bool = False,
                          backend: str = "x86", reduce_range: bool | None = None, batch_size: int = 32, threads: int = 2,
                          repeats: int = 20, seed: int = 0, onnx_path: str | os.PathLike | None = None,
-                         allow_drop: bool = False, max_drop_pp: float = MAX_DROP_PP) -> tuple[nn.Module, dict]:
+                         allow_drop: bool = False, max_drop_pp: float = MAX_DROP_PP, cle: bool = False,
+                         bias_correction: str | None = None, adaround: bool = False,
+                         adaround_steps: int = 1000) -> tuple[nn.Module, dict]:
     """Quantize `model` on `ds` and measure it; returns (simulated quantized graph, report dict).
     With `onnx_path` (static/qat), also write the QDQ ONNX model and measure it in ONNX Runtime.
 
     A quantized top-1 more than `max_drop_pp` below fp32 (issue 12: entropy calibration once took a conv-BN net
     from 93 % to 12 %) raises DivergenceError naming the worst layers by SQNR on a calibration batch, before any
-    file is written; `allow_drop=True` makes it a RuntimeWarning and records it in the report."""
+    file is written; `allow_drop=True` makes it a RuntimeWarning and records it in the report.
+
+    cle / bias_correction ("empirical", "analytic", None) / adaround (`adaround_steps` per layer): static mode
+    through `ptq_ladder` instead of plain `quantize_static`, so the DFQ/AdaRound rungs are one flag away (issue 14);
+    `report["ptq_ladder"]` lists the rungs that ran, what each touched, and plain static top-1 beside the ladder's
+    (the rungs' effect). The accuracy guard judges the ladder's result like any other."""
     if mode not in CLI_MODES:
         raise UserError(f"unknown mode '{mode}': use one of {', '.join(CLI_MODES)}")
+    bias_correction = None if bias_correction in (None, "none") else bias_correction
+    ladder = bool(cle or bias_correction or adaround)
+    check_ladder_options(mode, bias_correction, adaround, adaround_steps, cle)
     if reduce_range is None:  # fbgemm/x86 without VNNI saturates int16 pair sums with 8-bit activations
         reduce_range = backend in ("x86", "fbgemm") and not cpu_has_vnni()
     train_loader, test_loader = make_loaders(ds, batch_size=64, seed=seed)
     model.eval()
-    if mode == "static":
+    if ladder:
+        gm = ptq_ladder(model, train_loader, bits, act_bits, granularity, calibration, calib_batches, cle=cle,
+                        bias_correction=bias_correction, adaround=adaround, keep_first_last=keep_first_last,
+                        adaround_config=AdaRoundConfig(iters=adaround_steps, seed=seed), reduce_range=reduce_range)
+    elif mode == "static":
         gm = quantize_static(model, train_loader, bits, granularity, calibration, calib_batches, act_bits,
                              keep_first_last, reduce_range=reduce_range)
     elif mode == "dynamic":
@@ -65,6 +81,11 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         "threads": threads, "batch_size": batch_size, "backend": backend,
     }
     report["size_ratio"] = report["fp32_bytes"] / report["quantized_bytes"]
+    if ladder:
+        plain = quantize_static(model, train_loader, bits, granularity, calibration, calib_batches, act_bits, keep_first_last,
+                                reduce_range=reduce_range)
+        report["ptq_ladder"] = ladder_summary(gm.ptq_ladder_report, cle, bias_correction, adaround, evaluate(plain, test_loader),
+                                              report["quantized_top1"])
     _check_drop(gm, report, report["fp32_top1"], report["quantized_top1"], ds, first_batch(train_loader), allow_drop, max_drop_pp)
     report["fp32_latency_ms"] = measure_latency_ms(model, x, warmup=5, repeats=repeats, threads=threads).median_ms
     kernels_ok = bits <= 8 and act_bits == 8
@@ -90,6 +111,50 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         report["onnx_latency_ms"] = measure_latency_ms(ort_model, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report.update({f"onnx_{k}": v for k, v in compare_with_simulation(gm, ort_model, ds.x_test[:256]).items()})
     return gm, report
+
+
+def check_ladder_options(mode: str, bias_correction: str | None, adaround: bool, adaround_steps: int,
+                         cle: bool = False) -> None:
+    """Refuse ladder combinations that cannot mean anything, before any data loads: every rung works on the static
+    graph (weights and calibrated activation ranges), so dynamic and QAT modes have nothing for it to fix."""
+    from nncompress.quantization.ladder import BIAS_CORRECTIONS
+
+    if bias_correction not in BIAS_CORRECTIONS and bias_correction != "none":
+        raise UserError(f"--bias-correction: unknown bias correction '{bias_correction}': use none, empirical or analytic")
+    used = [name for name, on in (("--cle", cle), ("--bias-correction", bias_correction not in (None, "none")),
+                                  ("--adaround", adaround)) if on]
+    if used and mode != "static":
+        raise UserError(f"{' and '.join(used)} need{'s' if len(used) == 1 else ''} --mode static: the PTQ ladder corrects a static graph "
+                        f"({mode} {'has no calibrated activations' if mode == 'dynamic' else 'trains its own quantizers'})")
+    if isinstance(adaround_steps, bool) or not isinstance(adaround_steps, int) or not 1 <= adaround_steps <= 100_000:
+        raise UserError(f"--adaround-steps {adaround_steps!r} must be a whole number from 1 to 100000")
+
+
+def ladder_summary(raw: dict, cle: bool, bias_correction: str | None, adaround: bool, static_top1: float,
+                   ladder_top1: float) -> dict:
+    """`ptq_ladder_report` as JSON-ready data: the rungs that ran in order, what each touched, and the ladder's top-1
+    against plain static quantization with the same bits, granularity and calibration (the rungs' net effect)."""
+    steps, idle = ["fold_bn"], {}  # idle: rungs asked for that changed nothing, and why (a report must not claim them)
+    if cle and raw["equalized_pairs"]:
+        steps += ["cross_layer_equalization"] + (["high_bias_absorption"] if raw["absorbed"] else [])
+    elif cle:
+        idle["cross_layer_equalization"] = "no equalizable layer pairs (conv/linear → ReLU → conv/linear)"
+    steps.append("calibrate")
+    if adaround:
+        steps.append("adaround")
+    if bias_correction and raw["bias_corrected"]:
+        steps.append(f"bias_correction_{bias_correction}")
+    elif bias_correction:
+        idle[f"bias_correction_{bias_correction}"] = ("no BatchNorm statistics before any layer (the data-free correction needs them)"
+                                                      if bias_correction == "analytic" else "no layer corrected")
+    return {
+        "steps": steps, "not_applied": idle,
+        "equalized_pairs": [list(p) for p in raw["equalized_pairs"]],
+        "absorbed": list(raw["absorbed"]),
+        "adaround_error": {k: {"nearest": float(a), "adaround": float(b)} for k, (a, b) in raw["adaround"].items()},
+        "bias_corrected": list(raw["bias_corrected"]),
+        "static_top1": static_top1, "ladder_top1": ladder_top1, "gain_pp": ladder_top1 - static_top1,
+    }
 
 
 def _check_drop(gm: nn.Module, report: dict, fp32: float, quantized: float, ds: Dataset, calib: torch.Tensor,
