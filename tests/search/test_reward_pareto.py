@@ -38,3 +38,14 @@ def test_plot_pareto_writes_png(tmp_path):
     path = tmp_path / "p.png"
     plot_pareto(pts, path, [{"name": "baseline", "latency_ms": 1.5, "top1": 91.0}], target_ms=1.5)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_energy_reward_hand_worked():
+    from nncompress.search import energy_reward
+
+    assert energy_reward(80.0, 3.0, 3.0) == pytest.approx(80.0)
+    # half the energy: 80 · 2^0.07 = 83.977; hard budget α = 0, β = −1 at twice the energy: 40
+    assert energy_reward(80.0, 1.5e6, 3e6) == pytest.approx(83.977, abs=1e-3)
+    assert energy_reward(80.0, 6e6, 3e6, alpha=0.0, beta=-1.0) == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        energy_reward(80.0, 0.0, 1.0)

@@ -7,13 +7,13 @@ from nncompress.search.early_exit import (
 from nncompress.search.evaluator import Candidate, Evaluator
 from nncompress.search.pareto import pareto_front, plot_pareto
 from nncompress.search.platform_search import run_search, validation_split
-from nncompress.search.reward import latency_reward
+from nncompress.search.reward import energy_reward, latency_reward
 from nncompress.search.space import Arch, MobileNetSpace, SearchNet
 from nncompress.search.strategies import evolutionary_search, random_search
 
 __all__ = [
     "Arch", "Candidate", "EarlyExitNet", "Evaluator", "ExitHead", "ExitLoss", "MobileNetSpace", "SearchNet",
-    "calibrate_thresholds", "early_exit_report", "evolutionary_search", "latency_reward", "pareto_front",
+    "calibrate_thresholds", "early_exit_report", "energy_reward", "evolutionary_search", "latency_reward", "pareto_front",
     "plot_pareto", "random_search", "run_early_exit", "run_search", "simulate_exits", "thresholds_for_budget", "to_sequential",
     "tradeoff_curve", "validation_split",
 ]

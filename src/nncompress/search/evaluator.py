@@ -14,9 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nncompress.analysis.latency import measure_latency_ms
+from nncompress.analysis.report import analyze
 from nncompress.architectures.summary import count_macs, count_params
 from nncompress.data import Dataset, make_loaders
-from nncompress.search.reward import latency_reward
+from nncompress.core.errors import UserError
+from nncompress.search.reward import RESOURCES, energy_reward, latency_reward
 from nncompress.search.space import Arch, MobileNetSpace
 from nncompress.training import TrainConfig, evaluate, train
 
@@ -35,6 +37,7 @@ class Candidate:
     arch: dict | None = None
     strategy: str = ""
     test_top1: float | None = None  # filled once, for the chosen model and the baseline, after the choice
+    energy_pj: float = math.nan  # analysis estimate (fp32 MACs + weights read from DRAM, Horowitz 45 nm)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +51,8 @@ class Evaluator:
     trained model in `models` (by candidate name) so the chosen one can be tested once without retraining.
 
     `target_ms` may be set after construction (e.g. to a baseline's measured latency) but before the first call.
+    `resource="energy"` scores ACC·(E/E_target)^w instead, E the analysis energy estimate, against
+    `target_energy_pj` (set the same way).
     """
 
     space: MobileNetSpace
@@ -61,6 +66,8 @@ class Evaluator:
     alpha: float = -0.07
     beta: float = -0.07
     seed: int = 0
+    resource: str = "latency"  # or "energy"
+    target_energy_pj: float | None = None
     cache: dict[Arch, Candidate] = field(default_factory=dict)
     models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
@@ -79,15 +86,29 @@ class Evaluator:
             torch.set_num_threads(before)
         shape = self.dataset.input_shape
         lat = measure_latency_ms(model, torch.zeros(1, *shape), warmup=3, repeats=self.latency_repeats, threads=self.threads)
-        cand = Candidate(name, count_params(model), count_macs(model, shape), lat.median_ms, top1)
+        cand = Candidate(name, count_params(model), count_macs(model, shape), lat.median_ms, top1,
+                         energy_pj=analyze(model, shape).totals["energy_pj"])
         self.models[name] = model
-        if self.target_ms is not None:
-            cand.reward = latency_reward(top1, cand.latency_ms, self.target_ms, self.alpha, self.beta)
+        if self._target() is not None:
+            cand.reward = self.score(cand)
         return cand
 
+    def _target(self) -> float | None:
+        if self.resource not in RESOURCES:
+            raise UserError(f"unknown search resource '{self.resource}': use one of {', '.join(RESOURCES)}")
+        return self.target_ms if self.resource == "latency" else self.target_energy_pj
+
+    def score(self, cand: Candidate) -> float:
+        """The reward of a measured candidate against this Evaluator's resource and target."""
+        if self._target() is None:
+            raise ValueError(f"set the {self.resource} target before scoring")
+        if self.resource == "energy":
+            return energy_reward(cand.top1, cand.energy_pj, self.target_energy_pj, self.alpha, self.beta)
+        return latency_reward(cand.top1, cand.latency_ms, self.target_ms, self.alpha, self.beta)
+
     def __call__(self, arch: Arch) -> Candidate:
-        if self.target_ms is None:
-            raise ValueError("set target_ms before scoring architectures")
+        if self._target() is None:
+            raise ValueError(f"set the {self.resource} target before scoring architectures")
         if arch not in self.cache:
             torch.manual_seed(self.seed)
             model = self.space.build(arch, self.dataset.input_shape, self.dataset.num_classes)

@@ -24,7 +24,6 @@ from nncompress.core.io import atomic_write_text
 from nncompress.data import Dataset, load_dataset, make_loaders
 from nncompress.search.evaluator import Evaluator
 from nncompress.search.pareto import pareto_front, plot_pareto
-from nncompress.search.reward import latency_reward
 from nncompress.search.space import MobileNetSpace
 from nncompress.search.strategies import evolutionary_search, random_search
 from nncompress.training import evaluate
@@ -63,13 +62,14 @@ def run_search(data: str = "mnist5k", strategy: str = "evolution", trials: int =
                alpha: float = -0.07, beta: float = -0.07, baseline: str = "mobilenet_v1", baseline_width: float = 0.25,
                space: MobileNetSpace | None = None, population: int = 4, threads: int = 1, latency_repeats: int = 20,
                seed: int = 0, out_dir: str | os.PathLike | None = None, progress: bool | None = None,
-               val_fraction: float = 0.2) -> dict:
+               val_fraction: float = 0.2, resource: str = "latency", target_energy_pj: float | None = None) -> dict:
     """Search `trials` architectures per strategy; returns baseline, candidates, Pareto front and the best reward.
 
     Candidates train on the training data less a `val_fraction` validation split (seeded, stratified) and are
     compared on that split: `top1`, `reward`, the Pareto front and the winner are all validation figures. The
     winner and the baseline are then evaluated once on the test split (`test_top1`). With `out_dir`, writes
-    `search.json` and `pareto.png` (validation top-1 vs latency) there, atomically.
+    `search.json` and `pareto.png` (validation top-1 vs latency) there, atomically. `resource="energy"`: the
+    reward is ACC·(E/E_target)^w on the analysis energy estimate, E_target = `target_energy_pj` or the baseline's.
     """
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
@@ -77,16 +77,20 @@ def run_search(data: str = "mnist5k", strategy: str = "evolution", trials: int =
         raise UserError(f"--trials and --epochs must be >= 1, got {trials} and {epochs}")
     if target_ms is not None and target_ms <= 0:
         raise UserError(f"--target-ms must be positive, got {target_ms}")
+    if target_energy_pj is not None and target_energy_pj <= 0:
+        raise UserError(f"target_energy_pj must be positive, got {target_energy_pj}")
     ds = load_dataset(data, seed=seed).subset(n_train, n_test)
     search_ds = validation_split(ds, val_fraction, seed)  # the Evaluator gets no test data
     space = space or MobileNetSpace()
     ev = Evaluator(space, search_ds, target_ms, epochs=epochs, threads=threads, latency_repeats=latency_repeats,
-                   alpha=alpha, beta=beta, seed=seed)
+                   alpha=alpha, beta=beta, seed=seed, resource=resource)
+    ev._target()  # an unknown resource fails before any training
     torch.manual_seed(seed)
     base_model = build_model(baseline, ds.input_shape, ds.num_classes, width_mult=baseline_width)
     base = ev.measure(base_model, f"{baseline} {baseline_width:g}")
     ev.target_ms = target_ms if target_ms is not None else base.latency_ms
-    base.reward = latency_reward(base.top1, base.latency_ms, ev.target_ms, alpha, beta)
+    ev.target_energy_pj = target_energy_pj if target_energy_pj is not None else base.energy_pj
+    base.reward = ev.score(base)
     candidates = []
     if strategy in ("random", "both"):
         candidates += random_search(space, ev, trials, seed, progress)
@@ -106,7 +110,7 @@ def run_search(data: str = "mnist5k", strategy: str = "evolution", trials: int =
         torch.set_num_threads(before)
     result = {
         "data": data, "strategy": strategy, "trials": trials, "epochs": epochs, "threads": threads,
-        "target_ms": ev.target_ms, "alpha": alpha, "beta": beta, "space_size": space.size,
+        "target_ms": ev.target_ms, "resource": resource, "target_energy_pj": ev.target_energy_pj, "alpha": alpha, "beta": beta, "space_size": space.size,
         "selection": "validation", "val_fraction": val_fraction, "n_fit": len(search_ds.y_train),
         "n_val": len(search_ds.y_test), "n_test": len(ds.y_test),
         "baseline": base.to_dict(), "candidates": [c.to_dict() for c in candidates],

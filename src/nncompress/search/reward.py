@@ -14,3 +14,17 @@ def latency_reward(acc: float, latency_ms: float, target_ms: float, alpha: float
         raise ValueError(f"latency and target must be positive, got {latency_ms} and {target_ms}")
     w = alpha if latency_ms <= target_ms else beta
     return acc * (latency_ms / target_ms) ** w
+
+
+RESOURCES = ("latency", "energy")
+
+
+def energy_reward(acc: float, energy_pj: float, target_pj: float, alpha: float = -0.07, beta: float = -0.07) -> float:
+    """ACC · (E/E_target)^w with w = α when E ≤ E_target and β otherwise: MnasNet's reward with the analysis
+    package's energy estimate (Horowitz ISSCC 2014, 45 nm costs; see analysis/energy.py) as the platform
+    resource instead of measured latency, as energy-aware search (e.g. Yang et al., "Designing energy-efficient
+    CNNs using energy-aware pruning", CVPR 2017) targets a battery budget rather than a time budget."""
+    if energy_pj <= 0 or target_pj <= 0:
+        raise ValueError(f"energy and target must be positive, got {energy_pj} and {target_pj}")
+    w = alpha if energy_pj <= target_pj else beta
+    return acc * (energy_pj / target_pj) ** w
