@@ -1,5 +1,8 @@
 """Unstructured pruning: masks (parametrizations), criteria, one-shot pruners, schedules, sensitivity.
 
+Beyond magnitude: data-driven element scores (taylor, obd, snip, apoz) and data-free synflow in saliency.py;
+kernel / vector / block granularity and `ScorePruner` (any criterion at any granularity) in granularity.py.
+
     from nncompress.pruning import LevelPruner, finalize
     LevelPruner(0.92, scope="global").prune(model)   # masks attached; fine-tune with them on
     finalize(model)                                   # bake weight·mask into plain weights
@@ -12,6 +15,15 @@ from nncompress.pruning.criteria import (
     sensitivity_mask,
     sensitivity_threshold,
     smallest_k_mask,
+)
+from nncompress.pruning.granularity import (
+    GRANULARITIES,
+    ScorePruner,
+    block_mask,
+    group_ids,
+    group_mask,
+    kernel_mask,
+    vector_mask,
 )
 from nncompress.pruning.mask import (
     Mask,
@@ -27,25 +39,41 @@ from nncompress.pruning.mask import (
     remove_mask,
 )
 from nncompress.pruning.pruners import LevelPruner, MagnitudePruner, SensitivityPruner, resolve_layers
+from nncompress.pruning.saliency import (
+    apoz,
+    apoz_scores,
+    obd_scores,
+    snip_scores,
+    synflow_scores,
+    taylor_scores,
+)
 from nncompress.pruning.schedules import AGPPruner, SplicingPruner, agp_sparsity, iterative_prune
 from nncompress.pruning.sensitivity import DEFAULT_LEVELS, SensitivityResult, sensitivity_analysis
 
 __all__ = [
     "AGPPruner",
     "DEFAULT_LEVELS",
+    "GRANULARITIES",
     "LevelPruner",
     "MagnitudePruner",
     "Mask",
+    "ScorePruner",
     "SensitivityPruner",
     "SensitivityResult",
     "SplicingPruner",
     "agp_sparsity",
+    "apoz",
+    "apoz_scores",
     "apply_mask",
     "apply_shared_mask",
+    "block_mask",
     "dense_tensor",
     "finalize",
     "get_mask",
+    "group_ids",
+    "group_mask",
     "iterative_prune",
+    "kernel_mask",
     "largest_magnitude_mask",
     "level_mask",
     "load_masked_state_dict",
@@ -53,6 +81,7 @@ __all__ = [
     "magnitude_threshold_mask",
     "mask_state_dict",
     "masked_layers",
+    "obd_scores",
     "random_mask",
     "remove_mask",
     "resolve_layers",
@@ -60,4 +89,8 @@ __all__ = [
     "sensitivity_mask",
     "sensitivity_threshold",
     "smallest_k_mask",
+    "snip_scores",
+    "synflow_scores",
+    "taylor_scores",
+    "vector_mask",
 ]
