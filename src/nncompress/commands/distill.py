@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
     @app.command("factorize")
     def factorize_cmd(
         model: str = typer.Option(..., "--model", help="Model name (lenet300, lenet5, ...)."),
-        method: str = typer.Option("svd", "--method", help="svd (Linear layers), tucker or cp (k×k Conv2d layers)."),
+        method: str = typer.Option("svd", "--method", help="svd (Linear layers), tucker, cp or separable (k×k Conv2d layers)."),
         energy: float | None = typer.Option(None, "--energy", help="Keep this fraction of Σs² per layer (e.g. 0.9)."),
         ratio: float | None = typer.Option(None, "--ratio", help="Shrink each layer's parameters (or MACs with --macs) by this factor."),
         macs: bool = typer.Option(False, "--macs", help="--ratio counts MACs instead of parameters."),
@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         out_json: Path | None = typer.Option(None, "--out-json", help="Also write the result JSON to this file."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
     ) -> None:
-        """Factorize layers (SVD, Tucker-2, CP), report per-layer ranks, sizes and reconstruction error, fine-tune."""
+        """Factorize layers (SVD, Tucker-2, CP, spatially separable), report per-layer ranks, sizes and reconstruction error, fine-tune."""
         from nncompress.data import load_dataset, make_loaders
         from nncompress.core.guards import check_accuracy_kept
         from nncompress.lowrank import METHODS, factorize, save_factorized

@@ -1,6 +1,15 @@
-"""Low-rank factorization: truncated SVD for Linear, Tucker-2 and CP for Conv2d (TensorLy), ranks by energy,
+"""Low-rank factorization: truncated SVD for Linear, Tucker-2, CP (TensorLy) and spatially separable for Conv2d, ranks by energy,
 cost ratio or EVBMF, modules replaced in place with per-layer reconstruction error."""
-from nncompress.lowrank.decompose import LowRank, cp_conv, reconstruct_weight, relative_error, svd_linear, tucker2_conv
+from nncompress.lowrank.decompose import (
+    LowRank,
+    cp_conv,
+    reconstruct_weight,
+    relative_error,
+    separable_conv,
+    separable_matrix,
+    svd_linear,
+    tucker2_conv,
+)
 from nncompress.lowrank.factorize import (
     METHODS,
     FactorizationReport,
@@ -28,6 +37,8 @@ __all__ = [
     "reconstruct_weight",
     "relative_error",
     "restructure",
+    "separable_conv",
+    "separable_matrix",
     "save_factorized",
     "svd_linear",
     "tucker2_conv",

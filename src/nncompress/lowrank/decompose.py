@@ -5,6 +5,8 @@
   W ≈ G ×₀ U_out ×₁ U_in → 1×1 conv (in → R_in), k×k conv core (R_in → R_out), 1×1 conv (R_out → out).
 - CP (Lebedev et al. 2015, "Speeding-up CNNs Using Fine-tuned CP-Decomposition"):
   W ≈ Σ_r λ_r a_r ∘ b_r ∘ c_r ∘ d_r → 1×1 (in → R), k_h×1 depthwise, 1×k_w depthwise, 1×1 (R → out).
+- Spatially separable (Jaderberg, Vedaldi, Zisserman 2014, "Speeding up Convolutional Neural Networks with Low
+  Rank Expansions", scheme 2): W[n,c,y,x] ≈ Σ_k H[n,k,x]·V[k,c,y] → k_h×1 conv (C → K), 1×k_w conv (K → N).
 
 Each builder returns a `LowRank` module (an nn.Sequential that remembers its method and ranks, so a saved
 factorized model can be rebuilt before loading its weights).
@@ -34,9 +36,9 @@ class LowRank(nn.Sequential):
 
 def _check_conv(layer: nn.Module) -> None:
     if not isinstance(layer, nn.Conv2d):
-        raise UserError(f"Tucker/CP factorize Conv2d layers, got {type(layer).__name__}")
+        raise UserError(f"Tucker/CP/separable factorize Conv2d layers, got {type(layer).__name__}")
     if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-        raise UserError("Tucker/CP need a Conv2d with groups=1, numeric padding and padding_mode='zeros'")
+        raise UserError("Tucker/CP/separable need a Conv2d with groups=1, numeric padding and padding_mode='zeros'")
 
 
 # --- empty structures (shapes only), filled by the decompositions below or by a checkpoint -----------------
@@ -63,6 +65,25 @@ def cp_structure(layer: nn.Conv2d, rank: int) -> LowRank:
                    nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=rank, bias=False),
                    nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw), groups=rank, bias=False),
                    nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None))
+
+
+def separable_structure(layer: nn.Conv2d, rank: int) -> LowRank:
+    """k_h×1 conv (C → K) then 1×k_w conv (K → N). The vertical conv takes the height stride, padding and
+    dilation and keeps every input column; the horizontal one takes the width's. Zero-padding rows then columns
+    is the same as padding both at once, so the pair computes exactly the conv of the separable kernel."""
+    _check_conv(layer)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    return LowRank("separable", (rank,),
+                   nn.Conv2d(layer.in_channels, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False),
+                   nn.Conv2d(rank, layer.out_channels, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw),
+                             bias=layer.bias is not None))
+
+
+def separable_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """M[(c,y),(x,n)] = W[n,c,y,x]: the (C·k_h) × (k_w·N) matrix whose rank-K factorization M = A·B is exactly a
+    separable pair V[k,c,y] = A[(c,y),k], H[n,k,x] = B[k,(x,n)] (Jaderberg et al. 2014, scheme 2)."""
+    n, c, kh, kw = weight.shape
+    return weight.permute(1, 2, 3, 0).reshape(c * kh, kw * n)
 
 
 def _copy_bias(layer: nn.Module, last: nn.Module) -> None:
@@ -150,6 +171,25 @@ def cp_conv(layer: nn.Conv2d, rank: int, n_iter_max: int = 300, seed: int = 0) -
 
 
 @torch.no_grad()
+def separable_conv(layer: nn.Conv2d, rank: int) -> LowRank:
+    """Spatially separable pair from the weight alone (Jaderberg et al. 2014's data-free initialization): the
+    truncated SVD M ≈ U_K·S_K·V_Kᵀ of M = separable_matrix(W) gives V = U_K·√S_K, H = √S_K·V_Kᵀ. By
+    Eckart–Young this is the separable kernel closest to W in Frobenius norm; exact at K = min(C·k_h, k_w·N)."""
+    _check_conv(layer)
+    m = separable_matrix(layer.weight.detach().double())
+    rank = max(1, min(rank, min(m.shape)))
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    root = s[:rank].sqrt()
+    n, c, kh, kw = layer.weight.shape
+    mod = separable_structure(layer, rank).to(layer.weight.dtype)
+    # V[k, c, y, 0] = (U√S)[(c,y), k];  H[n, k, 0, x] = (√S Vᵀ)[k, (x,n)]
+    mod[0].weight.copy_((u[:, :rank] * root[None, :]).t().reshape(rank, c, kh, 1))
+    mod[1].weight.copy_((root[:, None] * vh[:rank]).reshape(rank, kw, n).permute(2, 0, 1).unsqueeze(2))
+    _copy_bias(layer, mod[1])
+    return mod
+
+
+@torch.no_grad()
 def reconstruct_weight(mod: LowRank) -> torch.Tensor:
     """The dense weight a factorized module computes (for reconstruction errors)."""
     if mod.method == "svd":
@@ -157,6 +197,8 @@ def reconstruct_weight(mod: LowRank) -> torch.Tensor:
     if mod.method == "tucker":
         u_in, core, u_out = mod[0].weight[:, :, 0, 0], mod[1].weight, mod[2].weight[:, :, 0, 0]
         return torch.einsum("oa,abhw,bi->oihw", u_out, core, u_in)
+    if mod.method == "separable":
+        return torch.einsum("nkx,kcy->ncyx", mod[1].weight[:, :, 0, :], mod[0].weight[:, :, :, 0])
     b, c, d, a = mod[0].weight[:, :, 0, 0], mod[1].weight[:, 0, :, 0], mod[2].weight[:, 0, 0, :], mod[3].weight[:, :, 0, 0]
     return torch.einsum("or,ri,rh,rw->oihw", a, b, c, d)
 

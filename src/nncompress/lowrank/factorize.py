@@ -2,7 +2,8 @@
 
 Rank rules (exactly one): `energy` (fraction of Σs² kept; for CP, 1 − ‖W − Ŵ‖²/‖W‖²), `ratio` (each layer's
 parameters, or MACs with ratio_of="macs", shrink by at least this factor), `vbmf` (EVBMF on the weight, or on
-the channel unfoldings for Tucker/CP as in Kim et al. 2016), or explicit `ranks` per layer.
+the channel unfoldings for Tucker/CP as in Kim et al. 2016), or explicit `ranks` per layer. For the separable
+method every rule acts on the (C·k_h) × (k_w·N) matrix whose rank is the number K of intermediate channels.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from nncompress.lowrank.decompose import (
     cp_factors,
     cp_structure,
     relative_error,
+    separable_conv,
+    separable_matrix,
+    separable_structure,
     svd_linear,
     svd_structure,
     tucker2_conv,
@@ -32,7 +36,7 @@ from nncompress.lowrank.decompose import (
 )
 from nncompress.lowrank.rank import budget_rank, energy_rank, evbmf_rank, unfold
 
-METHODS = ("svd", "tucker", "cp")
+METHODS = ("svd", "tucker", "cp", "separable")
 SPEC_KEY = "nncompress.lowrank"
 
 
@@ -103,6 +107,10 @@ def _costs(layer: nn.Module, method: str, ranks: tuple[int, ...], io: dict | Non
         params = c_in * ri + ri * ro * kh * kw + ro * c_out
         macs = None if io is None else c_in * ri * hi * wi + (ri * ro * kh * kw + ro * c_out) * ho * wo
         return params + _bias(layer), macs
+    if method == "separable":  # k_h×1 conv on (h_out × w_in) outputs, 1×k_w conv on (h_out × w_out)
+        k = ranks[0]
+        macs = None if io is None else k * c_in * kh * ho * wi + c_out * k * kw * ho * wo
+        return k * c_in * kh + c_out * k * kw + _bias(layer), macs
     r = ranks[0]
     params = r * (c_in + kh + kw + c_out)
     macs = None if io is None else c_in * r * hi * wi + r * kh * ho * wi + (r * kw + r * c_out) * ho * wo
@@ -188,6 +196,15 @@ def _select_ranks(layer: nn.Module, method: str, energy: float | None, ratio: fl
         pick = 0 if ratio_of == "params" else 1
         return (budget_rank(lambda r: _costs(layer, method, (r,), io)[pick], dense[pick] / ratio, full),)
     c_out, c_in = w.shape[:2]
+    if method == "separable":
+        m = separable_matrix(w.double())
+        if energy is not None:
+            return (energy_rank(torch.linalg.svdvals(m), energy),)
+        if vbmf:
+            return (evbmf_rank(m),)
+        dense = _costs(layer, method, (), io)
+        pick = 0 if ratio_of == "params" else 1
+        return (budget_rank(lambda r: _costs(layer, method, (r,), io)[pick], dense[pick] / ratio, min(m.shape)),)
     if method == "tucker":
         if energy is not None:
             return (energy_rank(torch.linalg.svdvals(unfold(w, 0).double()), energy),
@@ -235,7 +252,7 @@ def _candidates(model: nn.Module, method: str, layers: list[str] | None) -> dict
 def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = None, ratio: float | None = None,
               vbmf: bool = False, ranks: dict[str, int | tuple[int, int]] | None = None, layers: list[str] | None = None,
               example_input: torch.Tensor | None = None, ratio_of: str = "params", seed: int = 0) -> FactorizationReport:
-    """Replace Linear (svd) or k×k Conv2d (tucker, cp) layers of `model` in place by factorized ones.
+    """Replace Linear (svd) or k×k Conv2d (tucker, cp, separable) layers of `model` in place by factorized ones.
 
     Tucker ranks are (R_out, R_in). With a rank rule, layers where factorizing saves nothing stay dense (reported
     as skipped); explicit `ranks` are always applied. Pass `example_input` for per-layer MACs (needed for
@@ -255,7 +272,7 @@ def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = N
     cands = _candidates(model, method, list(ranks) if ranks is not None else layers)
     if not cands:
         kinds = "Linear" if method == "svd" else "k×k Conv2d (groups=1)"
-        raise UserError(f"{method}: the model has no {kinds} layers to factorize; use --method svd for Linear layers, tucker/cp for convolutions")
+        raise UserError(f"{method}: the model has no {kinds} layers to factorize; use --method svd for Linear layers, tucker/cp/separable for convolutions")
     io_all = _record_io(model, cands, example_input) if example_input is not None else {}
     report = FactorizationReport(method, [])
     for name, layer in cands.items():
@@ -280,6 +297,8 @@ def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = N
             new = svd_linear(layer, chosen[0])
         elif method == "tucker":
             new = tucker2_conv(layer, *chosen, seed=seed)
+        elif method == "separable":
+            new = separable_conv(layer, chosen[0])
         else:
             new = cp_conv(layer, chosen[0], seed=seed)
         check_finite_weights(new, f"{method} factorization of layer {name} (ranks {new.ranks})",
@@ -302,7 +321,7 @@ def lowrank_spec(model: nn.Module) -> dict[str, dict]:
 
 def restructure(model: nn.Module, spec: dict[str, dict]) -> nn.Module:
     """Swap the named dense layers for empty factorized ones of the given ranks (to load a checkpoint into)."""
-    builders = {"svd": svd_structure, "tucker": tucker_structure, "cp": cp_structure}
+    builders = {"svd": svd_structure, "tucker": tucker_structure, "cp": cp_structure, "separable": separable_structure}
     for name, entry in spec.items():
         try:
             layer = model.get_submodule(name)
