@@ -222,3 +222,10 @@ def test_score_pruner_refusals():
         ScorePruner(0.5, granularity="kernel").prune(nn.Sequential(nn.Linear(3, 3)))
     with pytest.raises(UserError, match="sparsity must be in"):
         ScorePruner(1.0)
+
+
+def test_apoz_of_a_linear_on_token_sequences_counts_every_token():
+    m = apoz_model()
+    x = APOZ_X.view(2, 2, 2)  # (batch 2, tokens 2, features 2): same four samples as APOZ_X
+    a = apoz(m, {"fc": m}, [x])["fc"]
+    assert torch.allclose(a, torch.tensor([0.0, 1.0, 0.75], dtype=a.dtype))

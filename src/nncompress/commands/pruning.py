@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("lenet300", "--model", help="Model name (see build_model)."),
         data: str = typer.Option("digits", "--data", help="digits, mnist5k or a path to an .npz."),
         weights: Path | None = typer.Option(None, "--weights", help="Trained weights (.safetensors); trained quickly if missing."),
-        criterion: str = typer.Option("level", "--criterion", help="level (--sparsity), magnitude (--threshold) or sensitivity (--s)."),
+        criterion: str = typer.Option("level", "--criterion", help="level (--sparsity), magnitude (--threshold), sensitivity (--s), or by --sparsity: taylor, obd, snip, apoz, synflow."),
         sparsity: float = typer.Option(0.9, "--sparsity", help="Fraction of weights to remove, in [0, 1) (criterion level)."),
         scope: str = typer.Option("layer", "--scope", help="layer: each layer to --sparsity; global: one threshold for all."),
         threshold: float | None = typer.Option(None, "--threshold", help="Keep |w| > threshold (criterion magnitude)."),
@@ -149,6 +149,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         structured: bool = typer.Option(False, "--structured", help="Remove whole channels for real (criterion l1, l2, bn, taylor, random, largest)."),
         ratio: float = typer.Option(0.5, "--ratio", help="With --structured: fraction of each channel group to remove."),
+        granularity: str = typer.Option("element", "--granularity", help="element | kernel | vector | block: remove whole groups (level and score criteria)."),
+        block: int = typer.Option(4, "--block", help="With --granularity block: b for b×b blocks of the 2-D weight."),
     ) -> None:
         """Prune weights (masks finalized in the saved file); print per-layer sparsity and top-1 before/after.
 
@@ -182,9 +184,21 @@ def register(app: typer.Typer) -> None:
         names = _parse_layers(layers)
         if scope not in ("layer", "global"):
             raise UserError(f"unknown --scope '{scope}': use layer or global")
-        if criterion != "level" and scope != "layer":
+        from nncompress.pruning.granularity import GRANULARITIES
+        from nncompress.pruning.saliency import SALIENCY_CRITERIA
+
+        if granularity not in GRANULARITIES:
+            raise UserError(f"unknown --granularity '{granularity}': use {', '.join(GRANULARITIES)}")
+        scored = criterion in SALIENCY_CRITERIA or granularity != "element"  # ScorePruner, built once data is loaded
+        if scored and criterion not in ("level", *SALIENCY_CRITERIA):
+            raise UserError(f"--granularity {granularity} works with --criterion level or {', '.join(SALIENCY_CRITERIA)}, not {criterion}")
+        if scored:
+            check_sparsity(sparsity, "--sparsity"), check_int(block, "--block", 1, 1_000_000)
+        if criterion != "level" and not scored and scope != "layer":
             raise UserError(f"--scope {scope} applies to --criterion level only; drop it for --criterion {criterion}")
-        if criterion == "level":
+        if scored:
+            pruner = None
+        elif criterion == "level":
             pruner = LevelPruner(check_sparsity(sparsity, "--sparsity"), scope=scope, layers=names)
         elif criterion == "magnitude":
             if threshold is None:
@@ -195,10 +209,16 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--criterion sensitivity needs --s S (weights with |w| <= S·std(w) are removed)")
             pruner = SensitivityPruner(check_float(s, "--s", 0.0), layers=names)
         else:
-            raise UserError(f"unknown --criterion {criterion!r}: use level, magnitude or sensitivity")
+            raise UserError(f"unknown --criterion {criterion!r}: use level, magnitude, sensitivity, {', '.join(SALIENCY_CRITERIA)}")
 
         net, train_loader, test_loader = _model_and_data(model, data, weights, seed, train_epochs, as_json, names)
         top1_before = evaluate(net, test_loader)
+        if pruner is None:
+            from nncompress.pruning import ScorePruner
+
+            pruner = ScorePruner(sparsity, criterion="magnitude" if criterion == "level" else criterion, granularity=granularity,
+                                 scope=scope, layers=names, data=train_loader, block=block,
+                                 example_input=next(iter(train_loader))[0] if criterion == "synflow" else None)
         pruner.prune(net)
         top1_pruned = evaluate(net, test_loader)
         if fine_tune_epochs:

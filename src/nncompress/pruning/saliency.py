@@ -129,6 +129,7 @@ def snip_scores(model: nn.Module, layers: Layers, data: Iterable, loss_fn: Calla
 
 
 def _unit_dim_sizes(m: nn.Module) -> int:
+    """Output units of a layer: rows of a Linear weight, filters of a conv."""
     return dense_tensor(m).shape[0]
 
 
@@ -140,7 +141,8 @@ def apoz_scores(model: nn.Module, layers: Layers, data: Iterable, max_batches: i
     spatial position of a conv) of the calibration data. A unit whose ReLU output is almost always 0 contributes
     almost nothing downstream, so the weights feeding it score lowest and go first. By default the activation is
     relu(layer output), i.e. the layer is assumed to feed a ReLU directly; `activations` maps a layer name to the
-    module whose output is the unit's real activation (e.g. the ReLU after a batch norm). Weights of one unit tie;
+    module whose output is the unit's real activation (e.g. the ReLU after a batch norm). A Linear applied to
+    (batch, tokens, features) counts every token as a sample. Weights of one unit tie;
     ties are removed in flat-index order. Labels, if present, are ignored.
     """
     if data is None:
@@ -153,6 +155,8 @@ def apoz_scores(model: nn.Module, layers: Layers, data: Iterable, max_batches: i
     def hook_for(name: str, post_relu: bool):
         def hook(_mod, _inp, out):
             a = out.detach()
+            if isinstance(layers[name], nn.Linear) and a.dim() > 2:  # (batch, tokens, units): units are the last axis
+                a = a.flatten(0, -2)
             if a.dim() < 2 or a.shape[1] != _unit_dim_sizes(layers[name]):
                 raise UserError(f"apoz: the activation measured for layer '{name}' has shape {list(a.shape)}, not "
                                 f"(batch, {_unit_dim_sizes(layers[name])}, ...) units")
