@@ -229,3 +229,20 @@ def test_apoz_of_a_linear_on_token_sequences_counts_every_token():
     x = APOZ_X.view(2, 2, 2)  # (batch 2, tokens 2, features 2): same four samples as APOZ_X
     a = apoz(m, {"fc": m}, [x])["fc"]
     assert torch.allclose(a, torch.tensor([0.0, 1.0, 0.75], dtype=a.dtype))
+
+
+def test_score_pruner_counts_entries_already_pruned_toward_the_target():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 17.0).view(4, 4))
+    ScorePruner(2 / 16).prune(model)  # elements 1 and 2 gone: they sit in the top-left 2×2 block (sum 1+2+5+6)
+    ScorePruner(0.5, granularity="block", block=2).prune(model)
+    # target 8 = 2 pruned + 6 more; blocks by L1 of live entries: TL 5+6=11 (2 live), TR 3+4+7+8=22, BL 46, BR 54.
+    # prefixes remove 0, 2, 6, 10 more: 6 is exact, so TL and TR go
+    assert get_mask(model[0]).tolist() == [[F, F, F, F], [F, F, F, F], [T, T, T, T], [T, T, T, T]]
+    model = nn.Sequential(nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 17.0).view(4, 4))
+    ScorePruner(2 / 16).prune(model)
+    ScorePruner(0.25, granularity="block", block=2).prune(model)  # target 4 = 2 + 2: the live half of TL
+    assert int((~get_mask(model[0])).sum()) == 4

@@ -149,8 +149,9 @@ class ScorePruner:
     kernel / vector (`vector`='row'|'col') / block (`block`=b or (b_h, b_w)); group scores use `norm` (l1: sum of
     element scores, the L1 norm for magnitude; l2: root of the sum of squares). scope="layer" hits the sparsity in
     every layer; scope="global" ranks the groups of all chosen layers together (SNIP's recipe; its scores are
-    normalized over all layers for that reason). Masks intersect with existing ones; entries already pruned count
-    as removed first (a group only when all its entries are).
+    normalized over all layers for that reason). Masks intersect with existing ones: entries already pruned count
+    toward the target, a group costs only its entries still alive, and a fully pruned group goes first, so the
+    sparsity reached is still within half a group of the target on a model pruned before.
     """
 
     def __init__(self, sparsity: float | Mapping[str, float], criterion: str = "magnitude", granularity: str = "element",
@@ -224,18 +225,22 @@ class ScorePruner:
                     if mask is not None:
                         s = s.masked_fill(~mask.to(s.device), float("-inf"))
                 ids = group_ids(s.shape, self.granularity, self.block, self.vector).to(s.device)
-                gs, sizes = group_scores(s, ids, self.norm)
-                per.append((u, ids, gs, sizes))
+                gs, _ = group_scores(s, ids, self.norm)
+                alive = torch.isfinite(s).flatten()
+                # a group costs only its entries still alive; entries already pruned count toward the target
+                live = torch.zeros(gs.numel(), dtype=torch.long, device=s.device).index_add_(0, ids.flatten(), alive.long())
+                per.append((u, ids, gs, live, int((~alive).sum())))
             if self.scope == "layer":
-                for u, ids, gs, sizes in per:
-                    keep = remove_groups(gs, sizes, prune_count(u.value, ids.numel()))
+                for u, ids, gs, live, dead in per:
+                    keep = remove_groups(gs, live, max(prune_count(u.value, ids.numel()) - dead, 0))
                     apply_shared_mask(u.modules, keep[ids])
             else:
                 dev = per[0][2].device
-                allg = torch.cat([gs.to(dev) for _, _, gs, _ in per])
-                alls = torch.cat([sz.to(dev) for _, _, _, sz in per])
-                total = sum(ids.numel() for _, ids, _, _ in per)
-                keep = remove_groups(allg, alls, prune_count(float(self.sparsity), total))
-                for (u, ids, gs, _), part in zip(per, torch.split(keep, [gs.numel() for _, _, gs, _ in per])):
+                allg = torch.cat([p[2].to(dev) for p in per])
+                alls = torch.cat([p[3].to(dev) for p in per])
+                total = sum(p[1].numel() for p in per)
+                dead = sum(p[4] for p in per)
+                keep = remove_groups(allg, alls, max(prune_count(float(self.sparsity), total) - dead, 0))
+                for (u, ids, *_), part in zip(per, torch.split(keep, [p[2].numel() for p in per])):
                     apply_shared_mask(u.modules, part.to(ids.device)[ids])
         return model
