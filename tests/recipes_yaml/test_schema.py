@@ -25,7 +25,7 @@ def test_examples_are_valid_and_cover_every_pipeline():
     names = {p.stem for p in RECIPES}
     assert {"deep_compression", "agp_qat_kd", "structured_finetune", "agp", "level", "qat", "distill"} <= names
     methods = {p.method for path in RECIPES for p in load_recipe(path).policies}
-    assert methods == {"agp", "level", "regularizer", "qat", "distill", "share", "channels"}
+    assert methods == {"agp", "level", "regularizer", "qat", "distill", "share", "channels", "ptq"}
 
 
 def test_unknown_method_names_line_and_choices():

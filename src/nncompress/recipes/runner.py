@@ -197,6 +197,7 @@ class RecipeResult:
     seconds: float = 0.0
     recipe: dict = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    ptq_ladder: dict = field(default_factory=dict)  # a 'ptq' policy's rungs and their effect (`ladder_summary`)
 
     def to_dict(self) -> dict:
         d = asdict(self) if self.model is None else asdict(RecipeResult(**{**self.__dict__, "model": None}))
@@ -322,6 +323,32 @@ def _apply_structural(model: nn.Module, policy, run: _Run) -> nn.Module:
         return model
     return prune_channels(model, x, policy.criterion, ratio=policy.ratio or 0.5, remove_macs=policy.remove_macs,
                           data=[(x, run.ds.y_train[: len(x)])], seed=run.recipe.seed)
+
+
+def _post_training(run: _Run, model: nn.Module) -> nn.Module:
+    """A 'ptq' policy's ladder on the trained (pruned, thinned) float model, after the last epoch.
+
+    Calibration reads the first `calib_batches`·64 training samples in order, not the sharded shuffled loader,
+    so every rank of a data-parallel run quantizes to the same graph. The rungs and their effect (top-1
+    against plain static quantization with the same settings) go to `run.ptq_report`."""
+    p = next((p for p in run.recipe.policies if p.method == "ptq"), None)
+    if p is None:
+        return model
+    from nncompress.quantization.adaround import AdaRoundConfig
+    from nncompress.quantization.ladder import ptq_ladder
+    from nncompress.quantization.pipeline import ladder_summary
+    from nncompress.quantization.ptq import quantize_static
+
+    model.eval()
+    calib = run.ds.x_train[: p.calib_batches * 64].to(module_device(model))
+    bias_correction = None if p.bias_correction == "none" else p.bias_correction
+    gm = ptq_ladder(model, calib, p.weight_bits, p.act_bits, p.granularity, p.calibration, p.calib_batches, cle=p.cle,
+                    bias_correction=bias_correction, adaround=p.adaround,
+                    adaround_config=AdaRoundConfig(iters=p.adaround_steps, seed=run.recipe.seed))
+    plain = quantize_static(model, calib, p.weight_bits, p.granularity, p.calibration, p.calib_batches, p.act_bits)
+    run.ptq_report = ladder_summary(gm.ptq_ladder_report, p.cle, bias_correction, p.adaround, evaluate(plain, run.test_loader),
+                                    evaluate(gm, run.test_loader))
+    return gm
 
 
 def _pretrain(recipe: Recipe, ds: Dataset, run: _Run, user_model: nn.Module | None) -> tuple[nn.Module, float]:
@@ -496,6 +523,7 @@ def _run(run: "_Run", recipe: Recipe, path_or_dict, device, model, ds, resume: b
         run.on_epoch_done = _checkpointer(run, fingerprint)
     net, start = _resume(run, pretrained, fingerprint) if resume else (copy.deepcopy(pretrained), 0)
     net = execute(run, net, pretrained, start_epoch=start)
+    net = _post_training(run, net)
     result = _finish(run, net, top1_pre, t0, pretrained)
     barrier()  # the other ranks return once rank 0's files exist
     return result
@@ -508,6 +536,7 @@ def _finish(run: _Run, model: nn.Module, top1_pre: float, t0: float, pretrained:
     nonzero = sum(int((m.weight != 0).sum()) for m in layers.values())
     result = RecipeResult(r.name, r.model or type(pretrained).__name__, run.ds.name, top1_pre, evaluate(model, run.test_loader), 1 - nonzero / max(params, 1),
                           params, nonzero, run.history, {}, 0.0, r.model_dump(mode="json"), model)
+    result.ptq_ladder = getattr(run, "ptq_report", {})  # before result.json is written
     check_finite_weights(model, "the recipe's final model", "lower training.lr in the recipe")
     check_accuracy_kept(top1_pre, result.top1_final, run.ds.num_classes, "the compressed model (vs the pretrained one)",
                         "lower training.lr or soften the policies (sparsity, bits)", allow_drop=getattr(run, "allow_drop", False))

@@ -180,9 +180,37 @@ class ChannelsPolicy(_AtEpochStart):
         return self
 
 
-Policy = Annotated[LevelPolicy | AGPPolicy | RegularizerPolicy | QATPolicy | DistillPolicy | SharePolicy | ChannelsPolicy,
+class PTQPolicy(_AtEpochStart):
+    """The post-training quantization ladder (`ptq_ladder`) once training has ended: fold BN, cross-layer
+    equalization (`cle`), calibration, AdaRound (`adaround`, `adaround_steps` per layer) and bias correction.
+    It runs after the last epoch, so it takes no `start`: a schedule position would mean nothing."""
+
+    method: Literal["ptq"]
+    weight_bits: int = Field(8, ge=2, le=8)
+    act_bits: int = Field(8, ge=2, le=8)
+    granularity: Literal["channel", "tensor"] = "channel"
+    calibration: Literal["minmax", "moving_average", "percentile", "mse", "entropy"] = "minmax"
+    calib_batches: int = Field(8, ge=1, le=100_000)
+    cle: bool = False
+    bias_correction: Literal["none", "empirical", "analytic"] = "none"
+    adaround: bool = False
+    adaround_steps: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("start")
+    @classmethod
+    def _no_start(cls, v):
+        raise ValueError("ptq runs once after training ends: leave 'start' out")
+
+    @model_validator(mode="after")
+    def _steps_need_adaround(self):
+        if "adaround_steps" in self.model_fields_set and not self.adaround:
+            raise ValueError("adaround_steps is set but adaround is false: set adaround: true or drop adaround_steps")
+        return self
+
+
+Policy = Annotated[LevelPolicy | AGPPolicy | RegularizerPolicy | QATPolicy | DistillPolicy | SharePolicy | ChannelsPolicy | PTQPolicy,
                    Field(discriminator="method")]
-METHODS = ("level", "agp", "regularizer", "qat", "distill", "share", "channels")
+METHODS = ("level", "agp", "regularizer", "qat", "distill", "share", "channels", "ptq")
 
 
 class Export(_Strict):
@@ -241,11 +269,14 @@ def check_schedule(recipe: Recipe, steps_per_epoch: int | None = None) -> list[t
     if errors:
         return errors
     by = lambda m: [i for i, p in enumerate(recipe.policies) if p.method == m]
-    for m in ("qat", "share", "channels"):
+    for m in ("qat", "share", "channels", "ptq"):
         if len(by(m)) > 1:
             errors.append((("policies", by(m)[1], "method"), f"only one '{m}' policy per recipe"))
     if by("qat") and by("share"):
         errors.append((("policies", by("share")[0], "method"), "'share' and 'qat' both quantize the weights: use one of them"))
+    for m in ("qat", "share"):  # ptq quantizes the trained float model: weights already quantized leave it nothing to do
+        if by("ptq") and by(m):
+            errors.append((("policies", by("ptq")[0], "method"), f"'ptq' and '{m}' both quantize the weights: use one of them"))
 
     def overlap(i: int, j: int) -> bool:
         a, b = ranges[i], ranges[j]
