@@ -39,6 +39,10 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(-0.07, "--alpha", help="Reward exponent when LAT <= T."),
         beta: float = typer.Option(-0.07, "--beta", help="Reward exponent when LAT > T."),
         threads: int = typer.Option(1, "--threads", help="Torch threads for training and latency."),
+        resource: str = typer.Option("latency", "--resource", help="What the reward trades accuracy against: latency (measured) "
+                                     "or energy (Horowitz 45 nm estimate from MACs and weight reads)."),
+        target_energy_pj: float | None = typer.Option(None, "--target-energy-pj", help="Energy target E with --resource energy; "
+                                                      "default: the baseline's estimate."),
         seed: int = typer.Option(0, "--seed"),
         out: Path | None = typer.Option(None, "--out", help="Directory for search.json and pareto.png."),
         as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
@@ -56,10 +60,13 @@ def register(app: typer.Typer) -> None:
         check_data(data), check_seed(seed), check_int(trials, "--trials", 1, 100_000), check_int(epochs, "--epochs", 1, 100_000)
         check_int(n_train, "--n-train", 2), check_float(target_ms, "--target-ms", 0.0, lo_open=True)
         check_float(alpha, "--alpha", -10.0, 10.0), check_float(beta, "--beta", -10.0, 10.0)
+        if resource not in ("latency", "energy"):
+            raise UserError(f"--resource: unknown resource '{resource}': use latency or energy")
+        check_float(target_energy_pj, "--target-energy-pj", 0.0, lo_open=True)
         if out is not None:
             check_out_dir(out)
         r = run_search(data, strategy, trials, epochs, n_train=n_train, target_ms=target_ms, alpha=alpha, beta=beta,
-                       threads=threads, seed=seed, out_dir=out)
+                       threads=threads, seed=seed, out_dir=out, resource=resource, target_energy_pj=target_energy_pj)
         if as_json:
             typer.echo(json.dumps(r, indent=2))
             return
