@@ -53,6 +53,8 @@ def test_zoo_summary_json_and_table(app, tmp_path):
     (["zoo", "summary", "resnet9000"], "unknown model"),
     (["zoo", "summary", "mobilenet_v1", "--input", "3x224"], "--input"),
     (["search", "--data", "digits", "--strategy", "annealing"], "strategy 'annealing'"),
+    (["search", "--data", "digits", "--resource", "watts"], "unknown resource 'watts'"),
+    (["search", "--data", "digits", "--resource", "energy", "--target-energy-pj", "-1"], "--target-energy-pj"),
     (["early-exit", "--data", "digits", "--exits", "a,b"], "--exits"),
 ])
 def test_bad_input_is_a_one_line_user_error(app, args, fragment):
