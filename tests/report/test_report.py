@@ -114,3 +114,12 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     img = imread(shot)
     assert img.shape[0] == 1400 and img.shape[1] == 1000
     assert float(np.asarray(img)[..., :3].std()) > 0.05  # text, tables and plots, not a blank page
+
+
+def test_value_bits_of_a_run_follow_its_quantization_policy():
+    from nncompress.report.run import value_bits
+
+    assert value_bits({"policies": [{"method": "ptq", "weight_bits": 4}]}) == 4
+    assert value_bits({"policies": [{"method": "qat", "weight_bits": 8}]}) == 8
+    assert value_bits({"policies": [{"method": "share", "bits": {"conv": 8, "linear": 5}}]}) == 8
+    assert value_bits({"policies": [{"method": "agp"}]}) == 32

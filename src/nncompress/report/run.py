@@ -21,9 +21,9 @@ from nncompress.training.distributed import (
 
 
 def value_bits(recipe: dict) -> int:
-    """Bits per stored weight after the run: QAT's weight bits, the widest sharing codebook index, or 32."""
+    """Bits per stored weight after the run: QAT's or post-training quantization's weight bits, the widest sharing codebook index, or 32."""
     for p in recipe.get("policies", []):
-        if p["method"] == "qat":
+        if p["method"] in ("qat", "ptq"):  # both store integer weight codes of weight_bits
             return int(p["weight_bits"])
         if p["method"] == "share":
             bits = p.get("bits")
