@@ -70,3 +70,8 @@ __all__ = [
     "batchnorm_statistics", "clipped_gaussian_mean", "cross_layer_equalization", "empirical_bias_correction", "equalize",
     "find_layer_pairs", "ptq_ladder", "relu_gaussian_mean",
 ]
+from nncompress.quantization.ristretto import (  # noqa: E402  Ristretto formats and bit trimming (issue 17)
+    LayerBits, TrimResult, dynamic_fixed_point, minifloat, power_of_two, simulate, trim_bits,
+)
+
+__all__ += ["LayerBits", "TrimResult", "dynamic_fixed_point", "minifloat", "power_of_two", "simulate", "trim_bits"]
