@@ -176,9 +176,17 @@ def _standardise(x: np.ndarray, train_idx: np.ndarray, name: str) -> torch.Tenso
 
 
 def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Load `digits`, `mnist5k` or a path to an .npz; split with a fixed seed, stratified by class."""
+    """Load `digits`, `mnist5k`, a path to an .npz, or an image folder; split with a fixed seed, stratified by class.
+
+    An image folder (`name/<class>/<image>.jpg`) gives a StreamingDataset (data/image_folder.py): same attributes,
+    images decoded per batch, because ImageNet-sized folders do not fit in memory.
+    """
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if name not in DATASETS and Path(name).is_dir():
+        from nncompress.data.image_folder import load_image_folder
+
+        return load_image_folder(name, test_fraction=test_fraction, seed=seed)  # type: ignore[return-value]
     if name == "digits":
         x, y = _digits()
     elif name == "mnist5k":
@@ -186,7 +194,7 @@ def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 
     elif name.endswith(".npz") or Path(name).exists():
         x, y = _npz(Path(name))
     else:
-        raise UserError(f"unknown dataset '{name}': use one of {', '.join(DATASETS)} or a path to an .npz file")
+        raise UserError(f"unknown dataset '{name}': use one of {', '.join(DATASETS)}, a path to an .npz file or an image folder")
     rng = np.random.default_rng(seed)
     train_idx, test_idx = [], []
     for c in np.unique(y):  # stratified: each class split in the same proportion
@@ -204,7 +212,9 @@ def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 
 
 
 def make_loaders(ds: Dataset, batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Seeded shuffling train loader and an ordered test loader."""
+    """Seeded shuffling train loader and an ordered test loader (a StreamingDataset builds its own, decoding lazily)."""
+    if hasattr(ds, "loaders"):
+        return ds.loaders(batch_size=batch_size, seed=seed)
     g = torch.Generator()
     g.manual_seed(seed)
     train = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=batch_size, shuffle=True, generator=g)
