@@ -112,3 +112,18 @@ def test_errors_are_one_line_user_errors(lenet):
         with pytest.raises(UserError) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_simulation_refuses_unknown_and_masked_layers():
+    from torch import nn
+
+    from nncompress.core.errors import UserError
+    from nncompress.pruning import LevelPruner
+    from nncompress.quantization.ristretto import LayerBits, simulate
+
+    net = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(UserError, match="layer 'nope' is not a Conv/Linear layer"):
+        simulate(net, {"nope": LayerBits(8, None)}, "dynamic_fixed_point", {})
+    LevelPruner({"0": 0.5}).prune(net)
+    with pytest.raises(UserError, match="finalize"):
+        simulate(net, {"0": LayerBits(8, None)}, "dynamic_fixed_point", {})

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nncompress.core.errors import UserError
 from nncompress.core.layers import compressible_layers
@@ -171,7 +172,10 @@ class Simulation:
         self.model, self.handles, self.saved = model, [], {}
         layers = compressible_layers(model)
         for name, bits in layer_bits.items():
-            layer = layers[name]
+            layer = layers[name]  # names checked by simulate()
+            if bits.weights is not None and parametrize.is_parametrized(layer, "weight"):
+                raise UserError(f"ristretto: layer '{name}' has a parametrized weight (pruning mask or codebook): "
+                                "call nncompress.pruning.finalize(model) first")
             if bits.weights is not None:
                 w = layer.weight
                 self.saved[name] = w.detach().clone()
