@@ -63,3 +63,9 @@ __all__ = [
     "validate_lengths",
     "write_nnc",
 ]
+
+# rANS coder and entropy report (issue 16): modules exported, names kept namespaced to avoid clashing
+# with huffman's encode/decode above.
+from nncompress.encoding import entropy, rans  # noqa: E402
+
+__all__ += ["entropy", "rans"]
