@@ -39,6 +39,7 @@ from nncompress.pruning.mask import (
     remove_mask,
 )
 from nncompress.pruning.pruners import LevelPruner, MagnitudePruner, SensitivityPruner, resolve_layers
+from nncompress.pruning.rnn import RNNPruner, rnn_layers, rnn_sparsity
 from nncompress.pruning.saliency import (
     apoz,
     apoz_scores,
@@ -57,6 +58,7 @@ __all__ = [
     "LevelPruner",
     "MagnitudePruner",
     "Mask",
+    "RNNPruner",
     "ScorePruner",
     "SensitivityPruner",
     "SensitivityResult",
@@ -85,6 +87,8 @@ __all__ = [
     "random_mask",
     "remove_mask",
     "resolve_layers",
+    "rnn_layers",
+    "rnn_sparsity",
     "sensitivity_analysis",
     "sensitivity_mask",
     "sensitivity_threshold",
