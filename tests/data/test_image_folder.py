@@ -7,6 +7,7 @@ from torch import nn
 
 from nncompress.core import UserError
 from nncompress.data import ImageFolderDataset, StreamingDataset, load_dataset, make_loaders
+from nncompress.data import image_folder
 from nncompress.data.image_folder import LazyImages, scan_image_folder
 from nncompress.training import TrainConfig, evaluate, train
 
@@ -120,7 +121,7 @@ def test_empty_and_imageless_folders_are_refused_with_one_line(tmp_path):
         ImageFolderDataset(tmp_path / "one")
 
 
-def test_load_dataset_on_a_folder_streams_and_make_loaders_batches(tmp_path):
+def test_load_dataset_on_a_folder_streams_and_make_loaders_batches(tmp_path, monkeypatch):
     root = _make_folder(tmp_path / "imgs")
     ds = load_dataset(str(root), seed=0)
     assert isinstance(ds, StreamingDataset)
@@ -134,6 +135,11 @@ def test_load_dataset_on_a_folder_streams_and_make_loaders_batches(tmp_path):
     assert isinstance(ds.x_train, LazyImages)
     with pytest.raises(UserError, match="stream from disk"):
         torch.utils.data.TensorDataset(ds.x_train, ds.y_train)
+    assert np.asarray(ds.x_test, np.float32).shape == (3, 3, 224, 224)
+    monkeypatch.setattr(image_folder, "MAX_MATERIALIZE", 2)
+    with pytest.raises(UserError, match="asks for 3 images at once"):
+        np.asarray(ds.x_test)
+    monkeypatch.undo()
     small = ds.subset(6, 2)
     assert len(small.y_train) == 6 and len(small.y_test) == 2
     train_loader, test_loader = make_loaders(small, batch_size=4, seed=0)

@@ -97,6 +97,11 @@ def _check_claims(zf, path: Path) -> None:
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    return _check_arrays(*_read_npz(path), path)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of one .npz, after the header checks but before the dataset checks (a shard may hold one class)."""
     import zipfile
 
     if not path.is_file():
@@ -113,7 +118,44 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}); save one with np.savez(path, x=..., y=...)") from None
-    return _check_arrays(x, y, path)
+    return x, y
+
+
+def _npz_shards(paths: list[Path], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Shards (each an .npz with x and y) read one by one through the hardened reader, then checked as one dataset.
+
+    Each shard passes the header and size checks alone; the dataset checks (labels, classes, finiteness) apply to
+    the union, because a shard written class by class may hold a single label.
+    """
+    xs, ys, total = [], [], 0
+    for path in paths:
+        x, y = _read_npz(path)
+        if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
+            raise UserError(f"{path}: expected x of shape [N, ...] and y of shape [N]; got x{list(x.shape)} y{list(y.shape)}")
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise UserError(f"{path}: samples of shape {list(x.shape[1:])}, but {paths[0]} has {list(xs[0].shape[1:])}; all shards must match")
+        total += x.size
+        if total > MAX_ARRAY_ELEMENTS:
+            raise UserError(f"{where}: the shards hold more than {MAX_ARRAY_ELEMENTS} values together; use fewer shards or an image folder")
+        xs.append(x)
+        ys.append(y)
+    return _check_arrays(np.concatenate(xs), np.concatenate(ys), where)
+
+
+def _shard_paths(name: str) -> list[Path] | None:
+    """The .npz shards `name` names (a glob like data/part-*.npz, or a folder holding .npz files), else None."""
+    import glob
+
+    if any(ch in name for ch in "*?[") and not Path(name).exists():  # an existing 'a[1].npz' is a file, not a pattern
+        paths = sorted(Path(p) for p in glob.glob(name) if p.endswith(".npz") and Path(p).is_file())
+        if not paths:
+            raise UserError(f"no .npz files match '{name}'")
+        return paths
+    folder = Path(name)
+    if folder.is_dir():
+        paths = sorted(p for p in folder.glob("*.npz") if p.is_file() and not p.name.startswith("."))
+        return paths or None
+    return None
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, path: Path | str) -> tuple[np.ndarray, np.ndarray]:
@@ -176,18 +218,22 @@ def _standardise(x: np.ndarray, train_idx: np.ndarray, name: str) -> torch.Tenso
 
 
 def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Load `digits`, `mnist5k`, a path to an .npz, or an image folder; split with a fixed seed, stratified by class.
+    """Load `digits`, `mnist5k`, an .npz, .npz shards (a glob or a folder of them), or an image folder; split with a
+    fixed seed, stratified by class.
 
     An image folder (`name/<class>/<image>.jpg`) gives a StreamingDataset (data/image_folder.py): same attributes,
     images decoded per batch, because ImageNet-sized folders do not fit in memory.
     """
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if name not in DATASETS and Path(name).is_dir():
+    shards = _shard_paths(name) if name not in DATASETS else None
+    if shards is None and name not in DATASETS and Path(name).is_dir():
         from nncompress.data.image_folder import load_image_folder
 
         return load_image_folder(name, test_fraction=test_fraction, seed=seed)  # type: ignore[return-value]
-    if name == "digits":
+    if shards is not None:
+        x, y = _npz_shards(shards, name)
+    elif name == "digits":
         x, y = _digits()
     elif name == "mnist5k":
         x, y = _mnist5k()
@@ -207,7 +253,8 @@ def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 
         raise UserError(f"dataset '{name}' is too small to split into train and test")
     xs = _standardise(x, train_idx, name)
     ys = torch.from_numpy(y)
-    return Dataset(Path(name).stem if name.endswith(".npz") else name, xs[train_idx], ys[train_idx],
+    label = Path(name).name if shards is not None and Path(name).is_dir() else Path(name).stem if name.endswith(".npz") else name
+    return Dataset(label, xs[train_idx], ys[train_idx],
                    xs[test_idx], ys[test_idx], int(y.max()) + 1)
 
 

@@ -223,6 +223,11 @@ class LazyImages:
             return torch.empty((0, *self.dataset.sample_shape))
         return torch.stack([self.dataset[i][0] for i in indices])
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """`np.asarray(ds.x_test)` (e.g. ONNX Runtime on the test split): stacked if small, refused if not."""
+        out = self[:].numpy()
+        return out if dtype is None else out.astype(dtype)
+
     def size(self, dim: int | None = None):
         raise self._refuse("needs the whole split as one in-memory tensor")
 
