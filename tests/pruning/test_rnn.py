@@ -184,3 +184,25 @@ def test_masks_travel_by_mask_state_dict():
     fresh = load_masks(nn.Sequential(tiny_lstm()), saved)
     for name in ("weight_ih_l0", "weight_hh_l0"):
         assert torch.equal(get_mask(fresh[0], name), get_mask(m[0], name))
+
+
+def test_layer_pruners_warn_that_recurrent_layers_stay_dense():
+    """Issue 17: LSTMs were silently skipped; the Linear/Conv pruners now say so and point to RNNPruner."""
+    import warnings as _w
+
+    from torch import nn
+
+    from nncompress.pruning import MagnitudePruner
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        MagnitudePruner(0.5).prune(Net())
+    assert any("rnn" in str(w.message) and "RNNPruner" in str(w.message) for w in caught), [str(w.message) for w in caught]

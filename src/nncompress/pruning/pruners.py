@@ -12,6 +12,7 @@ module that holds them, so no holder keeps using the dense tensor. Scores are co
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,7 +46,8 @@ def _named(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, nn.Module
         raise UserError(f"unknown layer(s) {', '.join(map(repr, unknown))}; prunable layers are: {available}")
     unsupported = [f"{n} ({type(modules[n]).__name__})" for n in layers if not isinstance(modules[n], COMPRESSIBLE_TYPES)]
     if unsupported:
-        raise UserError(f"cannot prune {', '.join(unsupported)}: only Linear and Conv1d/2d/3d layers are supported")
+        raise UserError(f"cannot prune {', '.join(unsupported)}: only Linear and Conv1d/2d/3d layers are supported "
+                        "(LSTM/GRU/RNN: use nncompress.pruning.RNNPruner)")
     return [(n, modules[n]) for n in layers]
 
 
@@ -56,6 +58,10 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dic
     """
     if layers is None:
         found = compressible_layers(model)
+        recurrent = [n for n, m in model.named_modules() if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN))]
+        if recurrent:  # never a silent skip: these pruners mask Linear/Conv only
+            warnings.warn(f"{', '.join(recurrent)}: recurrent layers are not pruned by this pruner and stay dense; "
+                          "prune them with nncompress.pruning.RNNPruner", UserWarning, stacklevel=3)
         if not found:
             raise UserError(f"{type(model).__name__} has no Linear or Conv layers to prune")
         for name, module in found.items():
