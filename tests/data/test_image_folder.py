@@ -161,3 +161,17 @@ def test_a_tiny_model_trains_on_an_image_folder(tmp_path):
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert 0.0 <= evaluate(model, test_loader) <= 100.0
+
+
+def test_cli_accepts_an_image_folder_as_data(tmp_path, run_cli):
+    """`--data FOLDER` reaches load_dataset (the CLI's check lets folders through); an empty one is one error line."""
+    import json
+
+    root = tmp_path / "imgs"
+    _make_folder(root)
+    code, out, err = run_cli(["analyze", "--model", "lenet300", "--data", str(root), "--json"])
+    assert code == 0, err
+    assert json.loads(out[out.index("{"):])["totals"]["params"] > 0
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["analyze", "--model", "lenet300", "--data", str(tmp_path / "empty")])
+    assert code == 2 and err.strip().startswith("error: no images found under"), err

@@ -167,14 +167,18 @@ def check_model(name: str, option: str = "--model") -> str:
 
 
 def check_data(name: str, option: str = "--data") -> str:
-    """A bundled dataset name or an existing .npz file (its contents are checked when it loads)."""
+    """A bundled dataset name, an existing .npz file, an image folder (root/<class>/<image>) or .npz shards (a folder
+    or a glob); their contents are checked when they load."""
     from nncompress.data import DATASETS
 
     if name in DATASETS:
         return name
     path = Path(name)
+    if path.is_dir() or any(ch in name for ch in "*?["):
+        return name  # image folder or .npz shards: load_dataset refuses an empty or malformed one with one line
     if path.suffix.lower() != ".npz" and not path.exists():
-        raise UserError(f"{option}: unknown dataset '{name}': use one of {', '.join(DATASETS)} or a path to an .npz file")
+        raise UserError(f"{option}: unknown dataset '{name}': use one of {', '.join(DATASETS)}, a path to an .npz file, "
+                        "an image folder (root/<class>/<image>.jpg) or .npz shards")
     check_in_file(path, option, "data file")
     return name
 
