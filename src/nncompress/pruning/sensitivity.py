@@ -2,7 +2,8 @@
 
 Han et al. (2015, Fig. 6) use these curves to pick a pruning level per layer: sensitive layers (the
 first conv, the last FC) are pruned less. `SensitivityResult.targets(max_drop)` turns the curves into
-per-layer sparsities for `LevelPruner`.
+per-layer sparsities for `LevelPruner`; `sensitivity_to_s` turns them into per-layer s for the s·σ
+`SensitivityPruner` (Han et al. 2015; Distiller's SensitivityPruner).
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_bytes
 from nncompress.core.progress import track
 from nncompress.pruning.criteria import check_sparsity
+from nncompress.pruning.mask import dense_tensor
 from nncompress.pruning.pruners import LevelPruner, resolve_layers
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -117,3 +120,26 @@ def sensitivity_analysis(model: nn.Module, evaluate_fn: Callable[[nn.Module], fl
         pruned = LevelPruner({name: level}).prune(copy.deepcopy(model))
         metrics[name].append(float(evaluate_fn(pruned)))
     return SensitivityResult(levels=levels, metrics=metrics, baseline=baseline, metric_name=metric_name)
+
+
+def sensitivity_to_s(result: SensitivityResult, model: nn.Module, max_drop: float) -> dict[str, float]:
+    """Per layer, the s whose threshold s·σ(W) removes the sparsity `result.targets(max_drop)` chose.
+
+    Han et al. (2015) and Distiller prune with threshold = s·σ(W), σ the standard deviation of the layer's
+    weights; the sweep picks sparsities, so the s is read off the layer's actual weights:
+    s = quantile(|W|, sparsity) / σ(W). σ is the population std (divide by N), the σ `SensitivityPruner`
+    uses, so `SensitivityPruner(sensitivity_to_s(...))` removes the chosen fraction (up to ties and
+    the one weight at the quantile). A layer with σ = 0 (constant weights) gets s = 0. The result feeds
+    `SensitivityPruner(s)` directly.
+    """
+    targets = result.targets(max_drop)
+    layers = resolve_layers(model, list(targets))
+    out = {}
+    for name, sparsity in targets.items():
+        w = dense_tensor(layers[name]).detach().double().cpu().flatten()
+        sigma = float(w.std(correction=0)) if w.numel() > 1 else 0.0
+        if sigma == 0.0 or sparsity == 0.0:
+            out[name] = 0.0
+            continue
+        out[name] = float(np.quantile(w.abs().numpy(), sparsity)) / sigma
+    return out
