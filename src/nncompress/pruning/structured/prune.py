@@ -3,9 +3,14 @@
 Per-group ratios (fraction of a group's channels removed) come from one uniform `ratio`, from a hand-set
 `ratios` mapping (group or layer name → ratio), or from `sensitivity.ratios_from_sensitivity`; with
 `remove_macs` the uniform ratio is found by bisection so that that fraction of the MACs is gone.
+
+strategy (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017, Sec. 3.2): "independent" scores
+every group on the original weights; "greedy" walks the groups in graph order and scores each after the
+earlier groups' removals, so kernels acting on input channels already removed no longer count.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -14,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from nncompress.core.errors import UserError
-from nncompress.pruning.structured.criteria import channel_scores
+from nncompress.pruning.mask import dense_tensor
+from nncompress.pruning.structured.criteria import channel_scores, member_positions
 from nncompress.pruning.structured.graph import DependencyGraph, build_dependency_graph
 from nncompress.pruning.structured.measure import count_macs
 from nncompress.pruning.structured.thin import remove_channels
@@ -49,6 +55,35 @@ def channels_to_remove(scores: Mapping[str, np.ndarray], ratios: Mapping[str, fl
     return out
 
 
+def greedy_channels_to_remove(model: nn.Module, graph: DependencyGraph, ratios: Mapping[str, float], criterion: str = "l1",
+                              round_to: int = 1, scope: str = "group") -> dict[str, list[int]]:
+    """Li et al. (2017, Sec. 3.2) greedy strategy: groups in graph order, each scored after the earlier removals.
+
+    The independent strategy scores a filter by all its kernels, including those over input channels an
+    earlier layer already lost; greedy does not count them. After each group's choice, the input slices
+    of the removed channels in its consumers are zeroed (on a copy), so the next groups' filter norms run
+    over the remaining input channels only. Norm criteria only (l1, l2): the others do not sum kernels.
+    """
+    if criterion not in ("l1", "l2"):
+        raise UserError(f"strategy 'greedy' needs a norm criterion (l1 or l2), got '{criterion}'")
+    work = copy.deepcopy(model)
+    wgraph = copy.copy(graph)
+    wgraph.modules = dict(work.named_modules())
+    plan: dict[str, list[int]] = {}
+    for g in graph.groups:
+        s = channel_scores(work, wgraph, criterion, scope=scope)[g.name]
+        removed = channels_to_remove({g.name: s}, ratios, round_to)[g.name]
+        plan[g.name] = removed
+        gone = np.isin(np.arange(g.size), removed)
+        with torch.no_grad():
+            for name, role, js in member_positions(wgraph, g):
+                w = dense_tensor(wgraph.modules[name])
+                if role == "in" and w.dim() >= 2 and w.shape[1] == len(js):  # grouped convs: kernels not per input channel
+                    cols = torch.from_numpy(np.flatnonzero((js >= 0) & gone[np.maximum(js, 0)])).to(w.device)
+                    w.index_fill_(1, cols, 0)
+    return plan
+
+
 def _uniform_ratio_for_macs(model, graph, scores, example_input, remove_macs: float, round_to: int) -> float:
     """Smallest uniform ratio removing at least `remove_macs` of the MACs (bisection; MACs fall as ratio grows)."""
     target = (1.0 - remove_macs) * count_macs(model, example_input)
@@ -79,18 +114,27 @@ def prune_channels(
     round_to: int = 1,
     seed: int = 0,
     scope: str = "group",
+    strategy: str = "independent",
 ) -> nn.Module:
     """A thinned copy of `model` with `ratio` of every group's channels removed by `criterion`.
 
     ratio: fraction of each group's channels removed (uniform); ratios: per group/layer overrides;
     remove_macs: instead of `ratio`, the fraction of MACs to remove (uniform ratio found by bisection);
-    data: (inputs, labels) batches, needed by the taylor criterion; scope: see `channel_scores`.
+    data: (inputs, labels) batches, needed by the taylor criterion; scope: see `channel_scores`;
+    strategy: "independent" or "greedy" (l1/l2 only, see `greedy_channels_to_remove`; Li et al. 2017, Sec. 3.2).
     """
+    if strategy not in ("independent", "greedy"):
+        raise UserError(f"unknown strategy '{strategy}': use 'independent' or 'greedy'")
+    if strategy == "greedy" and remove_macs is not None:
+        raise UserError("strategy 'greedy' takes ratio or ratios, not remove_macs")
     if remove_macs is not None and (ratios or not 0.0 < remove_macs < 1.0):
         raise UserError("remove_macs must be in (0, 1) and cannot be combined with per-layer ratios")
     graph = build_dependency_graph(model, example_input)
     if not graph.groups:
         raise UserError(f"{type(model).__name__} has no prunable channels (every channel reaches the input, output or an unsupported op)")
+    if strategy == "greedy":
+        plan = greedy_channels_to_remove(model, graph, resolve_ratios(graph, ratio, ratios), criterion, round_to, scope)
+        return remove_channels(model, graph, plan, example_input)
     scores = channel_scores(model, graph, criterion, data=data, loss_fn=loss_fn, seed=seed, scope=scope)
     if remove_macs is not None:
         ratio = _uniform_ratio_for_macs(model, graph, scores, example_input, remove_macs, round_to)
