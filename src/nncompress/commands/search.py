@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     @app.command("search")
     def search_cmd(
         data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz path."),
-        strategy: str = typer.Option("evolution", "--strategy", help="random, evolution or both."),
+        strategy: str = typer.Option("evolution", "--strategy", help="random, evolution, both (random + evolution) or reinforce (REINFORCE controller, Zoph & Le 2017)."),
         trials: int = typer.Option(8, "--trials", help="Architectures to train and time, per strategy."),
         epochs: int = typer.Option(1, "--epochs", help="Training epochs per candidate."),
         n_train: int | None = typer.Option(None, "--n-train", help="Use only the first N training samples."),

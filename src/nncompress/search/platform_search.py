@@ -25,10 +25,10 @@ from nncompress.data import Dataset, load_dataset, make_loaders
 from nncompress.search.evaluator import Evaluator
 from nncompress.search.pareto import pareto_front, plot_pareto
 from nncompress.search.space import MobileNetSpace
-from nncompress.search.strategies import evolutionary_search, random_search
+from nncompress.search.strategies import evolutionary_search, random_search, reinforce_search
 from nncompress.training import evaluate
 
-STRATEGIES = ("random", "evolution", "both")
+STRATEGIES = ("random", "evolution", "both", "reinforce")  # "both" stays random + evolution
 
 
 def validation_split(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -97,6 +97,8 @@ def run_search(data: str = "mnist5k", strategy: str = "evolution", trials: int =
     if strategy in ("evolution", "both"):
         # a different seed than the random search, so "both" does not spend its founders on the same draws
         candidates += evolutionary_search(space, ev, trials, population, min(2, population), seed + 1, progress)
+    if strategy == "reinforce":
+        candidates += reinforce_search(space, ev, trials, seed, progress=progress)
     front = pareto_front([c.latency_ms for c in candidates], [c.top1 for c in candidates])  # validation top-1
     best = max(candidates, key=lambda c: c.reward)  # the choice: validation only
     # the choice is fixed; now, once each, the test split
