@@ -49,7 +49,7 @@ from nncompress.pruning.saliency import (
     taylor_scores,
 )
 from nncompress.pruning.schedules import AGPPruner, SplicingPruner, agp_sparsity, iterative_prune
-from nncompress.pruning.sensitivity import DEFAULT_LEVELS, SensitivityResult, sensitivity_analysis
+from nncompress.pruning.sensitivity import DEFAULT_LEVELS, SensitivityResult, sensitivity_analysis, sensitivity_to_s
 
 __all__ = [
     "AGPPruner",
@@ -90,6 +90,7 @@ __all__ = [
     "rnn_layers",
     "rnn_sparsity",
     "sensitivity_analysis",
+    "sensitivity_to_s",
     "sensitivity_mask",
     "sensitivity_threshold",
     "smallest_k_mask",

@@ -9,9 +9,11 @@ from nncompress.search.pareto import pareto_front, plot_pareto
 from nncompress.search.platform_search import run_search, validation_split
 from nncompress.search.reward import energy_reward, latency_reward
 from nncompress.search.space import Arch, MobileNetSpace, SearchNet
-from nncompress.search.strategies import evolutionary_search, random_search
+from nncompress.search.strategies import ReinforceController, evolutionary_search, random_search, reinforce_search
 
 __all__ = [
+    "ReinforceController",
+    "reinforce_search",
     "Arch", "Candidate", "EarlyExitNet", "Evaluator", "ExitHead", "ExitLoss", "MobileNetSpace", "SearchNet",
     "calibrate_thresholds", "early_exit_report", "energy_reward", "evolutionary_search", "latency_reward", "pareto_front",
     "plot_pareto", "random_search", "run_early_exit", "run_search", "simulate_exits", "thresholds_for_budget", "to_sequential",
