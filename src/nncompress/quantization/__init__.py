@@ -75,3 +75,7 @@ from nncompress.quantization.ristretto import (  # noqa: E402  Ristretto formats
 )
 
 __all__ += ["LayerBits", "TrimResult", "dynamic_fixed_point", "minifloat", "power_of_two", "simulate", "trim_bits"]
+from nncompress.quantization.pact import PACT, pact, pact_alphas, pact_l2, replace_relu_with_pact  # noqa: E402  issue 17
+from nncompress.quantization.widening import WidenResult, widen  # noqa: E402  WRPN widening (issue 17)
+
+__all__ += ["PACT", "WidenResult", "pact", "pact_alphas", "pact_l2", "replace_relu_with_pact", "widen"]
