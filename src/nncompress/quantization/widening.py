@@ -1,9 +1,9 @@
 """Network widening for reduced precision: WRPN (Mishra, Nurvitadhi, Cook, Marr 2018, ICLR, arXiv:1709.01134).
 
 Why: at 2–4 bits a network loses accuracy because each layer's capacity shrinks; WRPN restores it by making
-every hidden layer wider (2× or 3× filters), so a wide low-precision network matches or beats the narrow
-full-precision one at a similar or smaller number of weight *bits* (their Table 1: ResNet-34 2× wide at
-4-bit weights/activations ≈ baseline fp32). Widening changes the function: the result is a new model with
+every hidden layer wider (2× or 3× filters), so a wide low-precision network can match the narrow
+full-precision one's accuracy at a similar or smaller number of weight *bits* (the paper's claim for 4-bit
+and lower weights and activations on ImageNet). Widening changes the function: the result is a new model with
 fresh initialisation that must be trained (quantization-aware), not a transformation of trained weights.
 
 `widen(factory, factor)` calls a zoo factory with `width_mult × factor`; `widen(sequential, factor)` rebuilds an
