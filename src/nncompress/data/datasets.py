@@ -217,6 +217,26 @@ def _standardise(x: np.ndarray, train_idx: np.ndarray, name: str) -> torch.Tenso
     return torch.from_numpy(out)
 
 
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     keep_both_sides: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) indices: each class split in the same proportion, seeded, both lists shuffled.
+
+    One implementation for the train/test split of every dataset kind and the search's fit/validation split, so
+    they draw the same random numbers in the same order. `keep_both_sides` puts at least one sample of every class
+    with two or more on each side (a tiny class still appears in validation).
+    """
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_held = int(round(len(idx) * fraction))
+        if keep_both_sides and len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return rng.permutation(np.concatenate(kept)), rng.permutation(np.concatenate(held))
+
 def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Load `digits`, `mnist5k`, an .npz, .npz shards (a glob or a folder of them), or an image folder; split with a
     fixed seed, stratified by class.
@@ -241,14 +261,7 @@ def load_dataset(name: str = "mnist5k", test_fraction: float = 0.2, seed: int = 
         x, y = _npz(Path(name))
     else:
         raise UserError(f"unknown dataset '{name}': use one of {', '.join(DATASETS)}, a path to an .npz file or an image folder")
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for c in np.unique(y):  # stratified: each class split in the same proportion
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_test = int(round(len(idx) * test_fraction))
-        test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:])
-    train_idx, test_idx = rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
+    train_idx, test_idx = stratified_split(y, test_fraction, seed)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise UserError(f"dataset '{name}' is too small to split into train and test")
     xs = _standardise(x, train_idx, name)

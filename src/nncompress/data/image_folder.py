@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from nncompress.core.errors import UserError
+from nncompress.data.datasets import stratified_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -301,14 +302,7 @@ def load_image_folder(root: str | Path, test_fraction: float = 0.2, seed: int = 
     root = Path(root)
     classes, samples = scan_image_folder(root)
     labels = np.array([c for _, c in samples])
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for c in range(len(classes)):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(len(idx) * test_fraction))
-        test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:])
-    train_idx, test_idx = rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
+    train_idx, test_idx = stratified_split(labels, test_fraction, seed)  # every class has images (scan checked)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise UserError(f"image folder {root} is too small to split into train and test ({len(samples)} images)")
     common = dict(size=size, resize=resize, mean=mean, std=std, grayscale=grayscale, seed=seed, classes=classes)

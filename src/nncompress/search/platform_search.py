@@ -15,13 +15,13 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nncompress.architectures import build_model
 from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_text
 from nncompress.data import Dataset, load_dataset, make_loaders
+from nncompress.data.datasets import stratified_split
 from nncompress.search.evaluator import Evaluator
 from nncompress.search.pareto import pareto_front, plot_pareto
 from nncompress.search.space import MobileNetSpace
@@ -40,19 +40,9 @@ def validation_split(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Datas
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1) (the share of the training data held out for choosing), got {fraction!r}")
-    rng = np.random.default_rng(seed)
-    y = ds.y_train.cpu().numpy()
-    fit, val = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_val = int(round(len(idx) * fraction))
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        val.append(idx[:n_val])
-        fit.append(idx[n_val:])
-    fit_idx, val_idx = rng.permutation(np.concatenate(fit)), rng.permutation(np.concatenate(val))
+    fit_idx, val_idx = stratified_split(ds.y_train.cpu().numpy(), fraction, seed, keep_both_sides=True)
     if len(fit_idx) == 0 or len(val_idx) == 0:
-        raise UserError(f"{len(y)} training samples are too few to hold out a validation split of {fraction:g}: use more data (--n-train)")
+        raise UserError(f"{len(ds.y_train)} training samples are too few to hold out a validation split of {fraction:g}: use more data (--n-train)")
     fit_t, val_t = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)
     return Dataset(ds.name, ds.x_train[fit_t], ds.y_train[fit_t], ds.x_train[val_t], ds.y_train[val_t], ds.num_classes)
 
