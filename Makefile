@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev,bench]'
 	$(BIN)/python benchmarks/deep_compression.py
 
 clean:
