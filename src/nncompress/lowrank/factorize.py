@@ -20,6 +20,7 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.core.guards import check_finite_weights
 from nncompress.core.io import load_weights, save_weights, state_dict_mismatch
+from nncompress.core.ties import tie_map, tie_message, warn_tied
 from nncompress.lowrank.decompose import (
     LowRank,
     cp_conv,
@@ -275,8 +276,17 @@ def factorize(model: nn.Module, method: str = "svd", *, energy: float | None = N
         raise UserError(f"{method}: the model has no {kinds} layers to factorize; use --method svd for Linear layers, tucker/cp/separable for convolutions")
     io_all = _record_io(model, cands, example_input) if example_input is not None else {}
     report = FactorizationReport(method, [])
+    ties = tie_map(model)
     for name, layer in cands.items():
         io = io_all.get(name)
+        partners = ties.get(f"{name}.weight")
+        if partners:  # factors cannot stay tied to a full matrix (e.g. GPT-2's lm_head and its embedding table)
+            p0, m0 = _costs(layer, method, (), io)
+            entry = LayerFactorization(name, tuple(layer.weight.shape), (), p0, p0, m0, m0)
+            entry.skipped = tie_message(f"{name}.weight", partners, "left dense (factorizing would untie it)")
+            warn_tied(f"{name}.weight", partners, "left dense (factorizing one holder would untie it)")
+            report.layers.append(entry)
+            continue
         check_finite_weights(layer, f"{method} factorization of layer {name}",
                              "its weights hold NaN/inf before factorizing: retrain or reload the model")
         if ranks is not None:

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 from nncompress.core.errors import UserError
 from nncompress.core.layers import COMPRESSIBLE_TYPES, compressible_layers
+from nncompress.core.ties import tie_map, warn_tied
 from nncompress.pruning.criteria import (
     check_nonnegative,
     check_sparsity,
@@ -34,6 +35,9 @@ from nncompress.pruning.criteria import (
 from nncompress.pruning.mask import apply_shared_mask, broken_parametrization, dense_tensor, get_mask
 
 PerLayer = float | Mapping[str, float]
+# Embeddings are pruned only when named: an embedding row is a token's whole representation, so a default
+# "every layer at s %" would also thin the vocabulary table, which rarely is what the caller meant.
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (*COMPRESSIBLE_TYPES, nn.Embedding)
 
 
 def _named(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, nn.Module]]:
@@ -44,10 +48,10 @@ def _named(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, nn.Module
     if unknown:
         available = ", ".join(compressible_layers(model)) or "none"
         raise UserError(f"unknown layer(s) {', '.join(map(repr, unknown))}; prunable layers are: {available}")
-    unsupported = [f"{n} ({type(modules[n]).__name__})" for n in layers if not isinstance(modules[n], COMPRESSIBLE_TYPES)]
+    unsupported = [f"{n} ({type(modules[n]).__name__})" for n in layers if not isinstance(modules[n], PRUNABLE_TYPES)]
     if unsupported:
-        raise UserError(f"cannot prune {', '.join(unsupported)}: only Linear and Conv1d/2d/3d layers are supported "
-                        "(LSTM/GRU/RNN: use nncompress.pruning.RNNPruner)")
+        raise UserError(f"cannot prune {', '.join(unsupported)}: only Linear, Conv1d/2d/3d and (named explicitly) Embedding "
+                        "layers are supported (LSTM/GRU/RNN: use nncompress.pruning.RNNPruner)")
     return [(n, modules[n]) for n in layers]
 
 
@@ -134,6 +138,7 @@ def _targets(model: nn.Module, values: PerLayer, layers: Sequence[str] | None, c
         value = check(values, "value")
         valued = [(n, m, value) for n, m in resolve_layers(model, layers).items()]
     holders = weight_holders(model)
+    ties = tie_map(model)
     units: dict[int, list[tuple[str, nn.Module, float]]] = {}
     for name, module, v in valued:
         units.setdefault(id(_dense_weight(name, module)), []).append((name, module, v))
@@ -146,6 +151,10 @@ def _targets(model: nn.Module, values: PerLayer, layers: Sequence[str] | None, c
                             f"given different values {given}: give them one value (one tensor gets one mask)")
         first = members[0][1]
         others = [m for m in holders.get(key, []) if m is not first]
+        if others:  # a tie between different modules: one mask for all of them, said out loud
+            partners = ties.get(f"{members[0][0]}.weight", [])
+            warn_tied(f"{members[0][0]}.weight", partners or [f"{len(others)} other module(s)"],
+                      "pruned once, with one mask shared by every holder (the tie is kept)")
         out.append(_Unit(members[0][0], [first, *others], members[0][2]))
     return out
 

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nncompress.core.errors import UserError
-from nncompress.core.layers import compressible_layers
+from nncompress.core.layers import COMPRESSIBLE_TYPES, compressible_layers
+from nncompress.core.ties import warn_tied, weight_holders_by_name
 from nncompress.sharing.kmeans import check_bits, kmeans_1d
 
 DEFAULT_BITS: dict[str, int] = {"conv": 8, "linear": 5}  # the paper's choice for LeNet/AlexNet/VGG
@@ -57,6 +58,8 @@ class SharingInfo:
 
 
 def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Embedding):
+        return "embedding"
     return "linear" if isinstance(module, nn.Linear) else "conv"
 
 
@@ -76,9 +79,9 @@ def _resolve_bits(bits: int | dict[str, int], layers: dict[str, nn.Module], expl
     if not isinstance(bits, dict):
         b = check_bits(bits)
         return {name: b for name in layers}
-    unknown = [k for k in bits if k not in layers and k not in DEFAULT_BITS]
+    unknown = [k for k in bits if k not in layers and k not in (*DEFAULT_BITS, "embedding")]
     if unknown:
-        raise UserError(f"bits has keys that are neither a layer nor 'conv'/'linear': {', '.join(unknown)}; "
+        raise UserError(f"bits has keys that are neither a layer nor 'conv'/'linear'/'embedding': {', '.join(unknown)}; "
                         f"layers: {', '.join(layers)}")
     out = {}
     for name, m in layers.items():
@@ -99,7 +102,12 @@ def share_weights(model: nn.Module, bits: int | dict[str, int] | None = None, in
     bits: an int for every layer, or a dict keyed by layer name and/or 'conv' / 'linear' (a layer name wins);
     default {'conv': 8, 'linear': 5}. layers: which Linear/Conv layers (default: all that the bits dict covers).
     """
-    available = compressible_layers(model)
+    # Embeddings join when named (layers, or a bits dict keyed by their name or 'embedding'): a vocabulary
+    # table shares as well as a linear layer (its rows are vectors like any other), but only on request.
+    available = compressible_layers(model, (*COMPRESSIBLE_TYPES, nn.Embedding))
+    if layers is None and not (isinstance(bits, dict) and ("embedding" in bits or any(
+            k in bits and isinstance(m, nn.Embedding) for k, m in available.items()))):
+        available = {n: m for n, m in available.items() if not isinstance(m, nn.Embedding)}
     if layers is not None:
         missing = [n for n in layers if n not in available]
         if missing:
@@ -110,8 +118,15 @@ def share_weights(model: nn.Module, bits: int | dict[str, int] | None = None, in
     if already:
         raise UserError(f"layer(s) {', '.join(already)} already shared: call finalize_sharing(model) before sharing again")
     infos = {}
+    holders = weight_holders_by_name(model)
+    done: set[int] = set()
     for name, b in per_layer.items():
         module = available[name]
+        key = id(_original_weight(module))
+        if key in done:  # the other holder of a tied tensor, already shared with it
+            continue
+        done.add(key)
+        others = [(n, m) for n, m in holders.get(key, []) if m is not module]
         w = module.weight.detach()
         mask = w != 0
         centroids, nz_codes = kmeans_1d(w, b, init=init, max_iter=max_iter, seed=seed)
@@ -122,10 +137,22 @@ def share_weights(model: nn.Module, bits: int | dict[str, int] | None = None, in
         centroids = centroids.to(w.device)
         nz = w[mask].float()
         mse = float(((centroids[nz_codes.to(w.device)] - nz) ** 2).mean()) if nz.numel() else 0.0
-        parametrize.register_parametrization(module, "weight", SharedWeight(centroids, codes, mask))
-        module.parametrizations.weight.original.requires_grad_(False)
+        shared = SharedWeight(centroids, codes, mask)
+        for holder in [module, *(m for _, m in others)]:  # one codebook for every holder keeps a tie intact
+            parametrize.register_parametrization(holder, "weight", shared)
+            holder.parametrizations.weight.original.requires_grad_(False)
+        if others:
+            warn_tied(f"{name}.weight", [f"{n}.weight" for n, _ in others],
+                      f"shared once with one {b}-bit codebook for every holder (the tie is kept)")
         infos[name] = SharingInfo(name, b, centroids.numel(), int(mask.sum()), w.numel(), mse)
     return infos
+
+
+def _original_weight(module: nn.Module) -> torch.Tensor:
+    """The tensor a module holds as `weight`, looking through a parametrization (a pruning mask)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
 
 
 def get_codebook(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
