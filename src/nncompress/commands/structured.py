@@ -25,6 +25,19 @@ def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _parse_pairs(items: list[str], flag: str, form: str) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise UserError(f"{flag} expects {form}, got '{item}'")
+    return out
+
+
 def _print(report: dict, title: str, as_json: bool, out_json: Path | None) -> None:
     from nncompress.core.io import atomic_write_text
 
@@ -109,7 +122,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("netadapt")
     def netadapt_cmd(
-        latency_budget: float = typer.Option(..., "--latency-budget", help="Target latency as a fraction of the measured original (e.g. 0.5)."),
+        latency_budget: float | None = typer.Option(None, "--latency-budget", help="Target latency as a fraction of the measured original (e.g. 0.5)."),
+        resource: list[str] = typer.Option([], "--resource", help="NAME=BUDGET, repeatable: budgets (fractions of the original) that must all hold; "
+                                           "NAME: latency, macs, params, energy. Replaces --latency-budget."),
+        weight: list[str] = typer.Option([], "--weight", help="NAME=W, repeatable: weights of the combined resource the step and --rule ratio use "
+                                         "(default: the first --resource alone)."),
+        rule: str = typer.Option("accuracy", "--rule", help="accuracy (NetAdapt: most accurate proposal) or ratio (MobileNetV3: largest ΔAcc/|ΔR|)."),
         model: str = typer.Option("lenet5", "--model", help="Model name."),
         data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz path."),
         weights: Path | None = typer.Option(None, "--weights", help="Trained weights (.safetensors); default: train --pretrain-epochs first."),
@@ -128,13 +146,28 @@ def register(app: typer.Typer) -> None:
         """NetAdapt: remove filters layer by layer until the measured latency meets the budget, then fine-tune."""
         from nncompress.pruning.structured.api import run_netadapt
 
+        from nncompress.pruning.structured.netadapt import RULES, check_resources
+
         if threads < 1 or latency_batch < 1:
             raise UserError("--threads and --latency-batch must be at least 1")
-        if not 0.0 < latency_budget < 1.0:
+        if latency_budget is None and not resource:
+            raise UserError("give --latency-budget (e.g. 0.5) or one or more --resource NAME=BUDGET (e.g. macs=0.6)")
+        if latency_budget is not None and resource:
+            raise UserError("give either --latency-budget or --resource, not both (use --resource latency=BUDGET)")
+        if latency_budget is not None and not 0.0 < latency_budget < 1.0:
             raise UserError(f"--latency-budget is a fraction of the measured latency, in (0, 1); got {latency_budget}")
+        if rule not in RULES:
+            raise UserError(f"unknown --rule '{rule}': choose one of {', '.join(RULES)}")
+        budgets = _parse_pairs(resource, "--resource", "NAME=BUDGET (e.g. macs=0.6)") if resource else None
+        weights_ = _parse_pairs(weight, "--weight", "NAME=W (e.g. latency=1)") if weight else None
+        if weights_ and not budgets:
+            raise UserError("--weight needs --resource budgets for the resources it weighs")
+        if budgets is not None:
+            check_resources(budgets, weights_)
         check_float(step, "--step", 0.0, 1.0, lo_open=True, hi_open=True), check_int(short_steps, "--short-steps", 0, 1_000_000)
         _check_common(model, data, weights, seed, lr, long_epochs, pretrain_epochs, out, report)
-        result = run_netadapt(model, data, weights, latency_budget=latency_budget, step=step, short_steps=short_steps,
-                              long_epochs=long_epochs, pretrain_epochs=pretrain_epochs, lr=lr, latency_batch=latency_batch,
-                              threads=threads, seed=seed, out=out)
-        _print(result, f"{model} on {data}: NetAdapt to {latency_budget:.0%} latency", as_json, report)
+        result = run_netadapt(model, data, weights, latency_budget=latency_budget, resources=budgets, resource_weights=weights_,
+                              rule=rule, step=step, short_steps=short_steps, long_epochs=long_epochs, pretrain_epochs=pretrain_epochs,
+                              lr=lr, latency_batch=latency_batch, threads=threads, seed=seed, out=out)
+        goal = f"{latency_budget:.0%} latency" if budgets is None else ", ".join(f"{n} {b:.0%}" for n, b in budgets.items())
+        _print(result, f"{model} on {data}: NetAdapt ({rule}) to {goal}", as_json, report)

@@ -124,7 +124,10 @@ def run_netadapt(
     data: str = "mnist5k",
     weights: str | os.PathLike | None = None,
     *,
-    latency_budget: float = 0.5,
+    latency_budget: float | None = None,
+    resources: Mapping[str, float] | None = None,
+    resource_weights: Mapping[str, float] | None = None,
+    rule: str = "accuracy",
     step: float = 0.1,
     short_steps: int = 20,
     long_epochs: int = 1,
@@ -135,17 +138,23 @@ def run_netadapt(
     seed: int = 0,
     out: str | os.PathLike | None = None,
 ) -> dict:
-    """NetAdapt to `latency_budget` × the measured latency; proposals judged on 10% of the training set held out."""
+    """NetAdapt to `latency_budget` × the measured latency (default 0.5), or to every budget of `resources`
+    (latency, macs, params, energy; see `netadapt`) with `rule` "accuracy" or "ratio" (MobileNetV3);
+    proposals judged on 10% of the training set held out."""
+    if resources is None and latency_budget is None:
+        latency_budget = 0.5
     ds, train_loader, test_loader, net, x, before = _setup(model, data, weights, pretrain_epochs, latency_batch, threads, seed)
     fit, held = _holdout(ds)
     fit_loader, _ = make_loaders(fit, seed=seed)
     _, held_loader = make_loaders(held, seed=seed)
-    result = netadapt(net, fit_loader, held_loader, x, latency_budget, step=step, short_steps=short_steps,
-                      long_epochs=long_epochs, lr=lr, threads=threads, seed=seed)
+    result = netadapt(net, fit_loader, held_loader, x, latency_budget, resources=resources, weights=resource_weights, rule=rule,
+                      step=step, short_steps=short_steps, long_epochs=long_epochs, lr=lr, threads=threads, seed=seed)
     after = measure(result.model, x, test_loader, threads)
     if out is not None:
         save_weights(result.model.state_dict(), Path(out), metadata={"model": model, "nncompress": "netadapt"})
     steps = [{k: h[k] for k in ("iteration", "group", "removed", "measured_ms", "val_top1")} for h in result.history]
-    return {"model": model, "data": data, "latency_budget": latency_budget, "threads": threads, "latency_batch": latency_batch,
+    return {"model": model, "data": data, "latency_budget": latency_budget, "resources": result.budgets, "rule": rule,
+            "resources_before": result.resources_before, "resources_after": result.resources_after,
+            "threads": threads, "latency_batch": latency_batch,
             "before": before, "after": after, **_summary(before, after), "reached": result.reached, "iterations": steps,
             "out": str(out) if out else None}
