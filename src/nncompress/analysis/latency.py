@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.core.model_io import ForwardFn, call_model, to_device
 from nncompress.training.device import module_device
 
 
@@ -103,14 +104,17 @@ def measure_interleaved_ms(fns: Sequence[Callable[[], Any]], warmup: int = 1, re
     return [_result(t, threads) for t in times_ms]
 
 
-def _forward(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> Callable[[], None]:
-    """A no-grad forward on the model's own device (the input is moved there once, outside the timing)."""
-    device = module_device(model)
-    args = tuple(a.to(device) for a in (example_input if isinstance(example_input, tuple) else (example_input,)))
+def _forward(model: nn.Module, example_input: Any, forward_fn: ForwardFn | None = None) -> Callable[[], None]:
+    """A no-grad forward on the model's own device (the input is moved there once, outside the timing).
+
+    `example_input` is the model's inputs in any form `nncompress.core.model_io.call_model` takes: a tensor
+    (model(x)), a tuple (model(*xs)), a dict from a tokenizer (model(**d)); `forward_fn(model, inputs)` overrides.
+    """
+    inputs = to_device(example_input, module_device(model), non_blocking=False)
 
     def run() -> None:
         with torch.no_grad():
-            model(*args)
+            call_model(model, inputs, forward_fn)
     return run
 
 
@@ -126,17 +130,20 @@ def _eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(was_training)
 
 
-def measure_latency_ms(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], warmup: int = 5,
-                       repeats: int = 30, threads: int | None = 1) -> LatencyResult:
-    """Latency of `model(example_input)` in eval mode under no_grad; the model's train/eval mode is restored."""
+def measure_latency_ms(model: nn.Module, example_input: Any, warmup: int = 5,
+                       repeats: int = 30, threads: int | None = 1, forward_fn: ForwardFn | None = None) -> LatencyResult:
+    """Latency of `model(example_input)` in eval mode under no_grad; the model's train/eval mode is restored.
+    `example_input`: a tensor, a tuple of positional inputs or a dict of keyword inputs (see `_forward`)."""
     with _eval_mode(model):
-        return measure_callable_ms(_forward(model, example_input), warmup, repeats, threads)
+        return measure_callable_ms(_forward(model, example_input, forward_fn), warmup, repeats, threads)
 
 
-def measure_pair_ms(a: nn.Module, b: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
-                    warmup: int = 1, repeats: int = 20, threads: int | None = 1) -> tuple[LatencyResult, LatencyResult]:
+def measure_pair_ms(a: nn.Module, b: nn.Module, example_input: Any,
+                    warmup: int = 1, repeats: int = 20, threads: int | None = 1,
+                    forward_fn: ForwardFn | None = None) -> tuple[LatencyResult, LatencyResult]:
     """Latencies of two models on the same input, timed interleaved (see `measure_interleaved_ms`): the fair way
     to compare a model before and after compression on a busy machine. Eval mode, no_grad; modes restored."""
     with _eval_mode(a, b):
-        ra, rb = measure_interleaved_ms([_forward(a, example_input), _forward(b, example_input)], warmup, repeats, threads)
+        ra, rb = measure_interleaved_ms([_forward(a, example_input, forward_fn), _forward(b, example_input, forward_fn)],
+                                        warmup, repeats, threads)
     return ra, rb

@@ -106,13 +106,11 @@ def as_args_kwargs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def logits_of(output: Any) -> Any:
-    """The logits of a model output: `output.logits` / `output['logits']` for HF `ModelOutput`s and dicts
-    carrying logits, the output itself otherwise (a tensor, or a tuple the user's loss_fn understands)."""
+    """The logits of a model output: `output['logits']` for HF `ModelOutput`s (ordered dicts) and other mappings
+    carrying logits, the output itself otherwise (a tensor, or a tuple such as GoogLeNet's training-mode
+    (logits, aux1, aux2) that the user's loss_fn understands whole)."""
     if isinstance(output, Mapping) and "logits" in output:
         return output["logits"]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
     return output
 
 
@@ -144,6 +142,8 @@ class StepOutput:
 
 
 def _accepts_kwarg(model: nn.Module, name: str) -> bool:
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module  # the wrapper's forward takes **kwargs whatever the model does
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
@@ -152,15 +152,17 @@ def _accepts_kwarg(model: nn.Module, name: str) -> bool:
 
 
 def default_loss(outputs: Any, target: Any) -> torch.Tensor:
-    """Cross-entropy of logits against class indices; sequence logits (B, T, V) against (B, T) token labels are
-    flattened, with HF's ignore index -100 for padding positions."""
+    """Cross-entropy of logits against class indices (or class probabilities); sequence logits (B, T, V) against
+    (B, T) token labels are flattened, classes last; HF's ignore index -100 marks padding positions. Other
+    shapes go to `F.cross_entropy` as they are (classes in dimension 1, e.g. (B, C, H, W) segmentation)."""
     logits = logits_of(outputs)
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise UserError(f"the default cross-entropy loss needs logits and a target tensor, got {_describe(logits)} and "
                         f"{_describe(target)}: pass loss_fn(outputs, target)")
-    if logits.dim() > 2 and target.dim() == logits.dim() - 1 and not target.is_floating_point():
+    if logits.dim() == 3 and target.dim() == 2 and logits.shape[:2] == target.shape and not target.is_floating_point():
+        # (B, T, V) language-model / token-classification logits: classes last, unlike (B, C, H, W) segmentation
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
-    return nn.functional.cross_entropy(logits, target)
+    return nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
 
 
 def forward_and_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None = None,

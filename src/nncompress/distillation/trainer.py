@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from nncompress.core.errors import UserError
 from nncompress.core.guards import check_hyperparameter
+from nncompress.core.model_io import ForwardFn, call_model, default_loss
 from nncompress.distillation.features import FeatureTaps
 from nncompress.distillation.losses import (
     attention_transfer_loss,
@@ -124,10 +125,10 @@ class DistillationCallback(Callback):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = [t(x) for t in self.teachers]
+            teacher_logits = [call_model(t, x) for t in self.teachers]  # x: the batch's inputs, any format
         p = soft_targets(teacher_logits, self.temperature, self.teacher_weights)
         soft = soft_target_loss(output, p, self.temperature)
-        hard = F.cross_entropy(output, y)
+        hard = default_loss(output, y)
         total = loss + self.alpha * (soft - hard)
         terms = {"soft": float(soft.detach()), "hard": float(hard.detach())}
         if self._student_taps is not None and self._teacher_taps is not None:
@@ -162,10 +163,12 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module], train
             cfg: TrainConfig | None = None, *, temperature: float = 4.0, alpha: float = 0.9,
             teacher_weights: Sequence[float] | None = None, attention: LayerPairs = (), hints: LayerPairs = (),
             rkd: LayerPairs = (), callbacks: Sequence[Callback] = (), val_loader: DataLoader | None = None,
-            **weights: float) -> list[dict[str, float]]:
+            forward_fn: ForwardFn | None = None, **weights: float) -> list[dict[str, float]]:
     """Train `student` in place against the teacher(s); other callbacks (pruning, QAT) run in the same loop.
 
+    Batches may be in any format `nncompress.core.model_io` understands ((x, y), dicts with `labels`); teachers
+    are called on the batch's inputs the same way. `forward_fn(model, batch)` replaces the student's call.
     `weights` may set attention_weight, hint_weight, rkd_distance_weight, rkd_angle_weight. Returns the epoch history.
     """
     kd = DistillationCallback(teachers, temperature, alpha, teacher_weights, attention=attention, hints=hints, rkd=rkd, **weights)
-    return train(student, train_loader, cfg, callbacks=[kd, *callbacks], val_loader=val_loader)
+    return train(student, train_loader, cfg, callbacks=[kd, *callbacks], val_loader=val_loader, forward_fn=forward_fn)

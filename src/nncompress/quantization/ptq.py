@@ -14,6 +14,7 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.core.guards import DivergenceError
+from nncompress.core.model_io import call_model, split_batch, tensor_leaves, to_device
 from nncompress.core.progress import track
 from nncompress.quantization.fake_quant import FakeQuantize
 from nncompress.quantization.graph import QuantConfig, freeze, prepare, quantizers, set_observing
@@ -21,7 +22,8 @@ from nncompress.training.device import module_device
 
 
 def iter_batches(data, num_batches: int | None = None, batch_size: int = 64) -> Iterator[torch.Tensor]:
-    """Input tensors from a DataLoader of (x, y) or x, a list of tensors, or one tensor split into batches."""
+    """Model inputs from a DataLoader of (x, y) or x, a list of tensors, one tensor split into batches, or batches
+    in any format `nncompress.core.model_io.split_batch` takes (dicts from a tokenizer: the dict without labels)."""
     if data is None:
         raise UserError("static quantization needs calibration data: pass a few batches of unlabeled inputs (e.g. --calib-batches 8)")
     if isinstance(data, torch.Tensor):
@@ -30,9 +32,9 @@ def iter_batches(data, num_batches: int | None = None, batch_size: int = 64) -> 
     for item in data:
         if num_batches is not None and count >= num_batches:
             break
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, torch.Tensor):
-            raise UserError(f"calibration data must yield tensors or (x, y) pairs, got {type(x).__name__}")
+        x = split_batch(item)[0]
+        if not tensor_leaves(x):
+            raise UserError(f"calibration data must yield tensors, (x, y) pairs or dicts of tensors, got {type(x).__name__}")
         yield x
         count += 1
     if count == 0:
@@ -54,7 +56,7 @@ def calibrate(gm: nn.Module, data: Iterable, num_batches: int = 8) -> nn.Module:
     device = module_device(gm)
     batches = list(iter_batches(data, num_batches))
     for x in track(batches, "calibrating", total=len(batches)):
-        gm(x.to(device, non_blocking=True))
+        call_model(gm, to_device(x, device))
     freeze(gm)
     bad = [n for n, m in quantizers(gm).items() if isinstance(m, FakeQuantize) and m.frozen
            and not bool(torch.isfinite(torch.as_tensor(m.scale)).all())]

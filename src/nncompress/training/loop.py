@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from nncompress.core.errors import UserError
 from nncompress.core.guards import DivergenceError, check_finite_weights, check_hyperparameter
+from nncompress.core.model_io import ForwardFn, batch_size, forward_and_loss, forward_batch, split_batch, to_device
 from nncompress.core.progress import track
 from nncompress.training.callbacks import Callback
 from nncompress.training.device import module_device, resolve_device
@@ -56,10 +57,16 @@ def train(
     cfg: TrainConfig | None = None,
     callbacks: Sequence[Callback] = (),
     val_loader: DataLoader | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    forward_fn: ForwardFn | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place; returns one dict of metrics per epoch (loss, and val_top1 if val_loader).
+
+    Batches may be in any format `nncompress.core.model_io` understands: (x, y) pairs, tensors, dicts from a
+    tokenizer with `labels`, nested pytrees. `loss_fn(outputs, target)` defaults to cross-entropy, or the
+    model's own `output.loss` when it takes `labels` (Hugging Face); `forward_fn(model, batch)` replaces the
+    call. Callbacks' `loss(model, x, y, output, loss)` get the batch's inputs as x and its target as y.
 
     The model trains on `cfg.device` and is handed back on the device it came on, so callers that go on with
     CPU work (k-means, Huffman coding, export) need not care where it trained. Batches are moved per step.
@@ -85,14 +92,14 @@ def train(
             cb.on_epoch_begin(epoch, model)
         loss_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0  # read once per epoch: no GPU sync per step
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first step with a NaN/inf loss, on the device
-        for i, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for i, batch in enumerate(loader):
+            batch = to_device(batch, device)
             for cb in callbacks:
                 cb.on_step_begin(step, model)
             if net is not model and _layout(model) != layout:  # a callback re-parametrized a layer: new autograd
                 net, layout = data_parallel(model), _layout(model)  # leaves, so DDP's gradient hooks must be rebuilt
-            out = net(x)
-            loss = loss_fn(out, y)
+            fwd = forward_and_loss(net, batch, loss_fn, forward_fn)
+            x, y, out, loss = split_batch(batch)[0], fwd.target, fwd.outputs, fwd.loss
             for cb in callbacks:
                 loss = cb.loss(model, x, y, out, loss)
             if _reads_loss_every_step(device) or step < _CHECK_FIRST_STEPS:  # free on the host; on a GPU, the first steps
@@ -108,14 +115,15 @@ def train(
                 sched.step()
             for cb in callbacks:
                 cb.on_step_end(step, model)
-            loss_sum += loss.detach().double() * len(y)  # float64, as Python floats were: same sums bit for bit
-            n += len(y)
+            size = batch_size(batch)
+            loss_sum += loss.detach().double() * size  # float64, as Python floats were: same sums bit for bit
+            n += size
             step += 1
         metrics = {"epoch": float(epoch), "loss": float(loss_sum) / max(n, 1)}
         if int(first_bad) >= 0 or not math.isfinite(metrics["loss"]):  # before callbacks can checkpoint the epoch
             _stop_if_nonfinite(None, epoch, int(first_bad) if int(first_bad) >= 0 else None, cfg)
         if val_loader is not None:
-            metrics["val_top1"] = evaluate(model, val_loader)
+            metrics["val_top1"] = evaluate(model, val_loader, forward_fn=forward_fn)
         for cb in callbacks:
             cb.on_epoch_end(epoch, model, metrics)
         history.append(metrics)
@@ -180,25 +188,30 @@ def _layout(model: nn.Module) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader) -> torch.Tensor:
-    """Concatenated model outputs (logits) over a loader, in eval mode, computed on the model's device, returned on the CPU."""
+def predict(model: nn.Module, loader: DataLoader, forward_fn: ForwardFn | None = None) -> torch.Tensor:
+    """Concatenated model outputs (logits) over a loader of any batch format, in eval mode, computed on the
+    model's device, returned on the CPU."""
     was_training = model.training
     model.eval()
     device = module_device(model)
-    outs = [model(x.to(device, non_blocking=True)).cpu() for x, _ in loader]
+    outs = [forward_batch(model, to_device(batch, device), forward_fn)[0].cpu() for batch in loader]
     model.train(was_training)
     return torch.cat(outs)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy in percent, computed on the model's device."""
+def evaluate(model: nn.Module, loader: DataLoader, forward_fn: ForwardFn | None = None) -> float:
+    """Top-1 accuracy in percent over a labelled loader of any batch format, computed on the model's device."""
     was_training = model.training
     model.eval()
     device = module_device(model)
     correct, total = 0, 0
-    for x, y in loader:
-        correct += int((model(x.to(device, non_blocking=True)).argmax(1).cpu() == y).sum())
+    for batch in loader:
+        out, y = forward_batch(model, to_device(batch, device), forward_fn)
+        if y is None:
+            model.train(was_training)
+            raise UserError("evaluation needs labelled batches: yield (x, y) pairs or dicts with 'labels'")
+        correct += int((out.argmax(1) == y).sum())
         total += len(y)
     model.train(was_training)
     return 100.0 * correct / max(total, 1)
