@@ -102,3 +102,20 @@ def test_factorizing_a_tied_layer_is_skipped_with_both_names():
     assert "emb.weight" in skipped["head"] and skipped["mid"] is None
     assert any("head.weight is tied to emb.weight" in s for s in messages)
     assert m.head.weight is m.emb.weight
+
+
+def test_size_reports_count_a_tied_tensor_once_and_count_bare_parameters():
+    from nncompress.analysis.counts import count_parameters
+
+    m = TiedLM()  # emb 50×16 (= head), pos 8×16, mid 16×16 + 16
+    assert count_parameters(m).params == 50 * 16 + 8 * 16 + 16 * 16 + 16
+
+    class WithToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))  # held outside any layer, like ViT's
+            self.proj = nn.Linear(4, 3)
+
+    counts = count_parameters(WithToken())
+    assert counts.params == 4 + 4 * 3 + 3
+    assert counts.layers["cls_token"].type == "Parameter"

@@ -132,6 +132,39 @@ def count_layer(module: nn.Module, name: str = "") -> LayerCounts:
 def count_parameters(model: nn.Module) -> ModelCounts:
     """Parameters, non-zeros and sparsity of every weight-owning layer, with totals.
 
-    Parameters held outside a layer's `weight`/`bias` (e.g. a bare nn.Parameter on the model) are not counted.
+    A tied tensor (GPT-2's `lm_head.weight is transformer.wte.weight`) is counted once, under its first
+    holder: the model stores it once. Parameters held outside a layer's `weight`/`bias` (ViT's class token
+    and position embeddings, a bare nn.Parameter on the model) are counted as rows of their own, typed
+    "Parameter", so a size report never misses them.
     """
-    return ModelCounts({name: count_layer(m, name) for name, m in weight_layers(model).items()})
+    layers: dict[str, LayerCounts] = {}
+    seen: set[int] = set()
+    for name, m in weight_layers(model).items():
+        w_id = id(_stored(m, "weight"))
+        if w_id in seen:
+            continue  # the other holder of a tied weight
+        row = count_layer(m, name)
+        b = _stored(m, "bias")
+        if b is not None and id(b) in seen:  # a tied bias (BERT's MLM decoder bias) is stored once too
+            row = LayerCounts(row.name, row.type, row.weight_shape, row.weight_params, row.weight_nnz, 0, 0)
+        seen.update({w_id} | ({id(b)} if b is not None else set()))
+        layers[name] = row
+    for name, p in model.named_parameters():
+        if id(p) in seen or is_parametrization_internal(name):
+            continue
+        seen.add(id(p))
+        layers[name] = LayerCounts(name=name, type="Parameter", weight_shape=tuple(p.shape), weight_params=p.numel(),
+                                   weight_nnz=nnz(p.detach()), bias_params=0, bias_nnz=0)
+    return ModelCounts(layers)
+
+
+def _stored(module: nn.Module, tensor: str) -> torch.Tensor | None:
+    """The tensor `module` stores as `tensor`, through a parametrization to its original (None if absent)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(module, tensor):
+        return module.parametrizations[tensor].original
+    t = module._parameters.get(tensor, module._buffers.get(tensor))
+    if t is None:
+        t = getattr(module, tensor, None)  # a property computing the tensor (some custom layers)
+    return t if isinstance(t, torch.Tensor) else None
