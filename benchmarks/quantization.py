@@ -12,6 +12,7 @@ Targets (issue 3): int8 static ≤ 0.5 pp top-1 drop, 4× smaller weights, ≥ 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import platform
 import sys
@@ -39,7 +40,6 @@ from nncompress.quantization import (
     to_reduced_precision,
     train_qat,
 )
-from nncompress.quantization.backends import quiet_torch_ao
 from nncompress.quantization.onnx_qdq import (
     OnnxRuntimeModel,
     to_onnx_float,
@@ -47,6 +47,16 @@ from nncompress.quantization.onnx_qdq import (
 )
 from nncompress.quantization.overflow import accumulator_report, simulate_accumulator
 from nncompress.training import TrainConfig, evaluate, train
+
+
+@contextlib.contextmanager
+def quiet_torch_ao():
+    """The peer (torch.ao's FX flow) prints deprecation notices; silence them around the peer's own calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, message=r".*(deprecated|torch\.ao|quantiz).*")
+        yield
+
 
 THREADS, BATCH = 2, 32
 THREAD_COUNTS = (2, 1)

@@ -8,7 +8,7 @@ from nncompress.architectures import LeNet5
 from nncompress.core.errors import UserError
 from nncompress.quantization import (QuantLayer, compare_with_simulation, float_weight_bytes, quantize_dynamic, quantize_static,
                                      quantized_weight_bytes, to_int8_kernels, to_reduced_precision)
-from nncompress.quantization.backends import quiet_torch_ao
+from nncompress.quantization.modules import QuantizedConv, QuantizedLinear
 from nncompress.training import evaluate
 
 
@@ -30,11 +30,14 @@ def test_bn_folded_and_relu_fused(static_x86):
     assert layers["conv1"].relu and layers["conv2"].relu and not layers["fc"].relu
 
 
-@pytest.mark.parametrize("backend,reduce_range", [("x86", True), ("qnnpack", False)])
-def test_int8_kernels_match_simulation_within_one_step(trained_net, loaders, digits, backend, reduce_range):
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_int8_kernels_match_simulation_within_one_step(trained_net, loaders, digits, reduce_range):
     sim = quantize_static(trained_net, loaders[0], num_batches=4, reduce_range=reduce_range)
-    real = to_int8_kernels(sim, backend)
-    assert any("quantized" in type(m).__module__ for m in real.modules())  # real torch.ao int8 modules
+    real = to_int8_kernels(sim)
+    kinds = {n: type(m) for n, m in real.named_modules() if isinstance(m, (QuantizedConv, QuantizedLinear))}
+    assert kinds == {"conv1": QuantizedConv, "conv2": QuantizedConv, "fc": QuantizedLinear}  # our int8 modules, codes in buffers
+    assert real.get_submodule("conv1").act_mode == "static" and real.get_submodule("conv1").relu
+    assert "fc.weight_q.codes" in real.state_dict() and real.state_dict()["fc.weight_q.codes"].dtype == torch.int8
     cmp = compare_with_simulation(sim, real, digits.x_test[:256])
     assert cmp["max_abs_error"] <= cmp["output_step"] * 1.001
     assert cmp["top1_agreement"] >= 99.0
@@ -45,6 +48,8 @@ def test_dynamic_kernels_match_simulation(trained_net, digits):
         sim = quantize_dynamic(trained_net, digits.x_train[:16], reduce_range=True)
     assert list(sim.quant_layers) == ["fc"] and set(sim.quant_skipped) == {"conv1", "conv2"}
     real = to_int8_kernels(sim)
+    assert real.get_submodule("fc").act_mode == "dynamic_tensor" and real.get_submodule("fc").act_qmax == 127
+    assert real.state_dict()["fc.weight_q.codes"].dtype == torch.int8  # the int8 weights are in the state dict (issue 13)
     x = digits.x_test[:128]
     with torch.no_grad():
         ref = trained_net(x)
@@ -80,7 +85,7 @@ def test_keep_first_last_and_unsupported_layers_listed(digits):
     assert gm.quant_layers == ["conv2"]
     assert set(gm.quant_skipped) == {"act", "conv1", "fc"} and "PReLU" in gm.quant_skipped["act"]
     assert len(rec) == 3
-    real = to_int8_kernels(gm, "qnnpack")  # float islands run between dequantize and quantize
+    real = to_int8_kernels(gm)  # float islands (PReLU, the float layers) run as they are
     cmp = compare_with_simulation(gm, real, digits.x_test[:64])
     assert cmp["top1_agreement"] >= 95
 
@@ -96,7 +101,9 @@ def test_bad_inputs(trained_net, digits):
         quantize_static(trained_net, digits.x_train[:64], calibration="best")
     sim = quantize_static(trained_net, digits.x_train[:64], bits=12, num_batches=1)
     with pytest.raises(UserError, match="at most 8-bit"):
-        to_int8_kernels(sim, "qnnpack")
+        to_int8_kernels(sim)
+    with pytest.raises(UserError, match="to_onnx_qdq"):
+        to_int8_kernels(sim, "onnxruntime")
 
 
 @pytest.mark.parametrize("dtype,tol", [("fp16", 1e-2), ("bf16", 5e-2)])
@@ -111,13 +118,11 @@ def test_reduced_precision(trained_net, digits, dtype, tol):
     assert next(trained_net.parameters()).dtype == torch.float32  # the original is untouched
 
 
-def test_torch_ao_warnings_kept_inside(static_x86, digits):
-    real = to_int8_kernels(static_x86)
-    with warnings.catch_warnings():
+def test_int8_kernels_warn_nothing(static_x86, digits):
+    with warnings.catch_warnings():  # nothing to silence: no deprecated engine underneath
         warnings.simplefilter("error")
+        real = to_int8_kernels(static_x86)
         real(digits.x_test[:8])
-    with quiet_torch_ao():
-        pass
 
 
 def test_binary_weights_run_on_int8_kernels(trained_net, digits):
@@ -129,6 +134,6 @@ def test_binary_weights_run_on_int8_kernels(trained_net, digits):
     assert torch.allclose(w.abs().flatten(1), alpha[:, None].expand(-1, w[0].numel()))  # ±α per channel
     sim = quantize_static(trained_net, digits.x_train[:64], bits=1, num_batches=1)
     assert quantized_weight_bytes(sim)["weights"] == sum(-(-m.weight.numel() // 8) for m in (trained_net.conv1, trained_net.conv2, trained_net.fc))
-    real = to_int8_kernels(sim, "qnnpack")
+    real = to_int8_kernels(sim)
     cmp = compare_with_simulation(sim, real, digits.x_test[:128])
     assert cmp["max_abs_error"] <= cmp["output_step"] * 1.001

@@ -44,7 +44,7 @@ def test_qat_model_lowers_to_int8_kernels(trained_net, loaders, digits):
     gm = prepare_qat(trained_net, digits.x_train[:64], weight_bits=4, method="lsq")
     train_qat(gm, loaders[0], epochs=1, progress=False)
     gm = convert_qat(gm)
-    real = to_int8_kernels(gm, "qnnpack")
+    real = to_int8_kernels(gm)
     cmp = compare_with_simulation(gm, real, digits.x_test[:256])
     assert cmp["max_abs_error"] <= cmp["output_step"] * 1.001
 

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(0.005, "--lr", help="QAT learning rate (a tenth of a training rate)."),
         qat_method: str = typer.Option("lsq", "--qat-method", help="lsq (learned step size) | ste."),
         keep_first_last: bool = typer.Option(False, "--keep-first-last", help="Leave the first and last layers in float."),
-        backend: str = typer.Option("x86", "--backend", help="torch.ao quantized engine: x86 | fbgemm | onednn | qnnpack."),
+        backend: str = typer.Option("torch", "--backend", help="int8 engine: torch (our modules on torch._int_mm) | onnxruntime (QDQ, our scales) | torchao (its dynamic int8)."),
         threads: int = typer.Option(2, "--threads", help="Intra-op threads for the latency measurement."),
         batch_size: int = typer.Option(32, "--batch-size", help="Batch size for the latency measurement."),
         repeats: int = typer.Option(20, "--repeats", help="Timed calls per model; the median is reported."),
@@ -87,8 +87,7 @@ def register(app: typer.Typer) -> None:
         """Quantize a model; report bytes, top-1 and measured latency before/after, and kernel vs simulation error.
         --cle, --bias-correction and --adaround run the static PTQ ladder (`ptq_ladder`) and report its rungs."""
         from nncompress.quantization import check_bits
-        from nncompress.quantization.backends import quiet_torch_ao
-        from nncompress.quantization.pipeline import CLI_MODES, check_ladder_options, quantize_and_measure, save_quantized
+        from nncompress.quantization.pipeline import CLI_MODES, check_backend, check_ladder_options, quantize_and_measure, save_quantized
 
         if mode not in CLI_MODES:
             raise UserError(f"--mode {mode!r} is not supported: use one of {', '.join(CLI_MODES)}")
@@ -100,7 +99,6 @@ def register(app: typer.Typer) -> None:
         if threads < 1 or batch_size < 1 or repeats < 1:
             raise UserError("--threads, --batch-size and --repeats must be positive")
         from nncompress.commands.common import check_int, check_lr, check_out_file
-        from nncompress.quantization.backends import BACKENDS
         from nncompress.quantization.observers import OBSERVERS
 
         _check_common(model, data, weights, seed, train_epochs, subset)
@@ -110,16 +108,14 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--calibration: unknown calibration '{calibration}': choose one of {', '.join(OBSERVERS)}")
         if qat_method not in ("lsq", "ste"):
             raise UserError(f"--qat-method: unknown QAT method '{qat_method}': use lsq or ste")
-        if backend not in BACKENDS:
-            raise UserError(f"--backend: unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+        check_backend(backend, mode)
         check_int(calib_batches, "--calib-batches", 1, 100_000), check_int(epochs, "--epochs", 0, 100_000), check_lr(lr)
         check_out_file(output, "--output"), check_out_file(onnx, "--onnx")  # unwritable outputs fail before training
         net, ds = _model_and_data(model, data, weights, seed, train_epochs, subset, as_json)
-        with quiet_torch_ao():
-            gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
-                                              qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed, onnx,
-                                              allow_drop=allow_drop, cle=cle, bias_correction=bias_correction, adaround=adaround,
-                                              adaround_steps=adaround_steps)
+        gm, report = quantize_and_measure(net, ds, mode, bits, act_bits, granularity, calibration, calib_batches, epochs, lr,
+                                          qat_method, keep_first_last, backend, None, batch_size, threads, repeats, seed, onnx,
+                                          allow_drop=allow_drop, cle=cle, bias_correction=bias_correction, adaround=adaround,
+                                          adaround_steps=adaround_steps)
         if output is not None:
             save_quantized(gm, output)
             report["output"] = str(output)

@@ -3,14 +3,14 @@ training (STE, LSQ), mixed precision, accumulator overflow analysis, and lowerin
 
     gm = quantize_static(model, calib_loader, bits=8, calibration="mse",
                          reduce_range=not cpu_has_vnni())                      # simulated, fake-quantized
-    int8 = to_int8_kernels(gm)                                                 # torch.ao quantized CPU kernels
+    int8 = to_int8_kernels(gm)                                                 # our int8 modules on torch._int_mm
     compare_with_simulation(gm, int8, x)                                       # max |error|, in output steps
     OnnxRuntimeModel(to_onnx_qdq(gm, x))                                       # QDQ ONNX with our scales, in ORT
     gm = ptq_ladder(model, calib_loader, weight_bits=4, granularity="tensor",  # fold BN → CLE (+ high-bias absorption)
                     bias_correction="empirical", adaround=True)               # → calibrate → AdaRound → bias correction
 """
 from nncompress.quantization.adaround import AdaRoundConfig, adaround_weight, apply_adaround
-from nncompress.quantization.backends import Int8Model, compare_with_simulation, cpu_has_vnni, to_int8_kernels
+from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels, to_torchao
 from nncompress.quantization.bias_correction import (
     analytic_bias_correction,
     clipped_gaussian_mean,
@@ -58,12 +58,12 @@ from nncompress.quantization.quantizer import (
 )
 
 __all__ = [
-    "OBSERVERS", "EntropyObserver", "FakeQuantize", "Int8Model", "LSQQuantizer", "MSEObserver", "MinMaxObserver",
+    "OBSERVERS", "EntropyObserver", "FakeQuantize", "LSQQuantizer", "MSEObserver", "MinMaxObserver",
     "MovingAverageMinMaxObserver", "Observer", "PercentileObserver", "QuantConfig", "QuantLayer", "binarize", "calibrate",
     "check_bits", "compare_with_simulation", "compute_qparams", "convert_qat", "cpu_has_vnni", "dequantize", "fake_quantize",
     "fake_quantize_ste", "float_weight_bytes", "fold_bn", "freeze", "fuse_conv_bn", "make_observer",
     "minmax_qparams", "prepare", "prepare_qat", "qrange", "quantize", "quantize_dynamic", "quantize_qat", "quantize_static",
-    "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels",
+    "quantize_weights", "quantized_weight_bytes", "quantizers", "round_stochastic", "ternarize", "to_int8_kernels", "to_torchao",
     "to_reduced_precision", "train_qat", "OnnxRuntimeModel", "save_onnx_qdq", "to_onnx_float", "to_onnx_qdq", "quantize_and_measure",
     "quantized_state_dict", "save_quantized",
     "AdaRoundConfig", "ChannelClamp", "absorb_high_biases", "adaround_weight", "analytic_bias_correction", "apply_adaround",
@@ -79,3 +79,28 @@ from nncompress.quantization.pact import PACT, pact, pact_alphas, pact_l2, repla
 from nncompress.quantization.widening import WidenResult, widen  # noqa: E402  WRPN widening (issue 17)
 
 __all__ += ["PACT", "WidenResult", "pact", "pact_alphas", "pact_l2", "replace_relu_with_pact", "widen"]
+from nncompress.quantization.weight_only import (  # noqa: E402  LLM weight-only quantization (issue 15)
+    GroupQuantizedWeight, WeightOnlyLinear, matmul_nbits_model, mse_clip_ratios, pack_codes, quantize_rtn,
+    quantize_weight_only, unpack_codes, weight_only_bytes,
+)
+from nncompress.quantization.gptq import gptq, gptq_quantize  # noqa: E402  GPTQ (issue 15)
+from nncompress.quantization.awq import InputScaled, awq, awq_clip_search, awq_scale_search  # noqa: E402  AWQ (issue 15)
+from nncompress.quantization.smoothquant import (  # noqa: E402  SmoothQuant W8A8, int8 KV cache (issue 15)
+    KVCacheInt8, W8A8Linear, kv_cache_int8, quantize_w8a8, search_alpha, smooth, smoothing_scales, smoothquant,
+)
+
+__all__ += [
+    "GroupQuantizedWeight", "WeightOnlyLinear", "matmul_nbits_model", "mse_clip_ratios", "pack_codes", "quantize_rtn",
+    "quantize_weight_only", "unpack_codes", "weight_only_bytes", "gptq", "gptq_quantize", "InputScaled", "awq",
+    "awq_clip_search", "awq_scale_search", "KVCacheInt8", "W8A8Linear", "kv_cache_int8", "quantize_w8a8", "search_alpha",
+    "smooth", "smoothing_scales", "smoothquant",
+]
+from nncompress.quantization.modules import (  # noqa: E402  eager int8 modules (issues 13, 14)
+    QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight, pack_int4, unpack_int4,
+)
+from nncompress.quantization.swap import (  # noqa: E402  module-swap quantization, no graph (issue 13)
+    DynamicInt8Config, StaticInt8Config, WeightOnlyConfig, quantize_, quantized_modules, weight_storage_bytes,
+)
+
+__all__ += ["DynamicInt8Config", "QuantizedConv", "QuantizedEmbedding", "QuantizedLinear", "QuantizedWeight", "StaticInt8Config",
+            "WeightOnlyConfig", "pack_int4", "quantize_", "quantized_modules", "unpack_int4", "weight_storage_bytes"]

@@ -205,7 +205,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, cfg: QuantConfig) -> 
         if n.target in keep:
             skipped[n.target] = "kept in float (asked)"
         elif cfg.mode == "dynamic" and not isinstance(mods[n.target], nn.Linear):
-            skipped[n.target] = "dynamic mode quantizes Linear layers (no run-time-range conv kernel in torch.ao)"
+            skipped[n.target] = "dynamic mode quantizes Linear layers (use quantize_ with DynamicInt8Config for convolutions)"
     unknown_bits = set(cfg.layer_bits) - {n.target for n in layer_nodes}
     if unknown_bits:
         raise UserError(f"layer_bits names {sorted(unknown_bits)} are not quantizable layers; layers are {[n.target for n in layer_nodes]}")

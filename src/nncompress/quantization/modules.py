@@ -19,7 +19,8 @@ float rounding of the simulation's own sum — checked in tests to stay within o
 
 Activation modes: "dynamic" — symmetric int8 codes from each input's own range at run time (per token for
 Linear: one scale per row of the [tokens, features] matrix, as torchao's Int8DynamicActivationInt8Weight; per
-sample for convolutions); "static" — affine codes with (s_x, z_x) fixed by calibration (observers attached by
+sample for convolutions); "dynamic_tensor" — affine uint8 codes from the whole input's min/max at run time (what
+the fx graph's dynamic mode simulates, and ONNX's DynamicQuantizeLinear computes); "static" — affine codes with (s_x, z_x) fixed by calibration (observers attached by
 hooks, see `swap`); "none" — weight-only: the weight is dequantized and the product runs in float (the storage
 saving; int4 codes are packed two per byte).
 """
@@ -34,8 +35,9 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.quantization.quantizer import compute_qparams, fake_quantize, qrange
 
-ACT_MODES = ("dynamic", "static", "none")
+ACT_MODES = ("dynamic", "dynamic_tensor", "static", "none")
 _DYN_QMAX = 127  # dynamic activations: symmetric narrow int8 codes ±127
+_EPS = torch.finfo(torch.float32).tiny * 2**23  # compute_qparams' floor on a scale
 
 
 # ---------------------------------------------------------------------------------------------------- int4 packing
@@ -162,8 +164,8 @@ def int8_matmul(q_x: torch.Tensor, q_w: torch.Tensor) -> torch.Tensor:
 
 def dynamic_act_qparams(x2d: torch.Tensor) -> torch.Tensor:
     """Per-row symmetric scale max|x_row| / 127 (the smallest positive float32 scale for an all-zero row)."""
-    amax = x2d.detach().abs().amax(1)
-    return compute_qparams(-amax.float().cpu(), amax.float().cpu(), -_DYN_QMAX, _DYN_QMAX, symmetric=True)[0].to(x2d.device)
+    amax = x2d.detach().abs().amax(1).float()
+    return torch.clamp(amax / _DYN_QMAX, min=_EPS)  # = compute_qparams(−amax, amax, −127, 127, symmetric=True)
 
 
 def quantize_rows(x2d: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -184,8 +186,8 @@ class _QuantizedLayer(nn.Module):
         self.weight_q, self.act_mode, self.relu = weight, act_mode, bool(relu)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.act_qmin, self.act_qmax = int(act_qrange[0]), int(act_qrange[1])
-        if act_mode == "static" and self.act_qmax - self.act_qmin > 255:
-            raise UserError(f"static int8 kernels need activations of at most 8 bits, got codes [{self.act_qmin}, {self.act_qmax}]")
+        if act_mode in ("static", "dynamic_tensor") and self.act_qmax - self.act_qmin > 255:
+            raise UserError(f"int8 kernels need activations of at most 8 bits, got codes [{self.act_qmin}, {self.act_qmax}]")
         self.register_buffer("act_scale", torch.ones(()) if act_mode == "static" else None)
         self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int32) if act_mode == "static" else None)
 
@@ -199,11 +201,25 @@ class _QuantizedLayer(nn.Module):
         return self.act_qmin + 128
 
     def _col_sums(self) -> torch.Tensor:
-        return self.weight_q.int_codes().sum(1, dtype=torch.int32)
+        """Σ_k q_w,o,k per output channel, cached until the codes change (load_state_dict, .to())."""
+        codes = self.weight_q.codes
+        key = (codes.data_ptr(), codes._version, str(codes.device))
+        if getattr(self, "_col_sums_key", None) != key:
+            self._col_sums_cache = self.weight_q.int_codes().sum(1, dtype=torch.int32)
+            self._col_sums_key = key
+        return self._col_sums_cache
 
-    def _static_codes(self, x: torch.Tensor) -> torch.Tensor:
+    def _act_qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_x, z_x) of an affine activation: calibrated (static) or this input's own min/max (dynamic_tensor)."""
+        if self.act_mode == "static":
+            return self.act_scale, self.act_zero_point
+        lo, hi = x.detach().min().float().cpu(), x.detach().max().float().cpu()
+        s, z = compute_qparams(lo, hi, self.act_qmin, self.act_qmax)
+        return s.to(x.device), z.to(x.device)
+
+    def _static_codes(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Affine codes of x (float tensor of any shape), shifted into int8."""
-        q = torch.clamp(torch.round(x / self.act_scale) + self.act_zero_point, self.act_qmin, self.act_qmax)
+        q = torch.clamp(torch.round(x / s) + z, self.act_qmin, self.act_qmax)
         return (q - self._shift).to(torch.int8)
 
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
@@ -211,8 +227,9 @@ class _QuantizedLayer(nn.Module):
 
     def _sim_input(self, x: torch.Tensor, dyn_axis_rows: bool) -> torch.Tensor:
         """The fake-quantized float input the simulation multiplies (the reference for the kernels)."""
-        if self.act_mode == "static":
-            return fake_quantize(x, self.act_scale, self.act_zero_point, self.act_qmin, self.act_qmax)
+        if self.act_mode in ("static", "dynamic_tensor"):
+            s, z = self._act_qparams(x)
+            return fake_quantize(x, s, z, self.act_qmin, self.act_qmax)
         if self.act_mode == "dynamic":
             rows = x.reshape(-1, x.shape[-1]) if dyn_axis_rows else x.reshape(x.shape[0], -1)
             s = dynamic_act_qparams(rows)
@@ -249,8 +266,9 @@ class QuantizedLinear(_QuantizedLayer):
             acc = int8_matmul(quantize_rows(x2, s_x), w_codes)
             y = acc.float() * (s_x[:, None] * s_w[None, :])
         else:
-            acc = int8_matmul(self._static_codes(x2), w_codes) - (self.act_zero_point - self._shift) * self._col_sums()[None, :]
-            y = acc.float() * (self.act_scale * s_w)[None, :]
+            s_x, z_x = self._act_qparams(x2)
+            acc = int8_matmul(self._static_codes(x2, s_x, z_x), w_codes) - (z_x - self._shift) * self._col_sums()[None, :]
+            y = acc.float() * (s_x * s_w)[None, :]
         if self.bias is not None:
             y = y + self.bias
         return self._finish(y.reshape(*lead, self.out_features).to(x.dtype))
@@ -329,18 +347,16 @@ class QuantizedConv(_QuantizedLayer):
             acc = self._int_conv(self._pad(codes, 0.0))
             y = acc.float() * (s_x.reshape([-1] + [1] * (self.dim + 1)) * s_w)
         else:
-            z_shift = int(self.act_zero_point) - self._shift
-            codes = self._static_codes(xf).float()
+            s_x, z_x = self._act_qparams(xf)
+            z_shift = int(z_x) - self._shift
+            codes = self._static_codes(xf, s_x, z_x).float()
             acc = self._int_conv(self._pad(codes, float(z_shift)))
             if z_shift:
-                acc = acc - z_shift * self._group_col_sums().reshape(bshape)
-            y = acc.float() * (self.act_scale * s_w)
+                acc = acc - z_shift * self._col_sums().reshape(bshape)
+            y = acc.float() * (s_x * s_w)
         if self.bias is not None:
             y = y + self.bias.reshape(bshape)
         return self._finish(y.to(x.dtype))
-
-    def _group_col_sums(self) -> torch.Tensor:
-        return self._col_sums()  # each output channel's codes already span only its group's input channels
 
     @torch.no_grad()
     def simulate(self, x: torch.Tensor) -> torch.Tensor:

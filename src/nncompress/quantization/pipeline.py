@@ -1,7 +1,8 @@
 """One call from a trained float model to a quantized, measured one: what `nncompress quantize` runs.
 
-Quantizes (dynamic, static or QAT), lowers to torch.ao int8 kernels where the bit widths allow, and reports
-bytes, top-1 and median CPU latency before and after, and the kernels' max |error| against the simulation.
+Quantizes (dynamic, static or QAT), runs the result on a real int8 engine where the bit widths allow — `torch`
+(our eager modules on torch._int_mm), `onnxruntime` (QDQ with our scales) or `torchao` (its own dynamic int8) —
+and reports bytes, top-1 and median CPU latency before and after, and the engine's max |error| against the simulation.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from nncompress.core.errors import UserError
 from nncompress.core.guards import check_accuracy_kept
 from nncompress.core.io import atomic_write_bytes, save_weights
 from nncompress.data import Dataset, make_loaders
-from nncompress.quantization.backends import compare_with_simulation, cpu_has_vnni, to_int8_kernels
+from nncompress.quantization.backends import BACKENDS, compare_with_simulation, cpu_has_vnni, to_int8_kernels, to_torchao
 from nncompress.quantization.fake_quant import FakeQuantize, LSQQuantizer, weight_codes
 from nncompress.quantization.adaround import AdaRoundConfig
 from nncompress.quantization.graph import QuantLayer
@@ -34,7 +35,7 @@ MAX_DROP_PP = 5.0  # a quantized top-1 further below fp32 is an error (issue 12)
 def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bits: int = 8, act_bits: int = 8,
                          granularity: str = "channel", calibration: str = "minmax", calib_batches: int = 8,
                          epochs: int = 2, lr: float = DEFAULT_QAT_LR, qat_method: str = "lsq", keep_first_last: bool = False,
-                         backend: str = "x86", reduce_range: bool | None = None, batch_size: int = 32, threads: int = 2,
+                         backend: str = "torch", reduce_range: bool | None = None, batch_size: int = 32, threads: int = 2,
                          repeats: int = 20, seed: int = 0, onnx_path: str | os.PathLike | None = None,
                          allow_drop: bool = False, max_drop_pp: float = MAX_DROP_PP, cle: bool = False,
                          bias_correction: str | None = None, adaround: bool = False,
@@ -55,8 +56,9 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
     bias_correction = None if bias_correction in (None, "none") else bias_correction
     ladder = bool(cle or bias_correction or adaround)
     check_ladder_options(mode, bias_correction, adaround, adaround_steps, cle)
-    if reduce_range is None:  # fbgemm/x86 without VNNI saturates int16 pair sums with 8-bit activations
-        reduce_range = backend in ("x86", "fbgemm") and not cpu_has_vnni()
+    check_backend(backend, mode)
+    if reduce_range is None:  # x86 int8 GEMMs without VNNI sum u8·s8 pairs in int16 and saturate with 8-bit activations
+        reduce_range = backend == "torch" and not cpu_has_vnni()
     train_loader, test_loader = make_loaders(ds, batch_size=64, seed=seed)
     model.eval()
     if ladder:
@@ -90,7 +92,8 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
     report["fp32_latency_ms"] = measure_latency_ms(model, x, warmup=5, repeats=repeats, threads=threads).median_ms
     kernels_ok = bits <= 8 and act_bits == 8
     if kernels_ok:
-        real = to_int8_kernels(gm, backend)
+        real = _engine(model, gm, backend, mode, x, threads)
+        report["int8_engine"] = backend
         report["int8_top1"] = evaluate(real, test_loader)
         report["int8_latency_ms"] = measure_latency_ms(real, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report["speedup"] = report["fp32_latency_ms"] / report["int8_latency_ms"]
@@ -111,6 +114,24 @@ def quantize_and_measure(model: nn.Module, ds: Dataset, mode: str = "static", bi
         report["onnx_latency_ms"] = measure_latency_ms(ort_model, x, warmup=5, repeats=repeats, threads=threads).median_ms
         report.update({f"onnx_{k}": v for k, v in compare_with_simulation(gm, ort_model, ds.x_test[:256]).items()})
     return gm, report
+
+
+def check_backend(backend: str, mode: str) -> None:
+    """Refuse an engine that cannot run the mode, before any data loads."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend: unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend == "torchao" and mode != "dynamic":
+        raise UserError(f"--backend torchao runs torchao's dynamic int8 (Int8DynamicActivationInt8WeightConfig) only: use --mode "
+                        f"dynamic, or --backend torch / onnxruntime for {mode}")
+
+
+def _engine(model: nn.Module, gm: nn.Module, backend: str, mode: str, x: torch.Tensor, threads: int) -> nn.Module:
+    """The quantized model on a real int8 engine."""
+    if backend == "torch":
+        return to_int8_kernels(gm)
+    if backend == "torchao":
+        return to_torchao(model, "dynamic")
+    return OnnxRuntimeModel(to_onnx_qdq(gm, x), threads)
 
 
 def check_ladder_options(mode: str, bias_correction: str | None, adaround: bool, adaround_steps: int,

@@ -42,7 +42,7 @@ def train_qat(gm: fx.GraphModule, loader: DataLoader, epochs: int = 2, lr: float
 
 def convert_qat(gm: fx.GraphModule) -> fx.GraphModule:
     """End training: eval mode (BN folded with running statistics), EMA activation ranges frozen.
-    The result evaluates like the deployed integer model and lowers with `to_int8_kernels`."""
+    The result evaluates like the deployed integer model and lowers with `to_int8_kernels` (eager int8 modules) or `to_onnx_qdq` (ONNX Runtime)."""
     gm.eval()
     for m in quantizers(gm).values():
         if isinstance(m, FakeQuantize) and not m.dynamic:
