@@ -5,7 +5,7 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.quantization.weight_only import (
-    QuantizedWeight,
+    GroupQuantizedWeight,
     WeightOnlyLinear,
     matmul_nbits_model,
     mse_clip_ratios,
@@ -141,7 +141,7 @@ def test_onnxruntime_matmul_nbits_matches_dequantized_weights():
 
 def test_quantized_weight_dequantize_with_group_index():
     codes = torch.tensor([[0, 15, 8, 8]], dtype=torch.uint8)
-    qw = QuantizedWeight(codes, torch.tensor([[1.0, 0.5]]).half(), None, 4, 2, torch.tensor([1, 0, 0, 1], dtype=torch.int32))
+    qw = GroupQuantizedWeight(codes, torch.tensor([[1.0, 0.5]]).half(), None, 4, 2, torch.tensor([1, 0, 0, 1], dtype=torch.int32))
     # symmetric zero 8; column groups 1, 0, 0, 1 → scales 0.5, 1, 1, 0.5
     assert qw.dequantize().tolist() == [[-4.0, 7.0, 0.0, 0.0]]
     assert qw.nbytes == 2 + 2 * 2 + 4 * 4

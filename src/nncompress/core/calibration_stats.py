@@ -26,7 +26,6 @@ input scale into the norm's (γ, β) instead of keeping an explicit multiply.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.core.model_io import call_model as seam_call_model
+from nncompress.core.model_io import split_batch, to_device
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -94,23 +95,11 @@ def calibration_layers(model: nn.Module, layers: Sequence[str] | None = None) ->
 
 
 def call_model(model: nn.Module, batch):
-    """Run `model` on one calibration batch: dict → model(**batch), tuple/list → model(*batch), else model(batch).
-
-    Uses `nncompress.core.model_io.call_model` when that module exists (the project's model seam)."""
-    try:
-        seam = importlib.import_module("nncompress.core.model_io")
-    except ImportError:
-        seam = None
-    if seam is not None and hasattr(seam, "call_model"):
-        return seam.call_model(model, batch)
+    """Run `model` on one calibration batch through the model seam (`core.model_io`): a tensor → model(x), an
+    (x, y) pair → model(x), a tokenizer dict → model(**inputs) without its labels; moved to the model's device."""
+    inputs, _ = split_batch(batch)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if isinstance(batch, Mapping):
-        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-    if isinstance(batch, (tuple, list)):
-        return model(*[v.to(device) if isinstance(v, torch.Tensor) else v for v in batch])
-    if isinstance(batch, torch.Tensor):
-        return model(batch.to(device))
-    raise UserError(f"calibration batch of type {type(batch).__name__} is not supported: give tensors, tuples or dicts of tensors")
+    return seam_call_model(model, to_device(inputs, device))
 
 
 @dataclass

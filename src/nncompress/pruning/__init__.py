@@ -99,3 +99,7 @@ __all__ = [
     "taylor_scores",
     "vector_mask",
 ]
+from nncompress.pruning.sparsegpt import sparsegpt, sparsegpt_prune_weight  # noqa: E402  SparseGPT (issue 15)
+from nncompress.pruning.wanda import magnitude_prune_llm, score_mask, wanda_prune, wanda_scores  # noqa: E402  Wanda (issue 15)
+
+__all__ += ["magnitude_prune_llm", "score_mask", "sparsegpt", "sparsegpt_prune_weight", "wanda_prune", "wanda_scores"]

@@ -25,7 +25,7 @@ from torch import nn
 from nncompress.core.calibration_stats import LayerStats, sequential_apply, weight_matrix
 from nncompress.core.errors import UserError
 from nncompress.quantization.weight_only import (
-    QuantizedWeight,
+    GroupQuantizedWeight,
     check_weight_bits,
     group_qparams,
     quantize_group,
@@ -63,10 +63,10 @@ def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
-                  act_order: bool = False, block_size: int = 128, damp: float = 0.01) -> QuantizedWeight:
+                  act_order: bool = False, block_size: int = 128, damp: float = 0.01) -> GroupQuantizedWeight:
     """GPTQ-quantize an (out, in) weight given its input Hessian (e.g. `LayerStats.hessian`).
 
-    Returns a `QuantizedWeight` in `weight_only`'s format (codes in the original column order; a group index
+    Returns a `GroupQuantizedWeight` in `weight_only`'s format (codes in the original column order; a group index
     when act-order and groups are both on)."""
     check_weight_bits(bits)
     if w.dim() != 2:
@@ -113,7 +113,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_s
         g_idx = (torch.arange(cols, device=w.device) // gs)[inv].to(torch.int32)   # group of each original column
     elif act_order:
         pass  # one group per row: the order does not change which scale a column uses
-    return QuantizedWeight(codes.to(torch.uint8), scales.half(), None if symmetric else zeros.to(torch.uint8), bits, gs, g_idx)
+    return GroupQuantizedWeight(codes.to(torch.uint8), scales.half(), None if symmetric else zeros.to(torch.uint8), bits, gs, g_idx)
 
 
 def gptq(model: nn.Module, batches, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,

@@ -171,7 +171,7 @@ def packed_bytes(rows: int, cols: int, bits: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- format
 @dataclass
-class QuantizedWeight:
+class GroupQuantizedWeight:
     """A quantized (out, in) weight: codes (uint8, unpacked), scales (fp16, (out, G)), zeros (uint8 (out, G),
     None = symmetric, implicit 2^(b−1)), and `g_idx` (int32 (in,), the group of each input column; None =
     column j in group j // group_size)."""
@@ -217,7 +217,7 @@ class QuantizedWeight:
 
 
 def quantize_rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
-                 clip_ratio=1.0) -> QuantizedWeight:
+                 clip_ratio=1.0) -> GroupQuantizedWeight:
     """Round-to-nearest quantization of an (out, in) weight, per group (or per channel with group_size=None).
 
     `clip_ratio`: a number, an (out, G) tensor (e.g. from `mse_clip_ratios`), or "mse" to search it."""
@@ -235,7 +235,7 @@ def quantize_rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 128, s
     wg = _grouped(w, gs)
     scale, zero = group_qparams(wg, bits, symmetric, clip_ratio)
     codes = quantize_group(wg, scale, zero, bits).reshape(w.shape).to(torch.uint8)
-    return QuantizedWeight(codes, scale.half(), None if symmetric else zero.to(torch.uint8), bits, gs)
+    return GroupQuantizedWeight(codes, scale.half(), None if symmetric else zero.to(torch.uint8), bits, gs)
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -252,7 +252,7 @@ class WeightOnlyLinear(nn.Module):
     int4 when it applies.
     """
 
-    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None, kernel: str = "dequant"):
+    def __init__(self, qweight: GroupQuantizedWeight, bias: torch.Tensor | None = None, kernel: str = "dequant"):
         super().__init__()
         if kernel not in ("dequant", "int4", "auto"):
             raise UserError(f"kernel={kernel!r}: use 'dequant', 'int4' or 'auto'")
@@ -273,10 +273,10 @@ class WeightOnlyLinear(nn.Module):
         self.kernel = "int4" if (kernel == "int4" or (kernel == "auto" and int4_ok)) else "dequant"
         self._int4_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def qweight(self) -> QuantizedWeight:
+    def qweight(self) -> GroupQuantizedWeight:
         codes = unpack_codes(self.packed, self.bits, self.in_features)
         zeros = None if self.zeros is None else unpack_codes(self.zeros, self.bits, self.scales.shape[1])
-        return QuantizedWeight(codes, self.scales, zeros, self.bits, self.group_size, self.g_idx)
+        return GroupQuantizedWeight(codes, self.scales, zeros, self.bits, self.group_size, self.g_idx)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight().dequantize()
@@ -309,7 +309,7 @@ class WeightOnlyLinear(nn.Module):
                 f"group_size={self.group_size}, symmetric={self.symmetric}, kernel={self.kernel}")
 
 
-def replace_with_weight_only(model: nn.Module, name: str, qweight: QuantizedWeight, kernel: str = "dequant") -> WeightOnlyLinear:
+def replace_with_weight_only(model: nn.Module, name: str, qweight: GroupQuantizedWeight, kernel: str = "dequant") -> WeightOnlyLinear:
     """Swap the linear-like layer `name` for a WeightOnlyLinear built from `qweight` (keeps its bias)."""
     layer = model.get_submodule(name)
     if tuple(qweight.shape) != tuple(weight_matrix(layer).shape):
