@@ -73,7 +73,7 @@ def test_reads_a_hand_written_file():
 
 def test_writer_layout_matches_the_spec():
     model = read_nnc(build())
-    data = write_nnc(model)
+    data = write_nnc(model, version=1)
     assert data[:4] == b"NNC\x00"
     assert struct.unpack_from("<HHI", data, 4) == (1, 0, len(b'{"model":"hand"}'))
     assert data[12 : 12 + 16] == b'{"model":"hand"}'
@@ -288,8 +288,8 @@ def test_wrong_magic_and_unknown_version():
         read_nnc(b"PK\x03\x04" + b"\x00" * 40)
     with pytest.raises(CorruptFileError, match="not an .nnc file"):
         read_nnc(b"")
-    with pytest.raises(CorruptFileError, match="version 2 .*reads version 1"):
-        read_nnc(build(version=2))
+    with pytest.raises(CorruptFileError, match="version 3 .*reads versions 1, 2"):
+        read_nnc(build(version=3))
 
 
 def _expect_corrupt(data: bytes, match: str):

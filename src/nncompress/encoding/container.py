@@ -48,21 +48,24 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nncompress.core.errors import UserError
-from nncompress.core.io import atomic_write_bytes
-from nncompress.encoding import huffman
 from nncompress.encoding.errors import CorruptFileError
+from nncompress.encoding.streams import CODERS, HUFFMAN, EncodedStream, encode_stream, read_huffman_body, read_stream
 from nncompress.encoding.relative_index import MAX_GAP_BITS, from_relative, to_relative
 
 MAGIC = b"NNC\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MAX_TENSORS = 1 << 20
 MAX_NDIM = 8
 MAX_ELEMENTS = 1 << 31
@@ -135,18 +138,43 @@ class CompressedModel:
 
 
 class _Writer:
-    """Collects the file's parts and counts bytes per report category (for `size_breakdown`)."""
+    """Sends the file's parts to `sink` (a callable taking bytes), keeps the running CRC-32 and counts
+    bytes per report category (for `size_breakdown`); holds nothing but what `sink` keeps."""
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.crc = 0
+        self.nbytes = 0
         self.sizes: Counter[str] = Counter()
 
     def put(self, category: str, data: bytes) -> None:
-        self.parts.append(data)
+        if self.sink is not None:
+            self.sink(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.nbytes += len(data)
         self.sizes[category] += len(data)
 
     def pack(self, category: str, fmt: str, *values) -> None:
         self.put(category, struct.pack("<" + fmt, *values))
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the writer did with one coded stream (`NNCWriter.streams`): sizes in bits, no payload."""
+
+    tensor: str
+    stream: str  # "codes" (codebook index per entry, symbol k = filler) or "gaps" (gap - 1)
+    coder: str  # "huffman" or "rans"
+    n_symbols: int
+    alphabet_size: int
+    entropy_bits: float  # empirical entropy of the stream (its own static statistics)
+    coded_bits: int  # payload bits (Huffman bit count, or 8 x rANS bytes with the lane states)
+    table_bits: int  # coder tag + table + size fields
+
+    @property
+    def total_bits(self) -> int:
+        """Bits this stream takes in the file (a Huffman payload is padded to whole bytes)."""
+        return self.table_bits + 8 * ((self.coded_bits + 7) // 8)
 
 
 def _name_bytes(name) -> bytes:
@@ -178,13 +206,8 @@ def _check_shape(name: str, shape) -> tuple[int, ...]:
     return dims
 
 
-def _lengths_table(lengths: np.ndarray) -> bytes:
-    used = np.flatnonzero(lengths)
-    trimmed = lengths[: int(used[-1]) + 1] if used.size else lengths[:0]
-    return struct.pack("<I", trimmed.size) + trimmed.astype(np.uint8).tobytes()
-
-
-def _write_shared(w: _Writer, name: str, t: SharedTensor) -> None:
+def _check_shared(name: str, t: SharedTensor) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (dims, float32 codebook, int64 positions, int64 codes) of a tensor about to be written."""
     dims = _check_shape(name, t.shape)
     numel = int(np.prod(dims, dtype=object)) if dims else 1
     bits, gap_bits = t.bits, t.gap_bits
@@ -206,33 +229,52 @@ def _write_shared(w: _Writer, name: str, t: SharedTensor) -> None:
     if pos.size:
         if pos.dtype.kind not in "iu" or codes.dtype.kind not in "iu":
             raise UserError(f"tensor {name!r}: positions and codes must be integer arrays")
-        pos, codes = pos.astype(np.int64), codes.astype(np.int64)  # signed, so a decreasing uint diff shows
+        pos, codes = pos.astype(np.int64, copy=False), codes.astype(np.int64, copy=False)  # signed, so a decreasing uint diff shows
         if pos[0] < 0 or pos[-1] >= numel or np.any(np.diff(pos) <= 0):
             raise UserError(f"tensor {name!r}: positions must be strictly increasing flat indices in 0..{numel - 1}")
         if codes.min() < 0 or codes.max() >= k:
             raise UserError(f"tensor {name!r}: codes must index the codebook (0..{k - 1})")
-    gaps, is_filler = to_relative(pos.astype(np.int64), int(gap_bits))
-    entry_codes = np.full(gaps.size, k, dtype=np.int64)  # symbol k = filler
-    entry_codes[~is_filler] = codes.astype(np.int64)
-    gap_syms = gaps - 1
-    code_len = huffman.code_lengths(np.bincount(entry_codes, minlength=k + 1))
-    gap_len = huffman.code_lengths(np.bincount(gap_syms, minlength=1 << gap_bits))
-    code_stream, code_nbits = huffman.encode(entry_codes, code_len)
-    gap_stream, gap_nbits = huffman.encode(gap_syms, gap_len)
+    return dims, cb, pos.astype(np.int64, copy=False), codes.astype(np.int64, copy=False)
 
+
+def entry_streams(t: SharedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """The two symbol streams of a shared tensor: (index symbols, symbol k = filler; gap symbols = gap - 1)."""
+    k = int(np.asarray(t.codebook).size)
+    gaps, is_filler = to_relative(np.asarray(t.positions, dtype=np.int64), int(t.gap_bits))
+    entry_codes = np.full(gaps.size, k, dtype=np.int64)  # symbol k = filler
+    entry_codes[~is_filler] = np.asarray(t.codes, dtype=np.int64)
+    gaps -= 1
+    return entry_codes, gaps
+
+
+def _write_stream(w: _Writer, version: int, coder: str, symbols: np.ndarray, alphabet: int, category: str) -> EncodedStream:
+    enc = encode_stream(symbols, alphabet, "huffman" if version == 1 else coder)
+    if version >= 2:
+        w.pack("tensor_headers", "B", enc.coder)
+    w.put("huffman_tables" if enc.coder == HUFFMAN else "rans_tables", enc.table)
+    w.put("tensor_headers", enc.fields)
+    w.put(category, enc.payload)
+    return enc
+
+
+def _write_shared(w: _Writer, name: str, t: SharedTensor, version: int = FORMAT_VERSION, coder: str = "auto") -> list[StreamInfo]:
+    dims, cb, pos, codes = _check_shared(name, t)
+    bits, gap_bits, k = int(t.bits), int(t.gap_bits), cb.size
+    entry_codes, gap_syms = entry_streams(SharedTensor(dims, cb, bits, pos, codes, gap_bits))
     raw = _name_bytes(name)
     w.pack("tensor_headers", "H", len(raw))
     w.put("tensor_headers", raw)
     w.pack("tensor_headers", f"B{len(dims)}Q", len(dims), *dims)
     w.pack("tensor_headers", "BBI", bits, gap_bits, k)
     w.put("codebooks", cb.tobytes())
-    w.pack("tensor_headers", "II", pos.size, gaps.size)
-    w.put("huffman_tables", _lengths_table(code_len))
-    w.pack("tensor_headers", "Q", code_nbits)
-    w.put("index_streams", code_stream)
-    w.put("huffman_tables", _lengths_table(gap_len))
-    w.pack("tensor_headers", "Q", gap_nbits)
-    w.put("position_streams", gap_stream)
+    w.pack("tensor_headers", "II", pos.size, entry_codes.size)
+    out = []
+    for stream, symbols, alphabet, category in (("codes", entry_codes, k + 1, "index_streams"),
+                                                ("gaps", gap_syms, 1 << gap_bits, "position_streams")):
+        enc = _write_stream(w, version, coder, symbols, alphabet, category)
+        out.append(StreamInfo(name, stream, enc.coder_name, enc.n_symbols, alphabet, enc.entropy_bits, enc.coded_bits,
+                              enc.table_bits - (8 if version == 1 else 0)))
+    return out
 
 
 def _write_dense(w: _Writer, name: str, array) -> None:
@@ -249,56 +291,178 @@ def _write_dense(w: _Writer, name: str, array) -> None:
     w.put("dense", np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
 
 
-def _serialise(model: CompressedModel) -> _Writer:
-    if not isinstance(model.metadata, dict):
-        raise UserError(f"metadata must be a dict, got {type(model.metadata).__name__}")
+def _metadata_bytes(metadata) -> bytes:
+    if not isinstance(metadata, dict):
+        raise UserError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
-        meta = json.dumps(model.metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        meta = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise UserError(f"metadata is not JSON-serialisable: {e}") from None
     if len(meta) > MAX_METADATA_BYTES:
         raise UserError(f"metadata is {len(meta)} bytes; the .nnc limit is {MAX_METADATA_BYTES}")
-    if len(model.shared) > MAX_TENSORS or len(model.dense) > MAX_TENSORS:
-        raise UserError(f"at most {MAX_TENSORS} shared and {MAX_TENSORS} dense tensors fit in a .nnc file")
+    return meta
+
+
+class NNCWriter:
+    """Writes a .nnc file piece by piece, so a model is encoded one tensor at a time (streaming).
+
+    `sink` is a callable taking bytes (e.g. a file's `write`); the header goes out at once, then
+    `add_shared` for each of the `n_shared` shared tensors, `add_dense` for each of the `n_dense`
+    dense ones (in that order: the format puts all shared records first), then `finish()` appends
+    the CRC. Only the tensor being encoded is held. `write_nnc` is this writer with an in-memory
+    sink, so a streamed file and `write_nnc`'s bytes are identical. `streams` lists, per coded
+    stream, the coder chosen, its empirical entropy and its coded and table bits.
+
+    version 2 (default) tags each stream with its coder and takes rANS where smaller (`coder`:
+    "auto", or "huffman" / "rans" to force one); version 1 writes the Huffman-only v1 layout.
+    """
+
+    def __init__(self, sink, metadata: dict, n_shared: int, n_dense: int, *, version: int = FORMAT_VERSION,
+                 coder: str = "auto") -> None:
+        if version not in READ_VERSIONS:
+            raise UserError(f".nnc version must be one of {READ_VERSIONS}, got {version!r}")
+        if coder not in CODERS:
+            raise UserError(f"unknown entropy coder {coder!r}: use one of {', '.join(CODERS)}")
+        meta = _metadata_bytes(metadata)
+        if not 0 <= n_shared <= MAX_TENSORS or not 0 <= n_dense <= MAX_TENSORS:
+            raise UserError(f"at most {MAX_TENSORS} shared and {MAX_TENSORS} dense tensors fit in a .nnc file")
+        self.version, self.coder = int(version), coder
+        self.n_shared, self.n_dense = int(n_shared), int(n_dense)
+        self._shared_done = self._dense_done = 0
+        self._names: set[str] = set()
+        self._finished = False
+        self.streams: list[StreamInfo] = []
+        self._w = _Writer(sink)
+        self._w.put("header", _HEADER.pack(MAGIC, self.version, 0, len(meta)))
+        self._w.put("metadata", meta)
+        self._w.pack("header", "II", self.n_shared, self.n_dense)
+
+    def _claim(self, name: str) -> None:
+        if self._finished:
+            raise UserError("NNCWriter: the file is already finished")
+        if name in self._names:
+            raise UserError(f"tensor {name!r} is written twice (or is both shared and dense)")
+        self._names.add(name)
+
+    def add_shared(self, name: str, t: SharedTensor) -> None:
+        if self._shared_done >= self.n_shared or self._dense_done:
+            raise UserError(f"NNCWriter: {self.n_shared} shared tensors were announced, all before the dense ones; "
+                            f"cannot add {name!r} now")
+        self._claim(name)
+        self.streams.extend(_write_shared(self._w, name, t, self.version, self.coder))
+        self._shared_done += 1
+
+    def add_dense(self, name: str, array) -> None:
+        if self._dense_done >= self.n_dense:
+            raise UserError(f"NNCWriter: {self.n_dense} dense tensors were announced; cannot add {name!r}")
+        self._claim(name)
+        _write_dense(self._w, name, array)
+        self._dense_done += 1
+
+    def finish(self) -> int:
+        """Append the CRC; returns the file's size in bytes."""
+        if self._shared_done != self.n_shared or self._dense_done != self.n_dense:
+            raise UserError(f"NNCWriter: announced {self.n_shared} shared and {self.n_dense} dense tensors, "
+                            f"wrote {self._shared_done} and {self._dense_done}")
+        if not self._finished:
+            crc = struct.pack("<I", self._w.crc & 0xFFFFFFFF)
+            if self._w.sink is not None:
+                self._w.sink(crc)
+            self._w.sizes["checksum"] += _CRC_BYTES
+            self._w.nbytes += _CRC_BYTES
+            self._finished = True
+        return self._w.nbytes
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return dict(self._w.sizes)
+
+
+def _serialise(model: CompressedModel, sink, version: int = FORMAT_VERSION, coder: str = "auto") -> NNCWriter:
     both = set(model.shared) & set(model.dense)
     if both:
         raise UserError(f"tensor {sorted(both)[0]!r} is both shared and dense")
-    w = _Writer()
-    w.put("header", _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(meta)))
-    w.put("metadata", meta)
-    w.pack("header", "II", len(model.shared), len(model.dense))
+    w = NNCWriter(sink, model.metadata, len(model.shared), len(model.dense), version=version, coder=coder)
     for name, t in model.shared.items():
-        _write_shared(w, name, t)
+        w.add_shared(name, t)
     for name, a in model.dense.items():
-        _write_dense(w, name, a)
+        w.add_dense(name, a)
+    w.finish()
     return w
 
 
-def write_nnc(model: CompressedModel) -> bytes:
-    """Serialise `model` to .nnc bytes (layout in the module docstring)."""
-    w = _serialise(model)
-    body = b"".join(w.parts)
-    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+def write_nnc(model: CompressedModel, *, version: int = FORMAT_VERSION, coder: str = "auto") -> bytes:
+    """Serialise `model` to .nnc bytes (layout in the module docstring; `NNCWriter` for the options)."""
+    parts: list[bytes] = []
+    _serialise(model, parts.append, version, coder)
+    return b"".join(parts)
 
 
-def size_breakdown(model: CompressedModel) -> dict[str, int]:
+_BREAKDOWN_KEYS = ("header", "metadata", "tensor_headers", "codebooks", "huffman_tables", "rans_tables", "index_streams",
+                   "position_streams", "dense", "checksum")
+
+
+def size_breakdown(model: CompressedModel, *, version: int = FORMAT_VERSION, coder: str = "auto") -> dict[str, int]:
     """Exact bytes per part of the .nnc file; the parts add up to "total" = len(write_nnc(model)).
 
-    Keys: header, metadata, tensor_headers (names, shapes, counts), codebooks, huffman_tables,
-    index_streams (Huffman-coded codebook indices), position_streams (Huffman-coded gaps),
-    dense, checksum, total.
+    Keys: header, metadata, tensor_headers (names, shapes, counts, coder tags and stream sizes),
+    codebooks, huffman_tables, rans_tables, index_streams (coded codebook indices), position_streams
+    (coded gaps), dense, checksum, total.
     """
-    w = _serialise(model)
-    keys = ("header", "metadata", "tensor_headers", "codebooks", "huffman_tables", "index_streams", "position_streams", "dense")
-    out = {k: int(w.sizes.get(k, 0)) for k in keys}
-    out["checksum"] = _CRC_BYTES
+    w = _serialise(model, None, version, coder)
+    out = {k: int(w.sizes.get(k, 0)) for k in _BREAKDOWN_KEYS}
     out["total"] = sum(out.values())
     return out
 
 
-def save_nnc(path: str | os.PathLike, model: CompressedModel) -> Path:
-    """Write `model` to `path` atomically (temp file + rename)."""
-    return atomic_write_bytes(path, write_nnc(model))
+def stream_stats(model: CompressedModel, *, version: int = FORMAT_VERSION, coder: str = "auto") -> list[StreamInfo]:
+    """Per coded stream of `model` as `write_nnc` codes it: coder, empirical entropy, coded and table bits."""
+    return _serialise(model, None, version, coder).streams
+
+
+class _FileSink:
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def __call__(self, data: bytes) -> None:
+        self.f.write(data)
+
+
+@contextmanager
+def open_nnc_writer(path: str | os.PathLike, metadata: dict, n_shared: int, n_dense: int, *, version: int = FORMAT_VERSION,
+                    coder: str = "auto"):
+    """`with open_nnc_writer(path, ...) as w:` add tensors one by one; on a clean exit the CRC is written and
+    the temp file (same directory) is fsynced and renamed over `path` (atomic); on an error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            w = NNCWriter(_FileSink(f), metadata, n_shared, n_dense, version=version, coder=coder)
+            yield w
+            w.finish()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_nnc(path: str | os.PathLike, model: CompressedModel, *, version: int = FORMAT_VERSION, coder: str = "auto") -> Path:
+    """Write `model` to `path` atomically (temp file + rename), one tensor at a time."""
+    both = set(model.shared) & set(model.dense)
+    if both:
+        raise UserError(f"tensor {sorted(both)[0]!r} is both shared and dense")
+    with open_nnc_writer(path, model.metadata, len(model.shared), len(model.dense), version=version, coder=coder) as w:
+        for name, t in model.shared.items():
+            w.add_shared(name, t)
+        for name, a in model.dense.items():
+            w.add_dense(name, a)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -355,27 +519,6 @@ def _read_shape(r: _Reader, name: str) -> tuple[tuple[int, ...], int]:
     return tuple(dims), numel
 
 
-def _read_lengths(r: _Reader, alphabet: int, what: str) -> np.ndarray:
-    n = r.one("I", f"{what} table size")
-    if n > alphabet:
-        raise CorruptFileError(f"corrupt .nnc file: {what} table has {n} symbols, the alphabet has {alphabet}")
-    table = np.zeros(alphabet, dtype=np.int64)
-    table[:n] = np.frombuffer(r.take(n, f"{what} table"), dtype=np.uint8)
-    try:
-        return huffman.validate_lengths(table)
-    except CorruptFileError as e:
-        raise CorruptFileError(f"corrupt .nnc file: {what} table: {e}") from None
-
-
-def _read_stream(r: _Reader, lengths: np.ndarray, count: int, what: str) -> np.ndarray:
-    nbits = r.one("Q", f"{what} bit count")
-    stream = r.take((nbits + 7) // 8, what)  # checked against the bytes present before decoding
-    try:
-        return huffman.decode(stream, nbits, lengths, count)
-    except CorruptFileError as e:
-        raise CorruptFileError(f"corrupt .nnc file: {what}: {e}") from None
-
-
 def _reject_nonfinite(values: np.ndarray, name: str, what: str) -> None:
     if values.dtype.kind in "fc" and values.size and not np.isfinite(values).all():
         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -383,7 +526,19 @@ def _reject_nonfinite(values: np.ndarray, name: str, what: str) -> None:
                                "(a diverged or damaged model; pass allow_nonfinite=True to load it anyway)")
 
 
-def _read_shared(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> tuple[str, SharedTensor]:
+@dataclass(frozen=True)
+class TensorInfo:
+    """A record's header, read without decoding its data (`NNCReader.records(decode=False)`)."""
+
+    kind: str  # "shared" or "dense"
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype  # float32 for shared tensors
+    nnz: int | None = None  # stored non-zeros of a shared tensor
+
+
+def _read_shared(r: _Reader, seen: set[str], allow_nonfinite: bool = False, version: int = FORMAT_VERSION,
+                 decode: bool = True) -> tuple[str, SharedTensor | TensorInfo]:
     name = _read_name(r, seen, "shared")
     shape, numel = _read_shape(r, name)
     bits, gap_bits, k = r.unpack("BBI", f"code widths of {name!r}")
@@ -397,10 +552,16 @@ def _read_shared(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> t
     n_stored, n_entries = r.unpack("II", f"entry counts of {name!r}")
     if not n_stored <= n_entries <= numel:
         raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} claims {n_stored} non-zeros in {n_entries} entries for {numel} elements")
-    code_len = _read_lengths(r, k + 1, f"index code of {name!r}")
-    entry_codes = _read_stream(r, code_len, n_entries, f"index stream of {name!r}")
-    gap_len = _read_lengths(r, 1 << gap_bits, f"gap code of {name!r}")
-    gaps = _read_stream(r, gap_len, n_entries, f"gap stream of {name!r}") + 1
+    streams = []
+    for what, alphabet in ((f"index stream of {name!r}", k + 1), (f"gap stream of {name!r}", 1 << gap_bits)):
+        if version == 1:
+            streams.append(read_huffman_body(r, alphabet, n_entries, what, decode))
+        else:
+            streams.append(read_stream(r, alphabet, n_entries, what, decode))
+    if not decode:
+        return name, TensorInfo("shared", name, shape, np.dtype(np.float32), int(n_stored))
+    entry_codes, gaps = streams
+    gaps += 1
     is_filler = entry_codes == k
     if int(np.count_nonzero(~is_filler)) != n_stored:
         raise CorruptFileError(f"corrupt .nnc file: tensor {name!r} decodes to {int(np.count_nonzero(~is_filler))} non-zeros, header says {n_stored}")
@@ -414,7 +575,7 @@ def _read_shared(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> t
     return name, SharedTensor(shape, codebook, bits, positions, entry_codes[~is_filler], gap_bits)
 
 
-def _read_dense(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> tuple[str, np.ndarray]:
+def _read_dense(r: _Reader, seen: set[str], allow_nonfinite: bool = False, decode: bool = True) -> tuple[str, np.ndarray | TensorInfo]:
     name = _read_name(r, seen, "dense")
     code = r.one("B", f"dtype of {name!r}")
     if code not in _CODE_DTYPES:
@@ -424,6 +585,8 @@ def _read_dense(r: _Reader, seen: set[str], allow_nonfinite: bool = False) -> tu
     raw = r.take(numel * dtype.itemsize, f"data of {name!r}")
     if dtype.kind == "b" and np.any(np.frombuffer(raw, dtype=np.uint8) > 1):
         raise CorruptFileError(f"corrupt .nnc file: bool tensor {name!r} holds bytes other than 0 and 1")
+    if not decode:
+        return name, TensorInfo("dense", name, shape, dtype.newbyteorder("="))
     values = np.frombuffer(raw, dtype=dtype)
     if not allow_nonfinite:
         _reject_nonfinite(values, name, "dense tensor data")
@@ -434,57 +597,91 @@ def _no_constant(token: str):
     raise ValueError(f"{token} is not JSON")
 
 
+class NNCReader:
+    """A checked .nnc file, read one record at a time (streaming decode).
+
+    The constructor checks the magic, version (1 or 2) and CRC and parses the header and metadata;
+    `records()` then yields ("shared", name, SharedTensor) and ("dense", name, ndarray) in file order,
+    decoding one tensor at a time, so a caller can copy each into its destination and drop it before
+    the next is decoded. `records(decode=False)` validates the headers (and the stream tables and
+    sizes) without decoding anything and yields `TensorInfo`s, for checking names and shapes against
+    a model before any weight is touched. Raises CorruptFileError (one line) on anything malformed.
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview, *, allow_nonfinite: bool = False) -> None:
+        buf = memoryview(data).cast("B")
+        if bytes(buf[:4]) != MAGIC:
+            raise CorruptFileError("not an .nnc file (bad magic bytes; expected b'NNC\\x00')")
+        if len(buf) < 8:
+            raise CorruptFileError(f"truncated .nnc file: {len(buf)} bytes")
+        version = struct.unpack_from("<H", buf, 4)[0]
+        if version not in READ_VERSIONS:
+            raise CorruptFileError(f"unsupported .nnc format version {version} (this nncompress reads versions "
+                                   f"{', '.join(map(str, READ_VERSIONS))}); upgrade nncompress or re-export the model")
+        if len(buf) < _HEADER.size + 8 + _CRC_BYTES:
+            raise CorruptFileError(f"truncated .nnc file: {len(buf)} bytes is shorter than the header")
+        body = buf[:-_CRC_BYTES]
+        (stored_crc,) = struct.unpack_from("<I", buf, len(buf) - _CRC_BYTES)
+        if zlib.crc32(body) & 0xFFFFFFFF != stored_crc:
+            raise CorruptFileError("corrupt .nnc file: checksum mismatch (the file is truncated or damaged)")
+        r = _Reader(body)
+        _, _, flags, meta_len = r.unpack("4sHHI", "header")
+        if flags != 0:
+            raise CorruptFileError(f"corrupt .nnc file: unknown flags {flags:#x}")
+        if meta_len > MAX_METADATA_BYTES:
+            raise CorruptFileError(f"corrupt .nnc file: metadata claims {meta_len} bytes (max {MAX_METADATA_BYTES})")
+        try:
+            metadata = json.loads(bytes(r.take(meta_len, "metadata")).decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise CorruptFileError("corrupt .nnc file: metadata is not valid UTF-8 JSON (strict: no NaN or Infinity)") from None
+        if not isinstance(metadata, dict):
+            raise CorruptFileError("corrupt .nnc file: metadata is not a JSON object")
+        n_shared, n_dense = r.unpack("II", "tensor counts")
+        if n_shared > MAX_TENSORS or n_dense > MAX_TENSORS:
+            raise CorruptFileError(f"corrupt .nnc file: claims {n_shared} shared and {n_dense} dense tensors (max {MAX_TENSORS} each)")
+        # a shared record takes at least 42 bytes and a dense one 5, so a count the file cannot hold fails at once
+        if n_shared * 42 + n_dense * 5 > r.left:
+            raise CorruptFileError(f"truncated or corrupt .nnc file: {n_shared} shared and {n_dense} dense tensors cannot fit in {r.left} bytes")
+        self.version, self.metadata = int(version), metadata
+        self.n_shared, self.n_dense = int(n_shared), int(n_dense)
+        self.source_bytes = len(buf)
+        self.allow_nonfinite = allow_nonfinite
+        self._body, self._start = body, r.pos
+
+    def records(self, decode: bool = True) -> Iterator[tuple[str, str, SharedTensor | np.ndarray | TensorInfo]]:
+        r = _Reader(self._body)
+        r.pos = self._start
+        seen: set[str] = set()
+        for _ in range(self.n_shared):
+            name, t = _read_shared(r, seen, self.allow_nonfinite, self.version, decode)
+            yield "shared", name, t
+        for _ in range(self.n_dense):
+            name, a = _read_dense(r, seen, self.allow_nonfinite, decode)
+            yield "dense", name, a
+        if r.left:
+            raise CorruptFileError(f"corrupt .nnc file: {r.left} unexpected bytes after the last tensor")
+
+    def read(self) -> CompressedModel:
+        shared: dict[str, SharedTensor] = {}
+        dense: dict[str, np.ndarray] = {}
+        for kind, name, value in self.records():
+            (shared if kind == "shared" else dense)[name] = value
+        return CompressedModel(self.metadata, shared, dense, source_bytes=self.source_bytes)
+
+
 def read_nnc(data: bytes | bytearray | memoryview, *, allow_nonfinite: bool = False) -> CompressedModel:
-    """Parse .nnc bytes; raises CorruptFileError (one line) on anything malformed.
+    """Parse .nnc bytes (version 1 or 2); raises CorruptFileError (one line) on anything malformed.
 
     NaN or infinite codebook entries or dense float values are refused unless `allow_nonfinite`.
     """
-    buf = memoryview(data).cast("B")
-    if bytes(buf[:4]) != MAGIC:
-        raise CorruptFileError("not an .nnc file (bad magic bytes; expected b'NNC\\x00')")
-    if len(buf) < 8:
-        raise CorruptFileError(f"truncated .nnc file: {len(buf)} bytes")
-    version = struct.unpack_from("<H", buf, 4)[0]
-    if version != FORMAT_VERSION:
-        raise CorruptFileError(f"unsupported .nnc format version {version} (this nncompress reads version {FORMAT_VERSION}); upgrade nncompress or re-export the model")
-    if len(buf) < _HEADER.size + 8 + _CRC_BYTES:
-        raise CorruptFileError(f"truncated .nnc file: {len(buf)} bytes is shorter than the header")
-    body = buf[:-_CRC_BYTES]
-    (stored_crc,) = struct.unpack_from("<I", buf, len(buf) - _CRC_BYTES)
-    if zlib.crc32(body) & 0xFFFFFFFF != stored_crc:
-        raise CorruptFileError("corrupt .nnc file: checksum mismatch (the file is truncated or damaged)")
-
-    r = _Reader(body)
-    _, _, flags, meta_len = r.unpack("4sHHI", "header")
-    if flags != 0:
-        raise CorruptFileError(f"corrupt .nnc file: unknown flags {flags:#x}")
-    if meta_len > MAX_METADATA_BYTES:
-        raise CorruptFileError(f"corrupt .nnc file: metadata claims {meta_len} bytes (max {MAX_METADATA_BYTES})")
-    try:
-        metadata = json.loads(bytes(r.take(meta_len, "metadata")).decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CorruptFileError("corrupt .nnc file: metadata is not valid UTF-8 JSON (strict: no NaN or Infinity)") from None
-    if not isinstance(metadata, dict):
-        raise CorruptFileError("corrupt .nnc file: metadata is not a JSON object")
-    n_shared, n_dense = r.unpack("II", "tensor counts")
-    if n_shared > MAX_TENSORS or n_dense > MAX_TENSORS:
-        raise CorruptFileError(f"corrupt .nnc file: claims {n_shared} shared and {n_dense} dense tensors (max {MAX_TENSORS} each)")
-    seen: set[str] = set()
-    # a shared record takes at least 42 bytes and a dense one 5, so a count the file cannot hold fails at once
-    if n_shared * 42 + n_dense * 5 > r.left:
-        raise CorruptFileError(f"truncated or corrupt .nnc file: {n_shared} shared and {n_dense} dense tensors cannot fit in {r.left} bytes")
-    shared = dict(_read_shared(r, seen, allow_nonfinite) for _ in range(n_shared))
-    dense = dict(_read_dense(r, seen, allow_nonfinite) for _ in range(n_dense))
-    if r.left:
-        raise CorruptFileError(f"corrupt .nnc file: {r.left} unexpected bytes after the last tensor")
-    return CompressedModel(metadata, shared, dense, source_bytes=len(buf))
+    return NNCReader(data, allow_nonfinite=allow_nonfinite).read()
 
 
 MAX_FILE_BYTES = 4 << 30
 
 
-def load_nnc(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> CompressedModel:
-    """Read and validate a .nnc file; the error message names the path."""
+def read_nnc_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a .nnc file, refusing a missing path or one beyond `MAX_FILE_BYTES` (UserError, one line)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f".nnc file not found: {path}")
@@ -492,10 +689,26 @@ def load_nnc(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Compr
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise CorruptFileError(f"{path}: {size} bytes is beyond the .nnc limit of {MAX_FILE_BYTES} bytes; not an .nnc file")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read .nnc file {path}: {e.strerror or e}") from None
+
+
+def open_nnc(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> NNCReader:
+    """An `NNCReader` over the file at `path` (checked: magic, version, CRC, header); errors name the path.
+
+    Decode its records one by one (`.records()`); errors raised while decoding do not name the path."""
+    data = read_nnc_file(path)
+    try:
+        return NNCReader(data, allow_nonfinite=allow_nonfinite)
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{Path(path)}: {e}") from None
+
+
+def load_nnc(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> CompressedModel:
+    """Read and validate a .nnc file; the error message names the path."""
+    data = read_nnc_file(path)
     try:
         return read_nnc(data, allow_nonfinite=allow_nonfinite)
     except CorruptFileError as e:
-        raise CorruptFileError(f"{path}: {e}") from None
+        raise CorruptFileError(f"{Path(path)}: {e}") from None

@@ -4,7 +4,8 @@ A CRC-32 catches every accidental flip, so a fuzzer that leaves it wrong only te
 `mutate(..., recompute_crc=True)` rewrites the checksum after damaging the body, so the parser
 behind it sees bytes that pass the CRC and must validate every field itself. Besides blind damage
 (bit flips, byte overwrites, truncation, insertion, deletion) the mutator targets the fields a
-reader trusts at its peril: counts, dims, lengths, bit widths, dtype codes, codebook and dense
+reader trusts at its peril: counts, dims, lengths, bit widths, coder tags, rANS precisions, lane and
+byte counts (format version 2), dtype codes, codebook and dense
 float values (NaN, inf) and the JSON metadata (model name, in_shape, num_classes).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def field_map(data: bytes) -> tuple[list[Field], tuple[int, int]]:
     if data[:4] != MAGIC:
         raise ValueError("not an .nnc file")
     pos = 4
-    add("H", "version")
+    version = add("H", "version")
     add("H", "flags")
     meta_len = add("I", "metadata_len")
     meta = (pos, pos + meta_len)
@@ -62,11 +63,21 @@ def field_map(data: bytes) -> tuple[list[Field], tuple[int, int]]:
         add("I", "n_stored")
         add("I", "n_entries")
         for stream in ("code", "gap"):
-            n = add("I", f"n_{stream}_lengths")
-            for _ in range(n):
-                add("B", f"{stream}_length")
-            nbits = add("Q", f"{stream}_nbits")
-            pos += (nbits + 7) // 8  # (not `pos += add(...)`: add moves pos itself)
+            coder = add("B", f"{stream}_coder") if version >= 2 else 0
+            if coder == 0:  # Huffman (the only coder of version 1)
+                n = add("I", f"n_{stream}_lengths")
+                for _ in range(n):
+                    add("B", f"{stream}_length")
+                nbits = add("Q", f"{stream}_nbits")
+                pos += (nbits + 7) // 8  # (not `pos += add(...)`: add moves pos itself)
+            else:  # rANS: u8 precision, LEB128 extent, extent - 1 LEB128 frequencies, lanes u32, n_bytes u64, payload
+                add("B", f"{stream}_rans_precision")
+                extent, pos = _skip_varint(data, pos)
+                for _ in range(extent - 1):
+                    _, pos = _skip_varint(data, pos)
+                add("I", f"{stream}_rans_lanes")
+                n_bytes = add("Q", f"{stream}_rans_nbytes")
+                pos += n_bytes
     for _ in range(n_dense):
         name_len = add("H", "name_len")
         pos += name_len
@@ -83,6 +94,17 @@ def field_map(data: bytes) -> tuple[list[Field], tuple[int, int]]:
     if pos != len(data) - 4:
         raise ValueError(f"field_map walked {pos} bytes of a {len(data) - 4}-byte body")
     return fields, meta
+
+
+def _skip_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
 
 
 _INT_LIMITS = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "Q": 0xFFFFFFFFFFFFFFFF}

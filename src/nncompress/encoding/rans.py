@@ -63,6 +63,8 @@ MIN_PRECISION = 12
 MAX_PRECISION = 16
 DEFAULT_PRECISION = 14
 MAX_LANES = 32
+CONTAINER_STEPS = 2048
+"""Most vectorised steps per stream in the .nnc container (`container_lanes`): bounds the Python loop."""
 _LANE_SYMBOLS = 1 << 14  # at least this many symbols per lane before adding lanes (keeps state overhead < ~0.1 %)
 _ROUND_SLACK = 1.0 - 2.0**-7  # (1 - M/L) lower bound with M <= 2^16, L = 2^23
 
@@ -183,8 +185,31 @@ def max_symbols(n_bytes: int, freqs) -> int:
     return int(8 * int(n_bytes) / c * (1 + 1e-9)) + 1
 
 
-def encode(symbols, freqs) -> bytes:
-    """rANS-encode `symbols` (ints indexing `freqs`); every occurring symbol needs a frequency >= 1."""
+def container_lanes(n_symbols: int) -> int:
+    """Lanes the .nnc container uses for `n_symbols`: enough that no stream takes more than
+    `CONTAINER_STEPS` vectorised steps (each lane's 4-byte state then pays for >= 2048 symbols,
+    < 0.016 bit/symbol), and never fewer than `n_lanes` gives."""
+    n = int(n_symbols)
+    if n <= 0:
+        return 0
+    return max(n_lanes(n), -(-n // CONTAINER_STEPS))
+
+
+def _check_lanes(lanes, n: int) -> int:
+    if lanes is None:
+        return n_lanes(n)
+    w = int(lanes)
+    if w < 1 or w > max(n, 1):
+        raise UserError(f"rANS lanes must be in 1..{max(n, 1)} for {n} symbols, got {lanes!r}")
+    return w
+
+
+def encode(symbols, freqs, lanes: int | None = None) -> bytes:
+    """rANS-encode `symbols` (ints indexing `freqs`); every occurring symbol needs a frequency >= 1.
+
+    `lanes` interleaved states (default `n_lanes(len(symbols))`); the decoder must be given the same.
+    Memory beyond the input is O(lanes) per step plus the output bytes.
+    """
     try:
         f, p = validate_frequencies(freqs)
     except CorruptFileError as e:
@@ -193,64 +218,70 @@ def encode(symbols, freqs) -> bytes:
     n = s.size
     if n == 0:
         return b""
-    fs = f[s]
-    if fs.min() == 0:
-        raise UserError(f"symbol {int(s[np.argmin(fs)])} occurs but has frequency 0 in the rANS table")
-    starts = np.concatenate([[0], np.cumsum(f)[:-1]])
-    w = n_lanes(n)
+    if f[s].min() == 0:
+        bad = int(s[np.argmin(f[s])])
+        raise UserError(f"symbol {bad} occurs but has frequency 0 in the rANS table")
+    w = _check_lanes(lanes, n)
     steps = -(-n // w)
-    freq_u = fs.astype(np.uint64)
-    start_u = starts[s].astype(np.uint64)
-    xmax = ((np.uint64(RANS_L >> p) << np.uint64(8)) * freq_u)
-    xmax2 = xmax << np.uint64(8)
+    freq_t = f.astype(np.uint64)
+    start_t = np.concatenate([[0], np.cumsum(f)[:-1]]).astype(np.uint64)
+    xmax_t = (np.uint64(RANS_L >> p) << np.uint64(8)) * freq_t
+    xmax2_t = xmax_t << np.uint64(8)
     shift_p = np.uint64(p)
     x = np.full(w, RANS_L, dtype=np.uint64)
     chunks: list[np.ndarray] = []
-    u8 = np.uint64(8)
+    u8, ff = np.uint64(8), np.uint64(0xFF)
     for t in range(steps - 1, -1, -1):
         lo = t * w
         hi = min(n, lo + w)
         m = hi - lo
+        st = s[lo:hi]
         xv = x[:m]
-        xm, xm2 = xmax[lo:hi], xmax2[lo:hi]
+        xm = xmax_t[st]
         one = xv >= xm
-        two = xv >= xm2  # x >> 8 >= xmax  <=>  x >= 256·xmax; three bytes are impossible (x < 2^31, xmax >= 2^15)
         if one.any():
-            e1 = (xv & np.uint64(0xFF)).astype(np.uint8)
+            two = xv >= xmax2_t[st]  # x >> 8 >= xmax <=> x >= 256·xmax; three bytes are impossible (x < 2^31, xmax >= 2^15)
+            e1 = (xv & ff).astype(np.uint8)
             if two.any():
-                e2 = ((xv >> u8) & np.uint64(0xFF)).astype(np.uint8)
+                e2 = ((xv >> u8) & ff).astype(np.uint8)
                 # decoder reads, per pass, lanes in ascending order: pass 1 the last byte emitted, pass 2 the first
                 chunks.append(np.concatenate([np.where(two, e2, e1)[one], e1[two]]))
                 xv = xv >> (one.astype(np.uint64) + two.astype(np.uint64)) * u8
             else:
                 chunks.append(e1[one])
                 xv = np.where(one, xv >> u8, xv)
-        fq = freq_u[lo:hi]
-        xv = ((xv // fq) << shift_p) + (xv % fq) + start_u[lo:hi]
-        x[:m] = xv
+        fq = freq_t[st]
+        q, r = np.divmod(xv, fq)
+        x[:m] = (q << shift_p) + r + start_t[st]
     head = x.astype("<u4").tobytes()
     chunks.reverse()
     body = np.concatenate(chunks).tobytes() if chunks else b""
     return head + body
 
 
-def decode(data, freqs, n_symbols: int) -> np.ndarray:
-    """Decode exactly `n_symbols` symbols (int64) from `data` under `freqs`.
+def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode exactly `n_symbols` symbols (int64, or into `out`) from `data` under `freqs`.
 
-    Raises CorruptFileError for an invalid table, an n_symbols the data cannot back (bound in the
-    module docstring, checked before allocating), a stream that runs out, bytes left over, or a
-    lane that does not end in the encoder's initial state.
+    `lanes` must be what the encoder used (default `n_lanes(n_symbols)`). Raises CorruptFileError for
+    an invalid table or lane count, an n_symbols the data cannot back (bound in the module docstring,
+    checked before allocating), a stream that runs out, bytes left over, or a lane that does not end
+    in the encoder's initial state.
     """
     f, p = validate_frequencies(freqs)
     n = int(n_symbols)
-    buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    buf = np.frombuffer(data, dtype=np.uint8)
     if n < 0:
         raise CorruptFileError("negative rANS symbol count")
     if n == 0:
         if buf.size:
             raise CorruptFileError(f"rANS stream has {buf.size} bytes but no symbols")
-        return np.zeros(0, dtype=np.int64)
-    w = n_lanes(n)
+        return np.zeros(0, dtype=np.int64) if out is None else out[:0]
+    if lanes is None:
+        w = n_lanes(n)
+    else:
+        w = int(lanes)
+        if not 1 <= w <= n:
+            raise CorruptFileError(f"rANS stream claims {w} lanes for {n} symbols")
     if buf.size < 4 * w:
         raise CorruptFileError(f"rANS stream of {buf.size} bytes is shorter than its {w} lane states")
     if n > max_symbols(buf.size, f):
@@ -258,12 +289,16 @@ def decode(data, freqs, n_symbols: int) -> np.ndarray:
     m_total = 1 << p
     starts = np.concatenate([[0], np.cumsum(f)[:-1]]).astype(np.uint64)
     slot_sym = np.repeat(np.arange(f.size, dtype=np.int64), f)  # 2^p entries
+    slot_sym = slot_sym.astype(np.int32 if f.size < (1 << 31) else np.int64)
     freq_u = f.astype(np.uint64)
     x = buf[: 4 * w].view("<u4").astype(np.uint64)
     if x.min() < RANS_L or x.max() >= (RANS_L << 8):
         raise CorruptFileError("rANS initial state out of range")
     mask, shift_p, u8, lim = np.uint64(m_total - 1), np.uint64(p), np.uint64(8), np.uint64(RANS_L)
-    out = np.empty(n, dtype=np.int64)
+    if out is None:
+        out = np.empty(n, dtype=np.int64)
+    elif out.shape != (n,):
+        raise UserError(f"rANS decode: out must have shape ({n},), got {out.shape}")
     pos, end = 4 * w, buf.size
     steps = -(-n // w)
     for t in range(steps):
