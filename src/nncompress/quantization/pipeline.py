@@ -216,7 +216,13 @@ def quantized_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_quantized(gm: nn.Module, path: str | os.PathLike) -> None:
-    """Write `quantized_state_dict` as safetensors (atomically), with the config in the metadata."""
-    cfg = gm.quant_config
+    """Write `quantized_state_dict` as safetensors (atomically), with the config in the metadata. A model quantized
+    by module swap (`quantize_`) is written whole by `persist.save_quantized_model` (reload with `load_quantized`)."""
+    cfg = getattr(gm, "quant_config", None)
+    if cfg is None:
+        from nncompress.quantization.persist import save_quantized_model
+
+        save_quantized_model(gm, path)
+        return
     save_weights(quantized_state_dict(gm), path, metadata={"mode": cfg.mode, "weight_bits": str(cfg.weight_bits),
                                                            "act_bits": str(cfg.act_bits), "granularity": cfg.granularity})
