@@ -46,3 +46,18 @@ __all__ = [
     "structured_sensitivity",
     "to_semi_structured",
 ]
+
+from nncompress.pruning.structured.heads import (  # noqa: E402  transformer heads / FFN / layers (issues 13, 15)
+    apply_structure,
+    attention_blocks,
+    ffn_blocks,
+    load_pruned_pretrained,
+    prune_ffn,
+    prune_heads,
+    prune_transformer,
+    remove_layers,
+    transformer_macs,
+)
+
+__all__ += ["apply_structure", "attention_blocks", "ffn_blocks", "load_pruned_pretrained", "prune_ffn", "prune_heads",
+            "prune_transformer", "remove_layers", "transformer_macs"]
