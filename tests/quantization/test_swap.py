@@ -222,3 +222,19 @@ def test_refusals_name_the_module():
         quantize_(nn.Linear(2, 2), StaticInt8Config("best"), calib_data=[torch.randn(2, 2)])
     with pytest.raises(UserError, match="embedding_bits"):
         quantize_(nn.Linear(2, 2), DynamicInt8Config(embedding_bits=3))
+
+
+def test_fx_quantize_dynamic_on_a_bare_linear_quantizes_it():
+    """Issue 13: quantize_dynamic(nn.Linear(...)) used to trace F.linear, find no layer and return the float layer."""
+    from nncompress.quantization import compare_with_simulation, quantize_dynamic, to_int8_kernels
+
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 4)
+    x = torch.randn(8, 16)
+    gm = quantize_dynamic(lin, x)
+    assert gm.quant_layers == ["layer"]
+    real = to_int8_kernels(gm)
+    assert isinstance(real.get_submodule("layer"), QuantizedLinear)
+    with torch.no_grad():
+        assert float((gm(x) - lin(x)).abs().max()) < 0.02 * float(lin(x).abs().max())
+    assert compare_with_simulation(gm, real, x)["max_abs_error"] < 1e-5

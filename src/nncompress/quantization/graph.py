@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -182,6 +183,8 @@ def prepare(model: nn.Module, example_input: torch.Tensor, cfg: QuantConfig) -> 
 
     The result carries `quant_layers` (names of quantized layers) and `quant_skipped` ({name: reason})."""
     cfg.validate()
+    if isinstance(model, QUANT_TYPES):  # a bare layer: fx would trace the root's F.linear and find no layer to swap
+        model = nn.Sequential(OrderedDict(layer=model))
     qat = cfg.mode == "qat"
     device = module_device(model)
     example_input = example_input.to(device)
@@ -244,6 +247,10 @@ def prepare(model: nn.Module, example_input: torch.Tensor, cfg: QuantConfig) -> 
     gm.recompile()
     for name, why in skipped.items():
         warnings.warn(f"quantization: layer '{name}' left in float: {why}", stacklevel=2)
+    if not layer_nodes:
+        warnings.warn("quantization: the traced graph calls no Linear/Conv module, so nothing was quantized (layers called "
+                      "through F.linear or inside a leaf module are invisible to fx): use quantize_ (module swap) instead",
+                      stacklevel=2)
     gm.quant_layers, gm.quant_skipped, gm.quant_config = quantized, skipped, cfg
     gm.to(device)  # quantizers are built on the CPU: put their buffers (ranges, histograms, steps) beside the weights
     if qat:  # initialise LSQ steps (and EMA ranges) on one batch so parameter shapes are final before an optimizer exists
