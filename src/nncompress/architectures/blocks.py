@@ -142,11 +142,12 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave the channels of `groups` groups: [N, g·k, H, W] → view [N, g, k] → transpose → [N, k·g].
 
     Output channel j·g + i is input channel i·k + j, so the next grouped conv sees every group.
+    Written with unflatten/transpose/flatten and no Python use of the shape, so torch.fx can trace it (a proxy's
+    shape cannot be unpacked) and torch.export keeps the batch and spatial sizes symbolic.
     """
-    n, c, h, w = x.shape
-    if c % groups:
-        raise ValueError(f"channels ({c}) must be divisible by groups ({groups})")
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    if isinstance(x, torch.Tensor) and x.shape[1] % groups:
+        raise ValueError(f"channels ({x.shape[1]}) must be divisible by groups ({groups})")
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 class ChannelShuffle(nn.Module):

@@ -13,7 +13,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from nncompress.core.errors import UserError
 
 _BN_AFTER = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d, nn.Linear: nn.BatchNorm1d}
 
@@ -30,12 +29,11 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batc
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """torch.fx symbolic trace with a clear error for models that cannot be traced."""
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure is a property of the user's model
-        raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                        "data-dependent control flow must be removed before quantization") from None
+    """Module-level torch.fx graph (`nncompress.core.capture.trace_modules`): a submodule fx cannot trace stays
+    whole and in float; a UserError naming the module and the operation when the top-level forward cannot be traced."""
+    from nncompress.core.capture import trace_modules
+
+    return trace_modules(model, "quantization")
 
 
 def find_layer_bn_pairs(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:

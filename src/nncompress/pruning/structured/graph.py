@@ -107,21 +107,6 @@ class _UnionFind:
         return np.array([self.find(x) for x in ids.tolist()], dtype=np.int64)
 
 
-class _Tracer(fx.Tracer):
-    """A tracer that remembers which module it is inside, to name the culprit when tracing fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
-
-    def call_module(self, m, forward, args, kwargs):
-        name = self.path_of_module(m)
-        self.stack.append(f"{name} ({type(m).__name__})")
-        out = super().call_module(m, forward, args, kwargs)
-        self.stack.pop()
-        return out
-
-
 def model_dtype(model: nn.Module) -> torch.dtype | None:
     """The floating dtype of the model's first floating parameter or buffer (None for a model without any)."""
     for t in (*model.parameters(), *model.buffers()):
@@ -160,18 +145,12 @@ class InModelDtype:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """torch.fx symbolic trace; a UserError naming the innermost module whose forward cannot be traced."""
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
-        where = tracer.stack[-1] if tracer.stack else f"the top-level forward of {type(model).__name__}"
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot trace the model for structured pruning: module {where} is not symbolically traceable ({msg}); "
-            "remove Python control flow on tensor values from its forward or prune it separately"
-        ) from None
-    return fx.GraphModule(model, graph)
+    """Module-level torch.fx graph (`nncompress.core.capture.trace_modules`): a submodule fx cannot trace is kept
+    whole as an opaque leaf, whose channels the dependency graph then pins (never removed); a UserError naming the
+    module and operation when the top-level forward itself cannot be traced."""
+    from nncompress.core.capture import trace_modules
+
+    return trace_modules(model, "structured pruning")
 
 
 def _tensor_meta(node):
