@@ -46,9 +46,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(name: str, in_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a registered model for inputs of `in_shape` (C, H, W) and `num_classes` outputs."""
+    """Build a registered model for inputs of `in_shape` (C, H, W) and `num_classes` outputs, or the user's own:
+    `package.module:factory` / `path/to/file.py:factory` (see `nncompress.core.model_ref`), called with the
+    arguments among in_shape, num_classes and `kwargs` it declares."""
     if name not in MODELS:
-        raise UserError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
+        from nncompress.core.model_ref import is_factory_ref, resolve_model
+
+        if is_factory_ref(name):
+            return resolve_model(name, in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        raise UserError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}, "
+                        "or name your own as package.module:factory or path/to/file.py:factory")
     return MODELS[name](in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
 
 

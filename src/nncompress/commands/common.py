@@ -158,12 +158,11 @@ def check_seed(value: int, option: str = "--seed") -> int:
 
 
 def check_model(name: str, option: str = "--model") -> str:
-    """A registered model name, checked before any data loads."""
-    from nncompress.architectures import MODELS
+    """A registered model name, or the user's own as package.module:factory / path/to/file.py:factory (its module
+    imported and the factory found, not called), checked before any data loads."""
+    from nncompress.core.model_ref import check_model_ref
 
-    if name not in MODELS:
-        raise UserError(f"{option}: unknown model '{name}': choose one of {', '.join(sorted(MODELS))} (see 'nncompress zoo list')")
-    return name
+    return check_model_ref(name, option)
 
 
 def check_data(name: str, option: str = "--data") -> str:

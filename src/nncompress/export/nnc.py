@@ -92,12 +92,28 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _rebuild_args(meta: dict) -> tuple[str, tuple[int, ...], int]:
-    """`build_model` arguments from the metadata, each range-checked before anything is built."""
+def _rebuild_args(meta: dict, model_ref: str | None = None) -> tuple[str, tuple[int, ...], int]:
+    """`build_model` arguments from the metadata, each range-checked before anything is built.
+
+    The rebuild reference is the metadata's `model`: a zoo name, or a `package.module:factory` /
+    `file.py:factory` reference (`nncompress.core.model_ref`). Importing and calling a factory runs its code, so a
+    factory named only by the file is refused: the caller passes `model_ref` (the reference they trust, the CLI's
+    --model), which is then what gets built. Zoo names are rebuilt without asking.
+    """
+    from nncompress.core.model_ref import is_factory_ref
+
     name = meta.get("model")
-    if not isinstance(name, str) or name not in MODELS:
+    if model_ref is not None:
+        if not isinstance(model_ref, str) or not (model_ref in MODELS or is_factory_ref(model_ref)):
+            raise UserError(f"model {_short(model_ref)} is neither a zoo name nor a package.module:factory / file.py:factory reference")
+        name = model_ref
+    elif isinstance(name, str) and is_factory_ref(name):
+        raise UserError(f".nnc file was written for the model factory '{name}'; rebuilding it imports and runs that code, so "
+                        f"pass it yourself (--model {name}, or decompress_model(path, model='{name}')), or load the file into "
+                        "your own instance with load_nnc_into(model, path)")
+    if not isinstance(name, str) or not (name in MODELS or is_factory_ref(name)):
         raise UserError(f".nnc metadata names model {_short(name)}, which nncompress cannot build (known: {', '.join(sorted(MODELS))}); "
-                        "was the file written by nncompress compress?")
+                        "was the file written by nncompress compress? For your own model pass --model package.module:factory")
     in_shape = meta.get("in_shape")
     if (not isinstance(in_shape, (list, tuple)) or not 1 <= len(in_shape) <= MAX_INPUT_NDIM
             or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 1 <= d <= MAX_INPUT_DIM for d in in_shape)
@@ -125,6 +141,8 @@ class _SkipInitOnMeta(TorchFunctionMode):
 
 
 def _build(name: str, in_shape: tuple[int, ...], num_classes: int, meta: bool = False) -> nn.Module:
+    """The model `name` (zoo name or factory reference) for the file's input shape and classes; `meta=True` builds
+    it on the meta device (shapes and dtypes, nothing allocated) to check a file's claims before trusting them."""
     try:
         if not meta:
             return build_model(name, in_shape, num_classes)
@@ -142,22 +160,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def model_from_nnc(cm: CompressedModel) -> nn.Module:
-    """Rebuild the nn.Module a CompressedModel describes, with the decoded weights loaded.
+def _skeleton(name: str, in_shape: tuple[int, ...], num_classes: int) -> nn.Module | None:
+    """The model on the meta device, or None when a user factory cannot be built there (it loads a file, checks
+    values): then the tensors are checked against the real model instead, which the caller trusted anyway."""
+    from nncompress.core.model_ref import is_factory_ref
 
-    Nothing the file claims is trusted before it is checked: the metadata's ranges, then (on a model
-    built on the meta device, which allocates nothing) every tensor's name, shape and dtype against
-    the model's own, then the model's size against the file's size; only then is the real model
-    built and each tensor decoded. Raises UserError with one line on any mismatch.
-    """
-    meta = cm.metadata if isinstance(cm.metadata, dict) else {}
-    name, in_shape, num_classes = _rebuild_args(meta)
-    expected = _build(name, in_shape, num_classes, meta=True).state_dict()  # shapes and dtypes only
-    what = f"model '{name}' (in_shape {list(in_shape)}, {num_classes} classes)"
+    try:
+        return _build(name, in_shape, num_classes, meta=True)
+    except UserError:
+        if is_factory_ref(name):
+            return None
+        raise
+
+
+def _check_tensors(cm: CompressedModel, expected: dict, what: str) -> None:
+    """Every stored tensor against the model's state dict: names, shapes and dtypes; one line on the first mismatch."""
     names = set(cm.shared) | set(cm.dense)
-    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+    missing, extra = [k for k in expected if k not in names], sorted(names - set(expected))
     if missing or extra:
-        raise UserError(f".nnc tensors do not match {what}: missing {missing[:5]}, unexpected {extra[:5]}")
+        first = (f"the file lacks '{missing[0]}'" if missing else f"the file has '{extra[0]}', which the model does not")
+        raise UserError(f".nnc tensors do not match {what}: {first} ({len(missing)} missing, {len(extra)} unexpected: "
+                        f"missing {missing[:5]}, unexpected {extra[:5]})")
     for key, t in cm.shared.items():
         want = expected[key]
         if tuple(t.shape) != tuple(want.shape):
@@ -170,26 +193,67 @@ def model_from_nnc(cm: CompressedModel) -> nn.Module:
             raise UserError(f".nnc tensor {key} has shape {list(a.shape)}, {what} expects {list(want.shape)}")
         if np.dtype(a.dtype).name != _dtype_name(want.dtype):
             raise UserError(f".nnc tensor {key} is stored as {np.dtype(a.dtype).name}, {what} expects {_dtype_name(want.dtype)}")
+
+
+def _fill(model: nn.Module, cm: CompressedModel) -> nn.Module:
+    """Decode every tensor into the model's state dict, in place (tied parameters get the same values twice)."""
+    target = model.state_dict()
+    with torch.no_grad():
+        for key, t in cm.shared.items():
+            target[key].copy_(torch.from_numpy(t.to_dense()).to(target[key].dtype))
+        for key, a in cm.dense.items():
+            target[key].copy_(torch.from_numpy(np.array(a, copy=True)))
+    return model
+
+
+def model_from_nnc(cm: CompressedModel, model: nn.Module | str | None = None) -> nn.Module:
+    """Rebuild the nn.Module a CompressedModel describes, with the decoded weights loaded.
+
+    `model`: None rebuilds from the file's reference (zoo names only, see `_rebuild_args`); a reference string
+    (zoo name, `package.module:factory`, `file.py:factory`) rebuilds that model; an `nn.Module` instance is
+    filled in place (any module: only the state-dict names, shapes and dtypes must agree).
+    Nothing the file claims is trusted before it is checked: the metadata's ranges, then (on a model
+    built on the meta device, which allocates nothing) every tensor's name, shape and dtype against
+    the model's own, then the model's size against the file's size; only then is the real model
+    built and each tensor decoded. Raises UserError with one line on any mismatch.
+    """
+    if isinstance(model, nn.Module):
+        if any(parametrize.is_parametrized(m) for m in model.modules()):
+            raise UserError("the model has parametrized layers (masks or weight sharing); load into a plain model "
+                            "(call finalize / finalize_sharing first)")
+        _check_tensors(cm, model.state_dict(), f"the given {type(model).__name__}")
+        return _fill(model, cm)
+    meta = cm.metadata if isinstance(cm.metadata, dict) else {}
+    name, in_shape, num_classes = _rebuild_args(meta, model)
+    what = f"model '{name}' (in_shape {list(in_shape)}, {num_classes} classes)"
+    skeleton = _skeleton(name, in_shape, num_classes)
+    built = None
+    if skeleton is None:
+        built = _build(name, in_shape, num_classes)
+        skeleton = built
+    expected = skeleton.state_dict()  # shapes and dtypes only
+    _check_tensors(cm, expected, what)
     total = sum(int(v.numel()) for v in expected.values())
     if cm.source_bytes is not None:
         budget = max(MIN_ELEMENT_BUDGET, ELEMENTS_PER_FILE_BYTE * int(cm.source_bytes))
         if total > budget:
             raise UserError(f".nnc file of {cm.source_bytes} bytes claims {what} with {total} elements, beyond the "
                             f"{budget} such a file can hold ({ELEMENTS_PER_FILE_BYTE} per byte); the file is damaged or crafted")
-    model = _build(name, in_shape, num_classes)
-    target = model.state_dict()
-    with torch.no_grad():
-        for key, t in cm.shared.items():
-            target[key].copy_(torch.from_numpy(t.to_dense()))
-        for key, a in cm.dense.items():
-            target[key].copy_(torch.from_numpy(np.array(a, copy=True)))
-    return model.eval()
+    return _fill(built if built is not None else _build(name, in_shape, num_classes), cm).eval()
 
 
-def decompress_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tuple[nn.Module, dict]:
+def decompress_model(path: str | os.PathLike, *, allow_nonfinite: bool = False,
+                     model: nn.Module | str | None = None) -> tuple[nn.Module, dict]:
     """Read a .nnc file (bounds-checked, checksummed, no pickle) and rebuild the model; returns (model, metadata).
 
+    `model`: see `model_from_nnc` (None: the file's zoo model; a reference you trust; an instance to fill).
     NaN or infinite weights are refused unless `allow_nonfinite` (see `encoding.read_nnc`).
     """
     cm = load_nnc(path, allow_nonfinite=allow_nonfinite)
-    return model_from_nnc(cm), cm.metadata
+    return model_from_nnc(cm, model), cm.metadata
+
+
+def load_nnc_into(model: nn.Module, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:
+    """Load a .nnc file's tensors, by state-dict key, into `model` (any module, built however you like) and
+    return it; one UserError naming the first mismatched name, shape or dtype. See `model_from_nnc`."""
+    return decompress_model(path, allow_nonfinite=allow_nonfinite, model=model)[0]
