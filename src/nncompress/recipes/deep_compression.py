@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,7 +123,8 @@ def _validate(cfg: DeepCompressionConfig, model: nn.Module) -> dict[str, float]:
 def _cache_path(cfg: DeepCompressionConfig, data_name: str) -> Path:
     root = Path(cfg.cache_dir or os.environ.get("NNCOMPRESS_CACHE", ".nncompress-cache"))
     key = hashlib.sha256(f"{cfg.model}|{data_name}|{cfg.seed}|{cfg.baseline_epochs}|{cfg.baseline_lr}|v1".encode()).hexdigest()[:16]
-    return root / f"{cfg.model}-{Path(data_name).stem}-{key}.safetensors"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.model)  # a factory reference (path/to/nets.py:build) is not a file name
+    return root / f"{name}-{Path(data_name).stem}-{key}.safetensors"
 
 
 def _baseline(cfg: DeepCompressionConfig, model: nn.Module, train_loader, log) -> str:
@@ -230,7 +232,7 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     metadata = {"model": cfg.model, "in_shape": list(ds.input_shape), "num_classes": ds.num_classes, "format": "deep-compression"}
     cm = compress_model(model, metadata, gap_bits=cfg.gap_bits)
     blob = write_nnc(cm)
-    decoded = model_from_nnc(read_nnc(blob))
+    decoded = model_from_nnc(read_nnc(blob), cfg.model)  # the user's own reference: rebuilt on their word
     reference = plain_state_dict(model)
     mismatch = [k for k, v in decoded.state_dict().items() if not torch.equal(v, reference[k])]
     if mismatch:
