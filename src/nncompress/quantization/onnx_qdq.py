@@ -62,13 +62,15 @@ def _pool_args(node: fx.Node, mods) -> tuple[list[int], list[int], list[int]]:
     return pair(k), pair(s), p2 + p2
 
 
-def _act_qdq(b: _Builder, x: str, q: nn.Module) -> str:
+def _act_qdq(b: _Builder, x: str, q: nn.Module, act_int8: bool = False) -> str:
     s, z = q.qparams()
     z_u8 = int(z) - q.qmin  # shift signed codes into uint8
     if q.qmax - q.qmin not in (127, 255):
         raise UserError("ONNX QDQ export needs 8-bit activations (or 7 with reduce_range)")
-    scale, zp = b.const("scale", np.array(float(s), np.float32)), b.const("zp", np.array(z_u8, np.uint8))
-    if q.qmax - q.qmin == 127:  # 7-bit codes: saturate like the simulation before the uint8 QuantizeLinear
+    # int8 activations: the same grid, codes (and zero point) moved down by 128
+    zp_arr = np.array(z_u8 - 128, np.int8) if act_int8 else np.array(z_u8, np.uint8)
+    scale, zp = b.const("scale", np.array(float(s), np.float32)), b.const("zp", zp_arr)
+    if q.qmax - q.qmin == 127:  # 7-bit codes: saturate like the simulation before the 8-bit QuantizeLinear
         lo, hi = b.const("lo", np.array(float(s) * (0 - z_u8), np.float32)), b.const("hi", np.array(float(s) * (127 - z_u8), np.float32))
         x = b.op("Clip", [x, lo, hi], "clip")
     return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, scale, zp], "q"), scale, zp], "dq")
@@ -112,20 +114,41 @@ def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
     return _op_for(b, ql.layer, x, w_name, bias, ql.relu)
 
 
-def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool | None = None) -> bytes:
+QDQ_FORMATS = ("u8s8", "u8u8", "s8s8")  # activations, weights
+
+
+def default_qdq_format() -> str:
+    """The QDQ format for this CPU (activation type, weight type), chosen from measurements (ORT 1.32, 1 thread).
+
+    - No VNNI (AVX2, AVX-512 without VNNI): "u8u8". The u8·s8 path (vpmaddubsw) adds pairs of products in int16
+      and saturates with 8-bit activations (2·255·127 > 32767); the u8·u8 kernels widen first and do not.
+    - VNNI (vpdpbusd accumulates u8·s8 straight into int32, no saturation): "u8s8", ORT's documented x86 format.
+      Measured on an AVX-512 VNNI Xeon (ORT 1.32, 1 thread, batch 32, p10 of 60 interleaved calls on a loaded
+      2-core VM): LeNet-5 fp32 3.0 ms, u8s8 1.25, s8s8 1.28, u8u8 2.1; conv-BN net fp32 1.12, u8s8 1.04, s8s8 1.05,
+      u8u8 1.72; FFN 6×384→1536→384 at 256 tokens (medians) u8s8 32 ms, s8s8 39, u8u8 72. u8s8 and s8s8 tie
+      within noise, u8u8 costs 1.6–2.2× on VNNI: so u8s8. `benchmarks/quant_engines.py` re-measures all three.
+    The values, and so the outputs, are the same in every format: only the integer container changes.
+    """
+    from nncompress.quantization.backends import cpu_has_vnni
+
+    return "u8s8" if cpu_has_vnni() else "u8u8"
+
+
+def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool | None = None,
+                qdq_format: str | None = None) -> bytes:
     """Serialized ONNX model (QDQ) of a calibrated static or converted QAT graph.
 
-    weights_uint8: store the int8 weight codes shifted to uint8 (zero point 128). ORT's u8·s8 kernels on
-    CPUs without VNNI sum product pairs in int16 and saturate (like fbgemm); its u8·u8 kernels do not.
-    Default: on when this CPU lacks VNNI."""
-    if weights_uint8 is None:
-        from nncompress.quantization.backends import cpu_has_vnni
-
-        weights_uint8 = not cpu_has_vnni()
+    qdq_format: "u8s8" (uint8 activations, int8 weights), "u8u8" (weights stored as codes + 128 with zero point
+    128) or "s8s8" (activation codes and zero points moved down by 128); default `default_qdq_format()` (per ISA).
+    weights_uint8 (older spelling): True means "u8u8", False "u8s8"."""
+    if qdq_format is None:
+        qdq_format = default_qdq_format() if weights_uint8 is None else ("u8u8" if weights_uint8 else "u8s8")
+    if qdq_format not in QDQ_FORMATS:
+        raise UserError(f"unknown QDQ format '{qdq_format}': use one of {', '.join(QDQ_FORMATS)}")
     cfg = getattr(gm, "quant_config", None)
     if cfg is None or cfg.mode not in ("static", "qat"):
         raise UserError("ONNX QDQ export takes a graph from quantize_static or convert_qat")
-    return _export(gm, example_input, weights_uint8)
+    return _export(gm, example_input, qdq_format == "u8u8", qdq_format == "s8s8")
 
 
 def to_onnx_float(model: nn.Module, example_input: torch.Tensor) -> bytes:
@@ -135,7 +158,7 @@ def to_onnx_float(model: nn.Module, example_input: torch.Tensor) -> bytes:
     return _export(fuse_conv_bn(model), example_input, False)
 
 
-def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool) -> bytes:
+def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool, act_int8: bool = False) -> bytes:
     mods = dict(gm.named_modules())
     b, env = _Builder(), {}
     out_name = None
@@ -149,7 +172,7 @@ def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool
         elif isinstance(m, (FakeQuantize, LSQQuantizer)):
             # after pass-through ops too: an exact no-op on values already on the grid, but it hands ORT the
             # DQ → op → Q patterns it fuses into integer kernels
-            env[node] = _act_qdq(b, arg, m)
+            env[node] = _act_qdq(b, arg, m, act_int8)
         elif isinstance(m, QuantLayer):
             env[node] = _layer(b, arg, m, weights_uint8)
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
