@@ -241,6 +241,14 @@ class KVCacheInt8(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+def _out_features(mod: nn.Module) -> int | None:
+    """Output features of a linear-like or already-quantized projection (W8A8Linear, WeightOnlyLinear), else None."""
+    if is_linear_like(mod):
+        return int(weight_matrix(mod).shape[0])
+    out = getattr(mod, "out_features", None)
+    return int(out) if isinstance(out, int) else None
+
+
 def kv_cache_int8(model: nn.Module, n_heads: int, layers: Mapping[str, str] | None = None) -> nn.Module:
     """Wrap key/value projections with KVCacheInt8, in place. `layers` {name: "kv" | "fused_qkv"}: "kv" quantizes
     the whole output (separate k_proj / v_proj), "fused_qkv" its last two thirds (GPT-2's c_attn: [q | k | v]).
@@ -251,7 +259,7 @@ def kv_cache_int8(model: nn.Module, n_heads: int, layers: Mapping[str, str] | No
     if layers is None:
         layers = {}
         for name, mod in every.items():
-            if not is_linear_like(mod):
+            if _out_features(mod) is None:
                 continue
             leaf = name.rsplit(".", 1)[-1]
             if leaf in ("k_proj", "v_proj", "key", "value"):
@@ -263,7 +271,9 @@ def kv_cache_int8(model: nn.Module, n_heads: int, layers: Mapping[str, str] | No
     for name, kind in layers.items():
         if name not in every:
             raise UserError(f"no layer named '{name}' for the int8 KV cache")
-        out = weight_matrix(every[name]).shape[0]
+        out = _out_features(every[name])
+        if out is None:
+            raise UserError(f"'{name}' ({type(every[name]).__name__}) is not a linear projection")
         if kind == "kv":
             slices = [(0, out)]
         elif kind == "fused_qkv":
