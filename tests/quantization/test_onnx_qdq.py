@@ -43,12 +43,23 @@ def test_onnxruntime_runs_integer_kernels_and_matches(static_sim, digits, tmp_pa
     assert cmp["max_abs_error"] <= cmp["output_step"] * 1.001
 
 
-def test_onnx_rejects_dynamic_graphs(trained_net, digits):
+def test_dynamic_graphs_run_on_onnx_integer_operators(trained_net, digits):
     with pytest.warns(UserWarning):
         dyn = quantize_dynamic(trained_net, digits.x_train[:8])
-    with pytest.raises(UserError, match="quantize_static or convert_qat"):
-        to_onnx_qdq(dyn, digits.x_train[:2])
-    assert torch.is_tensor(digits.x_train)
+    data = to_onnx_qdq(dyn, digits.x_train[:2])
+    ops = [n.op_type for n in onnx.load_from_string(data).graph.node]
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulInteger") == 1  # the one Linear (convs stay float)
+    real = OnnxRuntimeModel(data)
+    x = digits.x_test[:128]
+    with torch.no_grad():
+        sim, out = dyn(x), real(x)
+    assert float((out - sim).abs().max()) <= 1e-3 * float(sim.abs().max())  # same codes; float rounding only
+    with pytest.warns(UserWarning):
+        dyn7 = quantize_dynamic(trained_net, digits.x_train[:8], reduce_range=True)
+    with pytest.raises(UserError, match="DynamicQuantizeLinear is 8-bit"):
+        to_onnx_qdq(dyn7, digits.x_train[:2])
+    with pytest.raises(UserError, match="quantize_static, quantize_dynamic or convert_qat"):
+        to_onnx_qdq(trained_net, digits.x_train[:2])
 
 
 def test_float_export_matches_the_float_model(trained_net, digits):

@@ -1,5 +1,8 @@
 """ONNX export of the simulated graph in QDQ form, run in ONNX Runtime's integer kernels.
 
+Dynamic graphs (`quantize_dynamic`) export each quantized Linear as DynamicQuantizeLinear → MatMulInteger with
+our int8 weight codes (ONNX's integer operators; what ORT's own dynamic quantizer emits, with our codes).
+
 Each activation quantizer becomes QuantizeLinear → DequantizeLinear with *our* scale and zero point; each
 quantized layer's weight is stored as int8 codes behind a per-channel DequantizeLinear. ONNX Runtime's
 graph optimizer fuses DQ → Conv/Gemm → Q into QLinearConv / integer GEMM, so the model runs on int8
@@ -94,6 +97,32 @@ def _op_for(b: _Builder, layer: nn.Module, x: str, w_name: str, bias: torch.Tens
     return b.op("Relu", [y], "relu") if relu else y
 
 
+def _dynamic_linear(b: _Builder, x: str, ql: QuantLayer, name: str) -> str:
+    """Dynamic int8 Linear on ONNX's integer operators: DynamicQuantizeLinear (the input's own min/max → uint8
+    codes, scale, zero point: the same affine 8-bit grid the simulation's dynamic quantizer computes) →
+    MatMulInteger with our int8 weight codes (int32 accumulation) → × (s_x · s_w) + bias (→ ReLU)."""
+    iq, wq = ql.input_quant, ql.weight_quant
+    if not isinstance(ql.layer, nn.Linear):
+        raise UserError(f"ONNX dynamic export: layer '{name}' is a {type(ql.layer).__name__}; dynamic int8 runs Linear layers")
+    if iq.qmax - iq.qmin != 255:
+        raise UserError(f"ONNX dynamic export: layer '{name}' has {iq.qmax - iq.qmin + 1}-level activations; DynamicQuantizeLinear "
+                        "is 8-bit: quantize with reduce_range=False")
+    w, bias = ql.folded()
+    w = w.detach().float()
+    if wq.qmin < -128 or wq.qmax > 127 or int(torch.as_tensor(wq.qparams_for(w)[1]).abs().max()) != 0:
+        raise UserError(f"ONNX dynamic export: layer '{name}' needs symmetric weights of at most 8 bits")
+    codes, s = weight_codes(wq, w)
+    out = b.name("dq")
+    xq, xs, xz = out + "_q", out + "_s", out + "_z"
+    b.nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=out))
+    acc = b.op("MatMulInteger", [xq, b.const("w_codes_t", codes.to(torch.int8).t().contiguous().numpy()), xz], "mmi")
+    s_np = np.asarray(torch.as_tensor(s, dtype=torch.float32).reshape(-1).numpy(), np.float32)
+    y = b.op("Mul", [b.op("Cast", [acc], "accf", to=TensorProto.FLOAT), b.op("Mul", [xs, b.const("w_scale", s_np)], "scale")], "y")
+    if bias is not None:
+        y = b.op("Add", [y, b.const("bias", bias.detach().float().numpy())], "add")
+    return b.op("Relu", [y], "relu") if ql.relu else y
+
+
 def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
     w, bias = ql.folded()
     w = w.detach().float()
@@ -146,8 +175,8 @@ def to_onnx_qdq(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: 
     if qdq_format not in QDQ_FORMATS:
         raise UserError(f"unknown QDQ format '{qdq_format}': use one of {', '.join(QDQ_FORMATS)}")
     cfg = getattr(gm, "quant_config", None)
-    if cfg is None or cfg.mode not in ("static", "qat"):
-        raise UserError("ONNX QDQ export takes a graph from quantize_static or convert_qat")
+    if cfg is None or cfg.mode not in ("static", "qat", "dynamic"):
+        raise UserError("ONNX QDQ export takes a graph from quantize_static, quantize_dynamic or convert_qat")
     return _export(gm, example_input, qdq_format == "u8u8", qdq_format == "s8s8")
 
 
@@ -173,6 +202,8 @@ def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool
             # after pass-through ops too: an exact no-op on values already on the grid, but it hands ORT the
             # DQ → op → Q patterns it fuses into integer kernels
             env[node] = _act_qdq(b, arg, m, act_int8)
+        elif isinstance(m, QuantLayer) and m.input_quant is not None:
+            env[node] = _dynamic_linear(b, arg, m, node.target)
         elif isinstance(m, QuantLayer):
             env[node] = _layer(b, arg, m, weights_uint8)
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
