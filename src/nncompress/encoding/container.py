@@ -49,6 +49,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -332,6 +333,7 @@ class NNCWriter:
         self._names: set[str] = set()
         self._finished = False
         self.streams: list[StreamInfo] = []
+        self.write_s = 0.0  # seconds spent writing the file (set by open_nnc_writer)
         self._w = _Writer(sink)
         self._w.put("header", _HEADER.pack(MAGIC, self.version, 0, len(meta)))
         self._w.put("metadata", meta)
@@ -421,11 +423,16 @@ def stream_stats(model: CompressedModel, *, version: int = FORMAT_VERSION, coder
 
 
 class _FileSink:
+    """Writes to a file and counts the seconds spent writing (what a streamed save reports as "save")."""
+
     def __init__(self, f) -> None:
         self.f = f
+        self.seconds = 0.0
 
     def __call__(self, data: bytes) -> None:
+        t = time.perf_counter()
         self.f.write(data)
+        self.seconds += time.perf_counter() - t
 
 
 @contextmanager
@@ -441,12 +448,15 @@ def open_nnc_writer(path: str | os.PathLike, metadata: dict, n_shared: int, n_de
     try:
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            w = NNCWriter(_FileSink(f), metadata, n_shared, n_dense, version=version, coder=coder)
+            sink = _FileSink(f)
+            w = NNCWriter(sink, metadata, n_shared, n_dense, version=version, coder=coder)
             yield w
             w.finish()
+            t = time.perf_counter()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        w.write_s = sink.seconds + time.perf_counter() - t
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -358,6 +358,15 @@ def serialize_frequencies(freqs) -> bytes:
     return b"".join(parts)
 
 
+def table_bytes(freqs) -> int:
+    """len(serialize_frequencies(freqs)), computed without building the bytes (LEB128: 7 bits per byte)."""
+    f = np.asarray(freqs, dtype=np.int64)
+    extent = int(np.flatnonzero(f)[-1]) + 1
+    head = f[: extent - 1]
+    return 1 + len(_varint(extent)) + int(head.size + np.count_nonzero(head >= 1 << 7) + np.count_nonzero(head >= 1 << 14)
+                                          + np.count_nonzero(head >= 1 << 21))
+
+
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     v = 0
     for i in range(4):  # values here are < 2^24: at most 4 bytes
@@ -416,7 +425,7 @@ def choose_precision(counts) -> int:
         f = quantize_counts(c, p)
         used = c > 0
         bits = float(np.sum(c[used] * (p - np.log2(f[used]))))
-        cost = bits + 8 * len(serialize_frequencies(f))
+        cost = bits + 8 * table_bytes(f)
         if cost < best_cost:
             best, best_cost = p, cost
     if best is None:

@@ -93,8 +93,8 @@ def huffman_stream_bytes(counts: np.ndarray, lengths: np.ndarray) -> int:
     return 1 + len(huffman_table(lengths)) + 8 + (nbits + 7) // 8
 
 
-def rans_estimate_bytes(counts: np.ndarray) -> tuple[float, int, np.ndarray, bytes]:
-    """(estimated bytes of the rANS form, precision, frequencies, table) for a histogram.
+def rans_estimate_bytes(counts: np.ndarray) -> tuple[float, int, np.ndarray]:
+    """(estimated bytes of the rANS form, precision, frequencies) for a histogram.
 
     Payload estimate: sum_s c_s (p - log2 f_s) bits + 4 bytes per lane; the coder's renormalisation
     rounding adds at most ~0.1 % on top (module docstring of `rans`).
@@ -102,11 +102,10 @@ def rans_estimate_bytes(counts: np.ndarray) -> tuple[float, int, np.ndarray, byt
     n = int(counts.sum())
     p = rans.choose_precision(counts)
     freqs = rans.quantize_counts(counts, p)
-    table = rans.serialize_frequencies(freqs)
     used = counts > 0
     bits = float(np.sum(counts[used] * (p - np.log2(freqs[used]))))
     lanes = rans.container_lanes(n)
-    return 1 + len(table) + 12 + 4 * lanes + bits / 8, p, freqs, table
+    return 1 + rans.table_bytes(freqs) + 12 + 4 * lanes + bits / 8, p, freqs
 
 
 def encode_stream(symbols, alphabet_size: int, coder: str = "auto") -> EncodedStream:
@@ -127,12 +126,12 @@ def encode_stream(symbols, alphabet_size: int, coder: str = "auto") -> EncodedSt
     if coder == "huffman" or s.size == 0 or int(np.count_nonzero(counts)) > (1 << rans.MAX_PRECISION):
         return _huffman(s, counts, lengths, entropy)
     h_bytes = huffman_stream_bytes(counts, lengths)
-    est, _, freqs, table = rans_estimate_bytes(counts)
+    est, _, freqs = rans_estimate_bytes(counts)
     if coder == "auto" and est > h_bytes + 16:  # rANS cannot win: skip encoding it
         return _huffman(s, counts, lengths, entropy)
     lanes = rans.container_lanes(s.size)
     payload = rans.encode(s, freqs, lanes)
-    r = EncodedStream(RANS, table, struct.pack("<IQ", lanes, len(payload)), payload, int(s.size), a, entropy)
+    r = EncodedStream(RANS, rans.serialize_frequencies(freqs), struct.pack("<IQ", lanes, len(payload)), payload, int(s.size), a, entropy)
     if coder == "rans" or r.total_bytes < h_bytes:
         return r
     return _huffman(s, counts, lengths, entropy)

@@ -12,61 +12,268 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from nncompress.architectures import MODELS, build_model
 from nncompress.core.errors import UserError
 from nncompress.core.layers import plain_state_dict
-from nncompress.encoding import CompressedModel, SharedTensor, load_nnc, size_breakdown
+from nncompress.core.progress import track
+from nncompress.encoding import CompressedModel, SharedTensor, load_nnc
+from nncompress.encoding.container import TensorInfo, open_nnc, open_nnc_writer
+from nncompress.encoding.huffman import code_lengths
+from nncompress.encoding.streams import estimate_stream_bytes, huffman_stream_bytes
 from nncompress.sharing import get_codebook, shared_layers
 
 GAP_BITS_CANDIDATES = tuple(range(2, 13))
 
 
+def gap_histograms(positions: np.ndarray, gap_bits: int) -> tuple[np.ndarray, int]:
+    """(histogram of the gap symbols, number of fillers) of `to_relative(positions, gap_bits)`, without
+    building the streams: a raw gap d (from p_{-1} = -1) becomes (d - 1) // M fillers of symbol M - 1
+    and one real entry of symbol (d - 1) mod M, M = 2^gap_bits."""
+    values, counts = _distinct_gaps(positions)
+    return _gap_hist_from_unique(values, counts, 1 << int(gap_bits))
+
+
+_SMALL_GAP = 1 << 16
+
+
+def _distinct_gaps(positions) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values of d - 1, their counts) over the raw gaps d (from p_{-1} = -1): a bincount for the
+    common small gaps and a sort only for the rare large ones."""
+    g = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
+    small = g < _SMALL_GAP
+    hist = np.bincount(g[small], minlength=1)
+    values = np.flatnonzero(hist)
+    counts = hist[values]
+    if not small.all():
+        big_v, big_c = np.unique(g[~small], return_counts=True)
+        values, counts = np.concatenate([values, big_v]), np.concatenate([counts, big_c])
+    return values.astype(np.int64), counts.astype(np.int64)
+
+
+def _gap_hist_from_unique(values: np.ndarray, counts: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+    fillers = int(np.dot(values // m, counts))
+    hist = np.bincount(values % m, weights=counts, minlength=m).astype(np.int64)
+    hist[m - 1] += fillers
+    return hist, fillers
+
+
+def estimate_layer_bytes(positions: np.ndarray, codes: np.ndarray, k: int, candidates: Sequence[int] = GAP_BITS_CANDIDATES,
+                         coder: str = "auto") -> dict[int, float]:
+    """Coded bytes of a layer's two streams for each candidate gap width, from symbol histograms only.
+
+    Per width M = 2^g: the gap stream's histogram is `gap_histograms`; the index stream's is the codes'
+    histogram plus one filler symbol k per filler. Each stream is priced as the .nnc writer codes it
+    (`encoding.streams.estimate_stream_bytes`): Huffman exactly (sum_s c_s l_s from package-merge
+    lengths, plus its table), rANS by sum_s c_s (precision - log2 f_s) plus table and lane states.
+    With coder="huffman" the estimate is the exact Huffman size of both streams (tag included).
+    Nothing is encoded, so trying 11 widths costs 11 histograms, not 11 encodings.
+    """
+    pos = np.asarray(positions, dtype=np.int64)
+    code_hist = np.bincount(np.asarray(codes, dtype=np.int64), minlength=k + 1)[: k + 1].copy() if pos.size else np.zeros(k + 1, np.int64)
+    values, counts = _distinct_gaps(pos)
+    price = (lambda c: float(huffman_stream_bytes(c, code_lengths(c)))) if coder == "huffman" else estimate_stream_bytes
+    out = {}
+    for g in candidates:
+        gap_hist, fillers = _gap_hist_from_unique(values, counts, 1 << int(g))
+        idx = code_hist.copy()
+        idx[k] += fillers
+        out[int(g)] = price(idx) + price(gap_hist)
+    return out
+
+
 def best_gap_bits(positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray, bits: int,
-                  candidates: Sequence[int] = GAP_BITS_CANDIDATES) -> int:
-    """The relative-index width that gives the smallest encoded layer (exact .nnc bytes, tables included).
+                  candidates: Sequence[int] = GAP_BITS_CANDIDATES, coder: str = "auto") -> int:
+    """The relative-index width that gives the smallest coded layer, estimated from symbol histograms.
 
     A narrow gap field makes short gap codes but inserts filler entries (each costs a gap and an index
     symbol); a wide one avoids fillers but has a larger alphabet. Deep Compression fixed 8 (conv) and
-    5 (fc) bits; choosing per layer by the exact encoded size is never worse.
+    5 (fc) bits; choosing per layer by the coded size is never worse. The size of each candidate comes
+    from `estimate_layer_bytes` (exact for Huffman streams, within ~0.1 % for rANS ones); ties go to the
+    narrower width.
     """
-    sizes = {}
-    shape = (int(positions[-1]) + 1 if positions.size else 1,)
-    for g in candidates:
-        t = SharedTensor(shape, codebook, bits, positions, codes, int(g))
-        sizes[int(g)] = size_breakdown(CompressedModel(shared={"w": t}))["total"]
+    if not len(candidates):
+        raise UserError("best_gap_bits: no candidate gap widths")
+    sizes = estimate_layer_bytes(positions, codes, int(np.asarray(codebook).size), candidates, coder)
     return min(sizes, key=lambda g: (sizes[g], g))
 
 
-def compress_model(model: nn.Module, metadata: dict, gap_bits: int | str = "auto") -> CompressedModel:
-    """Turn a model whose layers were shared by `sharing.share_weights` into a CompressedModel.
+def _codebook_bits(k: int) -> int:
+    return max(1, int(np.ceil(np.log2(max(k, 2)))))
 
-    `metadata` must hold `model`, `in_shape` and `num_classes` so `decompress_model` can rebuild it.
-    """
+
+def _parametrized_tensor(module: nn.Module) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    centroids, codes, mask = get_codebook(module)
+    flat_mask = mask.reshape(-1).cpu().numpy()
+    positions = np.flatnonzero(flat_mask).astype(np.int64)
+    layer_codes = codes.reshape(-1).cpu().numpy()[positions].astype(np.int64)
+    return tuple(mask.shape), centroids.cpu().numpy().astype(np.float32), positions, layer_codes
+
+
+def _inplace_tensor(name: str, module: nn.Module, codebook) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """A plain layer whose non-zero weights are all codebook values (`sharing.share_weights_inplace`)."""
+    w = module.weight.detach()
+    if w.dtype != torch.float32 or w.device.type != "cpu":
+        w = w.float().cpu()
+    flat = w.reshape(-1).numpy()
+    cb = np.asarray(codebook.detach().cpu().numpy() if isinstance(codebook, torch.Tensor) else codebook, dtype=np.float32).reshape(-1)
+    positions = np.flatnonzero(flat)
+    values = flat[positions]
+    if not positions.size:
+        return tuple(w.shape), cb, positions.astype(np.int64), np.zeros(0, np.int64)
+    if cb.size == 0:
+        raise UserError(f"compress: layer '{name}' has non-zero weights but an empty codebook")
+    order = np.argsort(cb, kind="stable")
+    sorted_cb = cb[order]
+    idx = np.minimum(np.searchsorted(sorted_cb, values), cb.size - 1)
+    if not np.array_equal(sorted_cb[idx], values):
+        raise UserError(f"compress: layer '{name}' holds weights that are not values of its codebook; share it with "
+                        "sharing.share_weights_inplace (or share_weights) and do not change the weights afterwards")
+    return tuple(w.shape), cb, positions.astype(np.int64), order[idx].astype(np.int64)
+
+
+def _shared_sources(model: nn.Module, codebooks: dict | None) -> dict[str, tuple[nn.Module, object]]:
+    """{layer name: (module, codebook or None)}: parametrized shared layers, then `codebooks`' layers."""
+    sources = {name: (m, None) for name, m in shared_layers(model).items()}
+    modules = dict(model.named_modules())
+    for name, cb in (codebooks or {}).items():
+        if name in sources:
+            raise UserError(f"compress: layer '{name}' is weight-shared by share_weights and also has a codebook given")
+        m = modules.get(name)
+        if m is None or not isinstance(getattr(m, "weight", None), torch.Tensor):
+            raise UserError(f"compress: codebooks names '{name}', which is not a layer with a weight in this model")
+        sources[name] = (m, cb)
+    if not sources:
+        raise UserError("compress_model: no weight-shared layers; run sharing.share_weights(model) (or share_weights_inplace "
+                        "and pass its codebooks) first")
+    rank = {name: i for i, name in enumerate(modules)}
+    return dict(sorted(sources.items(), key=lambda kv: rank[kv[0]]))
+
+
+def shared_tensor(name: str, module: nn.Module, codebook=None, gap_bits: int | str = "auto", coder: str = "auto") -> SharedTensor:
+    """The SharedTensor of one shared layer (parametrized by `share_weights`, or plain with `codebook`)."""
+    shape, cb, positions, codes = _inplace_tensor(name, module, codebook) if codebook is not None else _parametrized_tensor(module)
+    bits = _codebook_bits(cb.size)
+    g = best_gap_bits(positions, codes, cb, bits, coder=coder) if gap_bits == "auto" else int(gap_bits)
+    return SharedTensor(shape, cb, bits, positions, codes, g)
+
+
+def _check_metadata(metadata: dict) -> None:
+    if not isinstance(metadata, dict):
+        raise UserError(f"compress_model: metadata must be a dict, got {type(metadata).__name__}")
     for key in ("model", "in_shape", "num_classes"):
         if key not in metadata:
             raise UserError(f"compress_model: metadata needs '{key}' to rebuild the model later")
-    shared_names = shared_layers(model)
-    if not shared_names:
-        raise UserError("compress_model: no weight-shared layers; run sharing.share_weights(model) first")
-    shared: dict[str, SharedTensor] = {}
-    for name, module in shared_names.items():
-        centroids, codes, mask = get_codebook(module)
-        flat_mask = mask.reshape(-1).cpu().numpy()
-        positions = np.flatnonzero(flat_mask).astype(np.int64)
-        layer_codes = codes.reshape(-1).cpu().numpy()[positions].astype(np.int64)
-        k = int(centroids.numel())
-        bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
-        cb = centroids.cpu().numpy().astype(np.float32)
-        g = best_gap_bits(positions, layer_codes, cb, bits) if gap_bits == "auto" else int(gap_bits)
-        shared[f"{name}.weight"] = SharedTensor(tuple(mask.shape), cb,
-                                                bits, positions, layer_codes, g)
+
+
+def _dense_keys(model: nn.Module, shared_keys) -> list[str]:
+    keys = [k for k in model.state_dict(keep_vars=True) if ".parametrizations." not in k and not k.startswith("parametrizations.")]
+    out = [k for k in keys if k not in shared_keys]
+    for name, module in model.named_modules():  # parametrized tensors that are not shared (e.g. masked, unshared)
+        if parametrize.is_parametrized(module):
+            prefix = f"{name}." if name else ""
+            out.extend(prefix + t for t in module.parametrizations.keys() if prefix + t not in shared_keys and prefix + t not in out)
+    return out
+
+
+def compress_model(model: nn.Module, metadata: dict, gap_bits: int | str = "auto", *, codebooks: dict | None = None,
+                   coder: str = "auto") -> CompressedModel:
+    """Turn a model whose layers were shared by `sharing.share_weights` into a CompressedModel.
+
+    `metadata` must hold `model`, `in_shape` and `num_classes` so `decompress_model` can rebuild it.
+    `codebooks` ({layer: centroids}, what `sharing.share_weights_inplace` returns) adds plain layers whose
+    non-zero weights are all codebook values. `save_compressed` writes the same bytes one layer at a time.
+    """
+    _check_metadata(metadata)
+    sources = _shared_sources(model, codebooks)
+    shared = {f"{name}.weight": shared_tensor(name, m, cb, gap_bits, coder) for name, (m, cb) in sources.items()}
     dense = {}
     for key, value in plain_state_dict(model).items():
         if key not in shared:
             dense[key] = value.detach().cpu().contiguous().numpy()
     return CompressedModel(metadata=dict(metadata), shared=shared, dense=dense)
+
+
+def _dense_value(model: nn.Module, state: dict, key: str) -> np.ndarray:
+    value = state.get(key)
+    if value is None:  # a parametrized tensor (e.g. a masked, unshared weight): its effective value
+        module_name, _, attr = key.rpartition(".")
+        with torch.no_grad():
+            value = getattr(model.get_submodule(module_name) if module_name else model, attr)
+    return value.detach().cpu().contiguous().numpy()
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: dict, gap_bits: int | str = "auto", *,
+                    codebooks: dict | None = None, coder: str = "auto", progress: bool | None = None) -> dict:
+    """Stream `model` into a .nnc file at `path`: each shared layer is encoded and written, then dropped,
+    before the next is read, into a temp file renamed over `path` at the end (atomic).
+
+    Same bytes as `write_nnc(compress_model(model, metadata, gap_bits, codebooks=codebooks, coder=coder))`,
+    without holding the CompressedModel (for VGG16, ~10^7 positions and codes). Returns {"bytes": file
+    size, "streams": [StreamInfo, ...] per coded stream, "sizes": size breakdown, "gap_bits": {tensor: g}, "write_s": seconds spent in file writes, fsync and rename}.
+    """
+    _check_metadata(metadata)
+    sources = _shared_sources(model, codebooks)
+    shared_keys = [f"{name}.weight" for name in sources]
+    dense_keys = _dense_keys(model, set(shared_keys))
+    chosen = {}
+    with open_nnc_writer(path, dict(metadata), len(shared_keys), len(dense_keys), coder=coder) as w:
+        for name, (m, cb) in track(list(sources.items()), "encode + write", enabled=progress):
+            t = shared_tensor(name, m, cb, gap_bits, coder)
+            chosen[f"{name}.weight"] = t.gap_bits
+            w.add_shared(f"{name}.weight", t)
+            del t
+        state = model.state_dict()  # references, not copies
+        for key in dense_keys:
+            w.add_dense(key, _dense_value(model, state, key))
+    return {"bytes": int(os.path.getsize(path)), "streams": w.streams, "sizes": w.sizes, "gap_bits": chosen, "write_s": w.write_s}
+
+
+def load_into(model: nn.Module, path: str | os.PathLike, *, allow_nonfinite: bool = False, progress: bool | None = None) -> dict:
+    """Decode a .nnc file layer by layer straight into `model`'s existing tensors; returns the metadata.
+
+    The file is checked first (magic, version, CRC), then every record's header (names, shapes, dtypes,
+    stream tables and sizes) against `model` without decoding anything; only then is each tensor
+    decoded, written into its parameter or buffer in place (a shared weight: zero it, then scatter
+    codebook[codes] at the stored positions), and dropped before the next one. No second copy of the
+    model is ever held. `model` must be plain (no parametrizations: `finalize` / `finalize_sharing`
+    first). If a stream turns out to be corrupt mid-way (only a crafted file passes the CRC), the
+    model is left partly overwritten and CorruptFileError is raised.
+    """
+    reader = open_nnc(path, allow_nonfinite=allow_nonfinite)
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise UserError("load_into: the model has parametrized layers (masks or weight sharing); load into a plain model "
+                        "(call finalize / finalize_sharing first)")
+    targets = model.state_dict(keep_vars=True)
+    infos: list[TensorInfo] = [info for _, _, info in reader.records(decode=False)]
+    names = {i.name for i in infos}
+    missing, extra = sorted(set(targets) - names), sorted(names - set(targets))
+    if missing or extra:
+        raise UserError(f".nnc tensors do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    for info in infos:
+        want = targets[info.name]
+        if tuple(info.shape) != tuple(want.shape):
+            raise UserError(f".nnc tensor {info.name} has shape {list(info.shape)}, the model expects {list(want.shape)}")
+        if info.kind == "shared" and not want.dtype.is_floating_point:
+            raise UserError(f".nnc tensor {info.name} is weight-shared (float32), the model stores it as {_dtype_name(want.dtype)}")
+        if info.kind == "dense" and info.dtype.name != _dtype_name(want.dtype):
+            raise UserError(f".nnc tensor {info.name} is stored as {info.dtype.name}, the model expects {_dtype_name(want.dtype)}")
+    with torch.no_grad():
+        for kind, name, value in track(reader.records(), "decode + load", total=len(infos), enabled=progress):
+            dst = targets[name]
+            if kind == "shared":
+                flat = dst.view(-1) if dst.is_contiguous() else None
+                if flat is None:
+                    raise UserError(f"load_into: tensor {name} is not contiguous")
+                flat.zero_()
+                values = torch.from_numpy(value.codebook[value.codes]).to(dst.dtype)
+                flat.index_copy_(0, torch.from_numpy(value.positions), values)
+            else:
+                dst.copy_(torch.from_numpy(value))
+            del value
+    return reader.metadata
 
 
 MAX_CLASSES = 100_000

@@ -238,6 +238,95 @@ class LevelPruner:
         return model
 
 
+_RADIX_BITS = 16
+_CHUNK = 1 << 22  # elements per pass step: bounded temporaries (tens of MB) whatever the layer's size
+
+
+def _abs_bits(flat) -> tuple[object, int, int]:
+    """(unsigned view, magnitude mask, bit width) of a float32/float64 array: for x >= 0 (and NaN above
+    +inf) the bit pattern of |x| orders exactly like |x|, so selection can work on integers."""
+    import numpy as np
+
+    if flat.dtype == np.float32:
+        return flat.view(np.uint32), np.uint32(0x7FFFFFFF), 32
+    return flat.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF), 64
+
+
+def _prune_smallest_inplace(flat, k: int) -> None:
+    """Zero exactly the k smallest |x| of a float32/float64 numpy array in place; among equal |x| the
+    lower flat index goes first (LevelPruner's rule, `smallest_k_mask`).
+
+    Radix selection, exact: a histogram of the top 16 bits of the |x| bit patterns finds the bin holding
+    the k-th smallest, the next 16 bits within that bin refine it, and so on, giving the k-th smallest
+    pattern t and the count below it; then everything below t and the first (k - count) entries equal
+    to t are zeroed. Two (float32) or four (float64) histogram passes and one zeroing pass, each in
+    chunks, instead of a stable argsort of the whole tensor (8 bytes of index per weight).
+    """
+    import numpy as np
+
+    n = flat.size
+    if k <= 0:
+        return
+    if k >= n:
+        flat[:] = 0
+        return
+    bits_view, magnitude, width = _abs_bits(flat)
+    prefix, below, rank = 0, 0, k  # find the rank-th smallest (1-based) among entries sharing `prefix`
+    for level in range(width // _RADIX_BITS):
+        shift = width - _RADIX_BITS * (level + 1)
+        hist = np.zeros(1 << _RADIX_BITS, dtype=np.int64)
+        for lo in range(0, n, _CHUNK):
+            a = bits_view[lo : lo + _CHUNK] & magnitude
+            if level:
+                a = a[(a >> (shift + _RADIX_BITS)) == prefix]
+            hist += np.bincount(((a >> shift) & ((1 << _RADIX_BITS) - 1)).astype(np.intp), minlength=1 << _RADIX_BITS)
+        cum = np.cumsum(hist)
+        digit = int(np.searchsorted(cum, rank, side="left"))
+        before = int(cum[digit - 1]) if digit else 0
+        below += before
+        rank -= before
+        prefix = (prefix << _RADIX_BITS) | digit
+    t = bits_view.dtype.type(prefix)
+    ties = k - below  # entries equal to t still to remove, lowest index first
+    for lo in range(0, n, _CHUNK):
+        a = bits_view[lo : lo + _CHUNK] & magnitude
+        part = flat[lo : lo + _CHUNK]
+        if ties:
+            eq = np.flatnonzero(a == t)[:ties]
+            part[eq] = 0
+            ties -= eq.size
+        part[a < t] = 0
+
+
+def level_prune_inplace(model: nn.Module, sparsity: PerLayer, layers: Sequence[str] | None = None,
+                        progress: bool | None = None) -> dict[str, int]:
+    """LevelPruner(sparsity).prune(model) followed by finalize, without masks and without copies.
+
+    Zeroes exactly round(sparsity·n) smallest-|w| weights of each layer in place (ties: lower flat index
+    first, as `smallest_k_mask`), by exact radix selection on the weights' bit patterns (see
+    `_prune_smallest_inplace`): no argsort, no mask, no parametrization, so pruning a 138 M-weight
+    VGG16 needs tens of MB beyond the model. `sparsity` is a float or {layer: sparsity}; already-zero
+    weights are the smallest and go first. Layers must be unmasked, on the CPU, in float32/float64.
+    Returns {layer: weights kept}.
+    """
+    from nncompress.core.progress import track
+
+    kept = {}
+    with torch.no_grad():
+        units = _targets(model, sparsity, layers, check_sparsity)
+        for u in track(units, "level pruning (in place)", enabled=progress):
+            if any(get_mask(m) is not None for m in u.modules):
+                raise UserError(f"layer '{u.name}' already carries a pruning mask: call finalize(model) before level_prune_inplace")
+            w = dense_tensor(u.module)
+            if w.dtype not in (torch.float32, torch.float64) or w.device.type != "cpu" or not w.is_contiguous():
+                raise UserError(f"level_prune_inplace: layer '{u.name}' must hold a contiguous float32/float64 CPU weight, "
+                                f"got {w.dtype} on {w.device}; use LevelPruner instead")
+            flat = w.detach().view(-1).numpy()
+            _prune_smallest_inplace(flat, prune_count(u.value, flat.size))
+            kept[u.name] = int(torch.count_nonzero(w))
+    return kept
+
+
 def _validate(values: PerLayer, check, what: str) -> None:
     if isinstance(values, Mapping):
         for name, v in values.items():

@@ -83,3 +83,69 @@ def kmeans_1d(weights: torch.Tensor | np.ndarray, bits: int, init: str = "linear
     codes = np.empty(len(xs), dtype=np.int64)
     codes[order] = np.repeat(np.arange(len(centroids)), np.diff(edges))
     return torch.from_numpy(centroids.astype(np.float32)), torch.from_numpy(codes)
+
+
+def kmeans_1d_weighted(values: np.ndarray, counts: np.ndarray, bits: int, init: str = "linear", max_iter: int = 100,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`kmeans_1d` on a histogram: ascending distinct `values` with multiplicities `counts` (exact, not a sample).
+
+    The same Lloyd iterations as `kmeans_1d` on the expanded sorted array: a cluster is a contiguous
+    run of distinct values between centroid midpoints, its centroid sum_v c_v·v / sum_v c_v; the
+    initialisations pick the same values (`linear`: min and max; `density`: numpy's linear quantile of
+    the expanded array; `random`: the same seeded draw of positions in it). Only the summation order
+    differs (per distinct value instead of per weight), i.e. rounding in the last bits of float64.
+    A layer of n weights has at most ~2^23 distinct float32 values per binade, so this sorts and
+    iterates over far fewer items than the weights themselves when a layer is large.
+
+    Returns (centroids float64 ascending [<= 2^bits], label int64 per distinct value).
+    """
+    bits = check_bits(bits)
+    if init not in INITS:
+        raise UserError(f"unknown k-means init '{init}': use one of {', '.join(INITS)}")
+    if max_iter < 0:
+        raise UserError(f"max_iter must be >= 0, got {max_iter}")
+    u = np.asarray(values, dtype=np.float64).reshape(-1)
+    c = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if u.shape != c.shape:
+        raise UserError(f"values and counts differ in length: {u.size} vs {c.size}")
+    if u.size == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    if not np.isfinite(u).all():
+        raise UserError("cannot cluster weights that contain NaN or infinite values")
+    if np.any(np.diff(u) <= 0) or c.min() < 1:
+        raise UserError("kmeans_1d_weighted needs strictly increasing distinct values with counts >= 1")
+    k = 2**bits
+    if u.size <= k:  # every value is its own centroid: exact, no iterations needed
+        return u.copy(), np.arange(u.size, dtype=np.int64)
+    cum = np.cumsum(c)
+    n = int(cum[-1])
+
+    def expanded(i):  # sorted_values[i] of the expanded array, for integer positions i
+        return u[np.searchsorted(cum, np.asarray(i), side="right")]
+
+    if init == "linear":
+        centroids = np.linspace(u[0], u[-1], k)
+    elif init == "density":
+        h = ((np.arange(k) + 0.5) / k) * (n - 1)
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        a, b = expanded(lo), expanded(hi)
+        centroids = a + (h - lo) * (b - a)
+    else:
+        rng = np.random.default_rng(seed)
+        centroids = np.sort(expanded(rng.choice(n, size=k, replace=False)))
+    prefix_c = np.concatenate([[0], cum])
+    prefix_s = np.concatenate([[0.0], np.cumsum(u * c)])
+    bounds = None
+    for _ in range(max_iter):
+        new_bounds = np.searchsorted(u, (centroids[:-1] + centroids[1:]) / 2, side="left")
+        if bounds is not None and np.array_equal(new_bounds, bounds):
+            break
+        bounds = new_bounds
+        edges = np.concatenate([[0], bounds, [u.size]])
+        sizes = prefix_c[edges[1:]] - prefix_c[edges[:-1]]
+        sums = prefix_s[edges[1:]] - prefix_s[edges[:-1]]
+        centroids = np.sort(np.where(sizes > 0, sums / np.maximum(sizes, 1), centroids))
+    bounds = np.searchsorted(u, (centroids[:-1] + centroids[1:]) / 2, side="left")
+    edges = np.concatenate([[0], bounds, [u.size]])
+    return centroids, np.repeat(np.arange(centroids.size, dtype=np.int64), np.diff(edges))

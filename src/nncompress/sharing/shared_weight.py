@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -209,3 +210,51 @@ def load_shared_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     if strict and (missing or result.unexpected_keys):
         raise UserError(f"weights do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return model
+
+
+@torch.no_grad()
+def share_weights_inplace(model: nn.Module, bits: int | dict[str, int] | None = None, init: str = "linear",
+                          layers: list[str] | None = None, seed: int = 0, max_iter: int = 100,
+                          progress: bool | None = None) -> dict[str, torch.Tensor]:
+    """Weight sharing without a second copy of the model: each layer's non-zero weights are overwritten,
+    in place, by their k-means centroid; returns {layer: codebook (float32, ascending)}.
+
+    The same clustering as `share_weights` (Deep Compression §3: 1-D k-means over the non-zero weights,
+    zeros stay pruned), run on the layer's distinct values with their counts (`kmeans_1d_weighted`), one
+    layer at a time. Unlike `share_weights` nothing is attached to the model (no SharedWeight
+    parametrization with its per-weight int64 codes, mask and frozen original, ~11 bytes per weight on
+    top of the weight itself), so centroids cannot be fine-tuned afterwards; use it to compress a model
+    for storage (`export.nnc.save_compressed(model, path, metadata, codebooks=...)`). Weights must be
+    float32 on the CPU. A centroid that is exactly 0.0 would turn its weights into pruned ones; a
+    codebook never contains one unless a layer's non-zeros average to exactly zero in a cluster.
+    """
+    from nncompress.core.progress import track
+    from nncompress.sharing.kmeans import kmeans_1d_weighted
+
+    available = compressible_layers(model)
+    if layers is not None:
+        missing = [n for n in layers if n not in available]
+        if missing:
+            raise UserError(f"no Linear/Conv layer named {', '.join(missing)}; the model has: {', '.join(available)}")
+        available = {n: available[n] for n in layers}
+    per_layer = _resolve_bits(DEFAULT_BITS if bits is None else bits, available, explicit=layers is not None)
+    out: dict[str, torch.Tensor] = {}
+    for name, b in track(list(per_layer.items()), "k-means (in place)", enabled=progress):
+        module = available[name]
+        if parametrize.is_parametrized(module, "weight"):
+            raise UserError(f"layer '{name}' is parametrized (masked or shared): call finalize / finalize_sharing first")
+        w = module.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous():
+            raise UserError(f"share_weights_inplace: layer '{name}' must hold a contiguous float32 CPU weight, got {w.dtype} on {w.device}")
+        flat = w.view(-1).numpy()  # shares memory with the parameter
+        idx = np.flatnonzero(flat)
+        values, inverse, counts = np.unique(flat[idx], return_inverse=True, return_counts=True)
+        centroids, labels = kmeans_1d_weighted(values, counts, b, init=init, max_iter=max_iter, seed=seed)
+        cb = centroids.astype(np.float32)
+        if cb.size == 0:
+            cb = np.zeros(1, dtype=np.float32)  # nothing left after pruning: one zero centroid, as share_weights
+        else:
+            flat[idx] = cb[labels[inverse.reshape(-1)]]
+        out[name] = torch.from_numpy(cb)
+        del idx, values, inverse, counts, labels
+    return out
