@@ -19,3 +19,21 @@ __all__ = [
     "plot_pareto", "random_search", "run_early_exit", "run_search", "simulate_exits", "thresholds_for_budget", "to_sequential",
     "tradeoff_curve", "validation_split",
 ]
+
+# conditional computation: coarse-to-fine cascade (Sun et al. 2013), SBNet sparse blocks (Ren et al. 2018), selective attention
+from nncompress.search.cascade import (
+    CascadeLevel, LevelSpec, LocalizationCascade, PointRegressor, cascade_experiment, localization_error_px, train_cascade,
+    train_crop_classifier,
+)
+from nncompress.search.sbnet import (
+    ForegroundMask, SBNetConv2d, SparseBlockConv2d, block_macs, reduce_mask, sbnet_experiment, sparse_gather, sparse_scatter,
+)
+from nncompress.search.selective_attention import SelectiveAttention, lenet5_macs, selective_attention_experiment
+
+__all__ += [
+    "CascadeLevel", "LevelSpec", "LocalizationCascade", "PointRegressor", "cascade_experiment", "localization_error_px",
+    "train_cascade", "train_crop_classifier",
+    "ForegroundMask", "SBNetConv2d", "SparseBlockConv2d", "block_macs", "reduce_mask", "sbnet_experiment", "sparse_gather",
+    "sparse_scatter",
+    "SelectiveAttention", "lenet5_macs", "selective_attention_experiment",
+]
