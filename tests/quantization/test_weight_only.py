@@ -126,6 +126,11 @@ def test_module_forward_state_and_int4_kernel():
     assert torch.allclose(fast(x), ref, atol=1e-4)
     with pytest.raises(UserError, match="int4"):
         WeightOnlyLinear(quantize_rtn(lin.weight, 8, 32), kernel="int4")
+    cached = WeightOnlyLinear(q, lin.bias, kernel="cached")
+    assert torch.allclose(cached(x), ref, atol=1e-5)
+    other = WeightOnlyLinear(quantize_rtn(torch.randn(48, 128), 4, 32), lin.bias)
+    cached.load_state_dict(other.state_dict())                   # new codes: the cached float weight is rebuilt
+    assert torch.allclose(cached(x), other(x), atol=1e-5)
 
 
 def test_onnxruntime_matmul_nbits_matches_dequantized_weights():

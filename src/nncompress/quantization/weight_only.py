@@ -199,10 +199,13 @@ class GroupQuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         """ŵ_ij = s_{i,g(j)}·(q_ij − z_{i,g(j)}), float32 (out, in)."""
-        g = self.column_groups()
-        s = self.scales.float()[:, g]
-        z = self.zero_points()[:, g]
-        return (self.codes.float() - z) * s
+        s, z = self.scales.float(), self.zero_points()
+        if self.g_idx is None:  # contiguous groups: broadcast over a (out, G, group) view, no gather
+            out, cols = self.codes.shape
+            q = self.codes.float().reshape(out, -1, self.group_size)
+            return ((q - z.unsqueeze(-1)) * s.unsqueeze(-1)).reshape(out, cols)
+        g = self.g_idx.long()
+        return (self.codes.float() - z.index_select(1, g)) * s.index_select(1, g)
 
     @property
     def nbytes(self) -> int:
@@ -246,16 +249,22 @@ def _int4_kernel_available() -> bool:
 class WeightOnlyLinear(nn.Module):
     """A linear layer holding b-bit packed codes and fp16 scales (and zeros) as buffers.
 
-    forward: `kernel="dequant"` rebuilds the float weight and calls F.linear (any bits, group index);
-    `kernel="int4"` uses PyTorch's CPU int4 matmul (4 bits, groups of 32/64/128/256, no group index, float32
-    activations) — its repacked weight is a derived cache, not part of the state dict; `kernel="auto"` picks
-    int4 when it applies.
+    forward, by `kernel`:
+    - "dequant": rebuild the float weight from the codes on every call, then F.linear (any bits, group index;
+      memory stays at the packed size);
+    - "cached": dequantize once and keep the float32 weight (as fast as fp32, as large as fp32: for evaluating
+      accuracy, e.g. perplexity sweeps; storage is still counted from the packed buffers);
+    - "int4": PyTorch's CPU int4 matmul (`aten._weight_int4pack_mm_for_cpu`; 4 bits, groups of 32/64/128/256,
+      no group index, float32 activations). Measured slower than fp32 F.linear on the project's CPU
+      (benchmarks/weight_only_kernels.py), so it is never chosen implicitly; ONNX Runtime's MatMulNBits
+      (`matmul_nbits_model`) is the fast int4 CPU path.
+    Derived caches are not in the state dict and are dropped when the state dict is loaded.
     """
 
     def __init__(self, qweight: GroupQuantizedWeight, bias: torch.Tensor | None = None, kernel: str = "dequant"):
         super().__init__()
-        if kernel not in ("dequant", "int4", "auto"):
-            raise UserError(f"kernel={kernel!r}: use 'dequant', 'int4' or 'auto'")
+        if kernel not in ("dequant", "cached", "int4"):
+            raise UserError(f"kernel={kernel!r}: use 'dequant', 'cached' or 'int4'")
         out, cols = qweight.shape
         self.in_features, self.out_features = cols, out
         self.bits, self.group_size = qweight.bits, qweight.group_size
@@ -270,8 +279,13 @@ class WeightOnlyLinear(nn.Module):
         if kernel == "int4" and not int4_ok:
             raise UserError("kernel='int4' needs 4-bit weights in groups of 32/64/128/256 without act-order group index "
                             "(and a PyTorch with aten._weight_int4pack_mm_for_cpu): use kernel='dequant'")
-        self.kernel = "int4" if (kernel == "int4" or (kernel == "auto" and int4_ok)) else "dequant"
+        self.kernel = kernel
         self._int4_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._weight_cache: torch.Tensor | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._int4_cache = self._weight_cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def qweight(self) -> GroupQuantizedWeight:
         codes = unpack_codes(self.packed, self.bits, self.in_features)
@@ -301,7 +315,12 @@ class WeightOnlyLinear(nn.Module):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features), packed, self.group_size, sz)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
-        w = self.dequantized_weight().to(x.dtype)
+        if self.kernel == "cached":
+            if self._weight_cache is None or self._weight_cache.device != self.packed.device:
+                self._weight_cache = self.dequantized_weight()
+            w = self._weight_cache.to(x.dtype)
+        else:
+            w = self.dequantized_weight().to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
