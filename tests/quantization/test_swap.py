@@ -198,7 +198,7 @@ def test_refusals_name_the_module():
     class M(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = nn.LSTM(4, 4, batch_first=True)
+            self.rnn = nn.RNN(4, 4, batch_first=True)
             self.pad = nn.Conv1d(4, 4, 3, padding=1, padding_mode="circular")
             self.fc = nn.Linear(4, 2)
 
@@ -211,7 +211,7 @@ def test_refusals_name_the_module():
     msgs = sorted(str(w.message) for w in rec)
     assert len(msgs) == 2 and all("\n" not in m for m in msgs)
     assert msgs[0].startswith("quantization: layer 'pad' left in float: padding_mode='circular'")
-    assert msgs[1] == "quantization: layer 'rnn' left in float: no quantized module for LSTM"
+    assert msgs[1] == "quantization: layer 'rnn' left in float: no quantized module for RNN (vanilla; LSTM and GRU are quantized)"
     assert q.quant_layers == ["fc"] and set(q.quant_skipped) == {"rnn", "pad"}
     q(torch.randn(2, 5, 4))
     with pytest.raises(UserError, match="calibration data"):

@@ -105,5 +105,6 @@ from nncompress.quantization.swap import (  # noqa: E402  module-swap quantizati
 __all__ += ["DynamicInt8Config", "QuantizedConv", "QuantizedEmbedding", "QuantizedLinear", "QuantizedWeight", "StaticInt8Config",
             "WeightOnlyConfig", "pack_int4", "quantize_", "quantized_modules", "unpack_int4", "weight_storage_bytes"]
 from nncompress.quantization.persist import load_quantized, save_quantized_model  # noqa: E402  safetensors + JSON layout
+from nncompress.quantization.recurrent import QuantizedRNN  # noqa: E402  int8 LSTM/GRU for the swap path
 
-__all__ += ["load_quantized", "save_quantized_model"]
+__all__ += ["QuantizedRNN", "load_quantized", "save_quantized_model"]

@@ -5,8 +5,8 @@
 
 The file holds the whole `state_dict()` of the quantized model — int8 / packed int4 codes, scales, activation
 scales and zero points, float biases and every float parameter left in float — and, in the safetensors
-metadata under "nncompress.quantization", a JSON layout: for each quantized module its kind, activation mode,
-code range, weight bits / granularity / group size and the float layer's shape. Loading builds the float model
+metadata under "nncompress.quantization", a JSON layout: for each quantized module its kind (linear, conv,
+embedding, lstm, gru), activation mode, code range, weight bits / granularity / group size and the float layer's shape. Loading builds the float model
 (or takes the instance given), swaps in empty quantized modules from the layout, restores ties and loads the
 tensors strictly: outputs are bit-identical to the saved model's, because the codes and the kernels are.
 
@@ -27,13 +27,18 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.core.io import load_weights, save_weights, state_dict_mismatch
 from nncompress.quantization.modules import ACT_MODES, QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight
+from nncompress.quantization.recurrent import QuantizedRNN
 
 FORMAT = "nncompress.quantized/1"
 META_KEY = "nncompress.quantization"
-_KINDS = {"linear": QuantizedLinear, "conv": QuantizedConv, "embedding": QuantizedEmbedding}
+_KINDS = {"linear": QuantizedLinear, "conv": QuantizedConv, "embedding": QuantizedEmbedding, "lstm": QuantizedRNN, "gru": QuantizedRNN}
 
 
 def _module_layout(m: nn.Module) -> dict:
+    if isinstance(m, QuantizedRNN):
+        return {"kind": m.cell.lower(), "act_mode": m.act_mode, "input_size": m.input_size, "hidden_size": m.hidden_size,
+                "num_layers": m.num_layers, "bias": m.bias, "batch_first": m.batch_first, "bidirectional": m.bidirectional,
+                "weights": {k: w.spec() for k, w in m.weights.items()}}
     w = m.weight_q.spec()
     if isinstance(m, QuantizedEmbedding):
         return {"kind": "embedding", "weight": w, "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
@@ -54,10 +59,10 @@ def save_quantized_model(model: nn.Module, path: str | os.PathLike) -> None:
     """Write a `quantize_`d model (codes, qparams, float rest) and its layout to one safetensors file, atomically."""
     modules, holders = {}, {}
     for name, m in model.named_modules():
-        if isinstance(m, (QuantizedLinear, QuantizedConv, QuantizedEmbedding)):
+        if isinstance(m, (QuantizedLinear, QuantizedConv, QuantizedEmbedding, QuantizedRNN)):
             layout = _module_layout(m)
             first = holders.setdefault(id(m.weight_q), name)
-            if first != name:
+            if first != name and not isinstance(m, QuantizedRNN):
                 layout["weight_tied_to"] = first
             modules[name] = layout
     if not modules:
@@ -187,7 +192,34 @@ def _build(spec: dict, path, name: str, weight: QuantizedWeight) -> nn.Module:
         raise _bad(path, f"{where}: {e}") from None
 
 
-_FLOAT_KIND = {"linear": (nn.Linear,), "conv": (nn.Conv1d, nn.Conv2d), "embedding": (nn.Embedding,)}
+_FLOAT_KIND = {"linear": (nn.Linear,), "conv": (nn.Conv1d, nn.Conv2d), "embedding": (nn.Embedding,), "lstm": (nn.LSTM,),
+               "gru": (nn.GRU,)}
+
+
+def _build_rnn(spec: dict, path, name: str, float_m: nn.Module) -> QuantizedRNN:
+    """An empty QuantizedRNN from its layout; its sizes must match the float layer in the model."""
+    where = f"module '{name}'"
+    kind = spec["kind"]
+    act = _get(spec, "act_mode", str, path, where)
+    if act not in ("dynamic", "none"):
+        raise _bad(path, f"{where}.act_mode is {act!r}, expected dynamic or none")
+    i, h, n = (_pos(spec, k, path, where) for k in ("input_size", "hidden_size", "num_layers"))
+    bias, bf, bi = (_get(spec, k, bool, path, where) for k in ("bias", "batch_first", "bidirectional"))
+    if (i, h, n, bias, bf, bi) != (float_m.input_size, float_m.hidden_size, float_m.num_layers, float_m.bias,
+                                    float_m.batch_first, float_m.bidirectional):
+        raise UserError(f"quantized model file {path}: {where} is a {kind.upper()}({i}, {h}, num_layers={n}, bias={bias}, "
+                        f"batch_first={bf}, bidirectional={bi}), the model's differs; was it saved for another size?")
+    specs = _get(spec, "weights", dict, path, where)
+    expected = {p for p in dict(float_m.named_parameters()) if p.startswith("weight_")}
+    if set(specs) != expected:
+        raise _bad(path, f"{where}.weights names {sorted(specs)[:4]}, the layer has {sorted(expected)[:4]}")
+    weights = {}
+    for k, ws in specs.items():
+        weights[k] = _weight(ws, path, f"{where}.weights.{k}")
+        if weights[k].shape != tuple(getattr(float_m, k).shape):
+            raise _bad(path, f"{where}.weights.{k} has shape {list(weights[k].shape)}, the layer's is {list(getattr(float_m, k).shape)}")
+    biases = {k: torch.zeros_like(p) for k, p in float_m.named_parameters() if k.startswith("bias_")}
+    return QuantizedRNN(kind.upper(), i, h, n, bias, bf, bi, weights, biases, act)
 
 
 def load_quantized(model: nn.Module | Callable[[], nn.Module], path: str | os.PathLike) -> nn.Module:
@@ -219,6 +251,13 @@ def load_quantized(model: nn.Module | Callable[[], nn.Module], path: str | os.Pa
             found = "nothing" if float_m is None else type(float_m).__name__
             raise UserError(f"quantized model file {path}: {where} is a quantized {kind}, the model has {found} there; "
                             "was it saved from another architecture?")
+        if kind in ("lstm", "gru"):
+            new = _build_rnn(spec, path, name, float_m).to(next(float_m.parameters()).device)
+            built[name] = new
+            for parent, attr in slots.get(id(float_m), []):
+                setattr(parent, attr, new)
+            root = new if name == "" else root
+            continue
         tie = spec.get("weight_tied_to")
         if tie is not None:
             if tie not in built:

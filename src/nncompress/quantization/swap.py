@@ -19,7 +19,8 @@ per group), activations stay float. Embeddings are weight-only in every mode (a 
 Tied weights: a Linear whose weight is the very Parameter of an Embedding (GPT-2's lm_head and wte) is
 quantized once: both modules hold the same `QuantizedWeight`, so the tie survives `.to()`, saving and
 loading. When the two places would need different quantizations the second is left in float with a
-warning naming both. LSTM/GRU and other parameterised modules are left in float and listed (warned) too.
+warning naming both. nn.LSTM / nn.GRU become `recurrent.QuantizedRNN` (int8 gate GEMMs, activation scales
+per call — dynamic in every mode but weight-only); other parameterised modules are left in float and listed (warned).
 """
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ from nncompress.core.guards import DivergenceError
 from nncompress.quantization.modules import QUANTIZED_MODULES, QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from nncompress.quantization.observers import OBSERVERS, make_observer
 from nncompress.quantization.quantizer import check_bits
+from nncompress.quantization.recurrent import QuantizedRNN
 
-SWAP_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
-_FLOAT_ONLY_NOTE = {nn.LSTM: "LSTM", nn.GRU: "GRU", nn.RNN: "RNN", nn.Conv3d: "Conv3d", nn.ConvTranspose1d: "ConvTranspose1d",
+SWAP_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LSTM, nn.GRU)
+ALL_QUANTIZED = QUANTIZED_MODULES + (QuantizedRNN,)
+_RNN_TYPES = (nn.LSTM, nn.GRU)
+_FLOAT_ONLY_NOTE = {nn.RNN: "RNN (vanilla; LSTM and GRU are quantized)", nn.Conv3d: "Conv3d", nn.ConvTranspose1d: "ConvTranspose1d",
                     nn.ConvTranspose2d: "ConvTranspose2d", nn.MultiheadAttention: "MultiheadAttention"}
 
 
@@ -166,7 +170,7 @@ def _targets(model: nn.Module, skip: Iterable[str], types: tuple[type[nn.Module]
         raise UserError(f"skip names {sorted(unknown)} are not modules of the model (e.g. {sorted(names - {''})[:5]})")
     targets, left = {}, {}
     for name, m in model.named_modules():
-        if isinstance(m, QUANTIZED_MODULES):
+        if isinstance(m, ALL_QUANTIZED):
             continue
         if isinstance(m, types) and type(m) in SWAP_TYPES:
             if name in skip or any(name.startswith(s + ".") for s in skip if s):
@@ -204,7 +208,7 @@ def _calibrate(model: nn.Module, targets: dict[str, nn.Module], config: StaticIn
 
     observers, hooks = {}, []
     for name, m in targets.items():
-        if isinstance(m, nn.Embedding):
+        if isinstance(m, (nn.Embedding,) + _RNN_TYPES):
             continue
         obs = make_observer(config.calibration, bits=config.observer_bits, signed=False)
         observers[name] = obs
@@ -266,6 +270,15 @@ def quantize_(model: nn.Module, config: QuantizeConfig, calib_data=None, num_bat
             left[name] = "never ran on the calibration data (no activation range)"
             continue
         where = f"layer '{name or '<root>'}' ({type(m).__name__})"
+        if isinstance(m, _RNN_TYPES):  # int8 gate GEMMs with run-time activation scales in every mode but weight-only
+            try:
+                new = QuantizedRNN.from_float(m, "none" if config.act_mode == "none" else "dynamic", *spec, name=name)
+            except UserError as e:
+                left[name] = str(e).removeprefix(where + ": ")
+                continue
+            _install(new.to(next(m.parameters()).device), m, name, slots, swapped, done)
+            root_new = new if name == "" else root_new
+            continue
         shared = by_param.get(id(m.weight))
         if shared is not None and shared[1] != spec:
             left[name] = (f"its weight is tied to '{shared[2]}', which is quantized as {shared[1][0]}-bit {shared[1][1]}; this layer "
@@ -279,16 +292,21 @@ def quantize_(model: nn.Module, config: QuantizeConfig, calib_data=None, num_bat
             continue
         new.to(m.weight.device)
         by_param.setdefault(id(m.weight), (weight, spec, name))
-        swapped[id(m)] = new
-        for parent, attr, _ in slots.get(id(m), []):
-            setattr(parent, attr, new)
+        _install(new, m, name, slots, swapped, done)
         if name == "":
             root_new = new
-        done.append(name)
     _warn_left(left)
     out = root_new if root_new is not None else model
     out.quant_layers, out.quant_skipped = done, left
     return out
+
+
+def _install(new: nn.Module, old: nn.Module, name: str, slots, swapped: dict, done: list) -> None:
+    """Put `new` in every place that held `old` (a module registered twice is swapped in both)."""
+    swapped[id(old)] = new
+    for parent, attr, _ in slots.get(id(old), []):
+        setattr(parent, attr, new)
+    done.append(name)
 
 
 def _quantized(m: nn.Module, config, weight: QuantizedWeight, obs, name: str) -> nn.Module:
@@ -315,13 +333,16 @@ def _warn_left(left: dict[str, str]) -> None:
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Quantized modules of a swapped model by qualified name (a module registered twice appears once)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZED_MODULES)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, ALL_QUANTIZED)}
 
 
 def weight_storage_bytes(model: nn.Module) -> int:
     """Bytes of the quantized weights (codes + scales; a tied weight counted once) plus float bias bytes."""
     seen, total = set(), 0
     for m in quantized_modules(model).values():
+        if isinstance(m, QuantizedRNN):
+            total += m.storage_bytes()
+            continue
         if id(m.weight_q) not in seen:
             seen.add(id(m.weight_q))
             total += m.weight_q.storage_bytes()
