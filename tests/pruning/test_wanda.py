@@ -107,3 +107,15 @@ def test_tiny_gpt2_wanda_50_percent_end_to_end():
     with torch.no_grad():
         out = pruned(input_ids=test).logits
     assert float((out - ref).norm() / ref.norm()) < 0.35
+
+
+def test_sequential_mode_scores_later_layers_on_pruned_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    x = torch.randn(32, 8)
+    w0, b0, w1 = model[0].weight.detach().clone(), model[0].bias.detach().clone(), model[1].weight.detach().clone()
+    keep0 = score_mask(wanda_scores(w0, x.norm(dim=0)), 0.5)
+    h = x @ (w0 * keep0).t() + b0                                  # what layer 1 sees once layer 0 is pruned
+    keep1 = score_mask(wanda_scores(w1, h.norm(dim=0)), 0.5)
+    masks = wanda_prune(model, [x], 0.5, sequential=True)
+    assert torch.equal(masks["0"], keep0) and torch.equal(masks["1"], keep1)

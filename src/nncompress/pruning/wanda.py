@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nncompress.core.calibration_stats import calibration_layers, collect_stats, weight_matrix
+from nncompress.core.calibration_stats import calibration_layers, sequential_apply, weight_matrix
 from nncompress.core.errors import UserError
 from nncompress.pruning.mask import apply_shared_mask
 from nncompress.pruning.pruners import weight_holders
@@ -91,21 +91,22 @@ def attach_layer_mask(model: nn.Module, layer: nn.Module, keep: torch.Tensor) ->
 
 
 def wanda_prune(model: nn.Module, batches, sparsity: float | None = 0.5, n: int | None = None, m: int | None = None,
-                layers=None, group: str = "row") -> dict[str, torch.Tensor]:
+                layers=None, group: str = "row", sequential: bool = False) -> dict[str, torch.Tensor]:
     """Wanda-prune every linear layer (not the embedding-tied head): masks attached, returned as (out, in) keep-masks.
 
-    All input norms come from the dense model in one pass (the paper's procedure)."""
+    `sequential=False`: every input norm from the dense model in one pass. `sequential=True`: layers in execution
+    order, each scored on inputs from the layers already pruned (what the reference code does block by block)."""
     if n is not None:
         sparsity = None
     check_pattern(sparsity, n, m)
-    stats = collect_stats(model, batches, layers, hessian=False)
-    modules = calibration_layers(model, layers)
     masks = {}
-    for name, s in stats.items():
-        w = weight_matrix(modules[name])
-        keep = score_mask(wanda_scores(w, s.norm), sparsity, n, m, group)
-        attach_layer_mask(model, modules[name], keep)
+
+    def apply(name: str, layer: nn.Module, stats) -> None:
+        keep = score_mask(wanda_scores(weight_matrix(layer), stats.norm), sparsity, n, m, group)
+        attach_layer_mask(model, layer, keep)
         masks[name] = keep
+
+    sequential_apply(model, batches, apply, layers=layers, sequential=sequential, hessian=False)
     return masks
 
 

@@ -94,7 +94,11 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_s
         for i in range(i2 - i1):
             j = i1 + i                                          # position in the (permuted) processing order
             if j % gs == 0:                                     # entering a group: params from the current weights
-                ahead = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
+                # the group's current weights: inside this block they carry every update so far; a group
+                # reaching past the block (group_size > block_size) reads the rest before this block's lazy update
+                ahead = W1[:, i:i + gs]
+                if ahead.shape[1] < gs:
+                    ahead = torch.cat([ahead, W[:, i2:i2 + gs - ahead.shape[1]]], dim=1)
                 scale, zero = group_qparams(ahead.float(), bits, symmetric)
                 scales[:, j // gs], zeros[:, j // gs] = scale, zero
             col = W1[:, i]
@@ -109,10 +113,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_s
     inv = torch.argsort(perm)
     codes = codes[:, inv]
     g_idx = None
-    if act_order and gs < cols:
+    if act_order and gs < cols:  # with one group per row the order does not change which scale a column uses
         g_idx = (torch.arange(cols, device=w.device) // gs)[inv].to(torch.int32)   # group of each original column
-    elif act_order:
-        pass  # one group per row: the order does not change which scale a column uses
     return GroupQuantizedWeight(codes.to(torch.uint8), scales.half(), None if symmetric else zeros.to(torch.uint8), bits, gs, g_idx)
 
 

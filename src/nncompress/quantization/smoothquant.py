@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nncompress.core.calibration_stats import (
     calibration_layers,

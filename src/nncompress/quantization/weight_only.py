@@ -377,7 +377,6 @@ def matmul_nbits_model(layer: WeightOnlyLinear):
     with the layer's own packed bytes: B (N, K/block, block·bits/8) uint8 codes packed low nibble first along K,
     scales (N·K/block) float32, zero points packed 4-bit per row (default 8 = our symmetric code when absent).
     Needs 4 bits (the CPU kernel's well-trodden path), groups of 16…256 (a power of two) and no group index."""
-    import onnx
     from onnx import TensorProto, helper
 
     if layer.bits != 4 or layer.g_idx is not None or layer.group_size & (layer.group_size - 1) or not 16 <= layer.group_size <= 256:
@@ -405,7 +404,6 @@ def matmul_nbits_model(layer: WeightOnlyLinear):
 
 def matmul_float_model(weight: torch.Tensor, bias: torch.Tensor | None = None):
     """The fp32 peer: Y = MatMul(X, Wᵀ) (+ bias) as a one-node (or two-node) ONNX model."""
-    import onnx  # noqa: F401
     from onnx import TensorProto, helper, numpy_helper
 
     wt = weight.detach().float().t().contiguous().numpy()
