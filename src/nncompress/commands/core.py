@@ -79,9 +79,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate_cmd(
-        model: str = typer.Option("lenet300", "--model"),
+        model: str = typer.Option("lenet300", "--model", help="Zoo name, package.module:factory or path/to/file.py:factory."),
         data: str = typer.Option("mnist5k", "--data"),
-        weights: Path | None = typer.Option(None, "--weights", help=".safetensors weights, or use --nnc."),
+        weights: Path | None = typer.Option(None, "--weights", help=".safetensors (or weights-only .pt) weights, or use --nnc."),
         nnc: Path | None = typer.Option(None, "--nnc", help="A .nnc file written by `nncompress compress`."),
         as_json: bool = typer.Option(False, "--json"),
         sparse: bool = typer.Option(False, "--sparse", help="Run pruned layers sparse where measured faster (nncompress.sparse.sparsify)."),
@@ -98,9 +98,12 @@ def register(app: typer.Typer) -> None:
         if weights is not None:
             check_model(model)
         if nnc is not None:
+            from nncompress.core.model_ref import is_factory_ref
             from nncompress.export import decompress_model
 
-            net, meta = decompress_model(nnc)
+            if is_factory_ref(model):  # your own model: rebuilt from the reference you give, not the file's
+                check_model(model)
+            net, meta = decompress_model(nnc, model=model if is_factory_ref(model) else None)
             model = str(meta.get("model"))
             ds = load_dataset(data)
             if tuple(ds.input_shape) != tuple(meta.get("in_shape", ())):
@@ -189,16 +192,20 @@ def register(app: typer.Typer) -> None:
     def decompress_cmd(
         nnc: Path = typer.Argument(..., help="A .nnc file written by `nncompress compress`."),
         out: Path = typer.Option(Path("decompressed.safetensors"), "--out", help="Weights file to write (safetensors)."),
+        model: str | None = typer.Option(None, "--model", help="Rebuild this model (zoo name, package.module:factory or "
+                                         "path/to/file.py:factory); needed when the file was written for your own model."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Rebuild the model from a .nnc file (bit-exact weights) and save them as safetensors."""
         from nncompress.core.io import save_weights
         from nncompress.export import decompress_model
 
-        from nncompress.commands.common import check_in_file, check_out_file
+        from nncompress.commands.common import check_in_file, check_model, check_out_file
 
         check_in_file(nnc, "NNC", ".nnc file"), check_out_file(out)
-        net, meta = decompress_model(nnc)
+        if model is not None:
+            check_model(model)
+        net, meta = decompress_model(nnc, model=model)
         save_weights(net.state_dict(), out, metadata={"model": str(meta.get("model"))})
         info = {"model": meta.get("model"), "in_shape": meta.get("in_shape"), "num_classes": meta.get("num_classes"), "weights": str(out)}
         typer.echo(json.dumps(info) if as_json else f"{meta.get('model')} rebuilt from {nnc} → {out}")

@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
+        model: str | None = typer.Option(None, "--model", help="Override the recipe's model: a zoo name, package.module:factory "
+                                         "or path/to/file.py:factory."),
+        weights: Path | None = typer.Option(None, "--weights", help="Override the recipe's weights: .safetensors or a weights-only .pt."),
     ) -> None:
         """Run a recipe: pruning, regularizers, QAT, distillation and sharing scheduled over one training run.
 
@@ -28,20 +31,31 @@ def register(app: typer.Typer) -> None:
           nncompress run-recipe recipes/agp_qat_kd.yaml --check
           nncompress run-recipe recipes/agp.yaml --out runs/agp --resume   # after a crash or kill -9
         """
-        from nncompress.commands.common import check_device, check_in_file, check_out_dir
+        from nncompress.commands.common import check_device, check_in_file, check_model, check_out_dir
         from nncompress.recipes.runner import run_recipe
         from nncompress.recipes.schema import load_recipe
 
         check_in_file(recipe, "RECIPE", "recipe file")
+        if model is not None:
+            check_model(model)
+        check_in_file(weights, "--weights", "weights file")
+        source = recipe
+        if model is not None or weights is not None:
+            import yaml
+
+            load_recipe(recipe)  # the file's own checks (hostile YAML, fields with line numbers) before it is read again
+            raw = yaml.safe_load(recipe.read_text())
+            raw.update({k: str(v) for k, v in (("model", model), ("weights", weights)) if v is not None})
+            source = raw
         if check:
-            r = load_recipe(recipe)
+            r = load_recipe(source)
             msg = {"recipe": str(recipe), "valid": True, "policies": [p.method for p in r.policies]}
             typer.echo(json.dumps(msg) if as_json else f"{recipe}: valid ({', '.join(msg['policies']) or 'no policies'})")
             return
         check_out_dir(out), check_device(device)  # a CLI default never overrides the recipe's own `device:`
-        r = load_recipe(recipe)  # a bad field fails here, with its line number
+        r = load_recipe(source)  # a bad field fails here, with its line number
         check_device(device or r.device, "--device" if device else f"{recipe}: device")
-        result = run_recipe(recipe, out, threads=threads, resume=resume, device=device, allow_drop=allow_drop)
+        result = run_recipe(source, out, threads=threads, resume=resume, device=device, allow_drop=allow_drop)
         from nncompress.training.distributed import is_main_process
 
         if not is_main_process():  # under torchrun only rank 0 reports
@@ -55,9 +69,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
-        model: str = typer.Option("lenet5", "--model", help="Model name (see `nncompress zoo list`)."),
+        model: str = typer.Option("lenet5", "--model", help="Zoo name (see `nncompress zoo list`), package.module:factory or path/to/file.py:factory."),
         data: str = typer.Option("mnist5k", "--data", help="digits, mnist5k or an .npz (shapes the input; calibrates --int8)."),
-        weights: Path | None = typer.Option(None, "--weights", help="Float .safetensors weights (masked or plain)."),
+        weights: Path | None = typer.Option(None, "--weights", help="Float weights (masked or plain): .safetensors or a weights-only .pt."),
         out: Path = typer.Option(Path("model.onnx"), "--out"),
         int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (calibrated on the train split), QDQ ONNX."),
         threads: int = typer.Option(1, "--threads", min=1),

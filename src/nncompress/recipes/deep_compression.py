@@ -245,7 +245,7 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
 
     # 4. outputs: the file, plots, reports (each written atomically)
     out.mkdir(parents=True, exist_ok=True)
-    nnc_path = out / f"{cfg.model}.nnc"
+    nnc_path = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(cfg.model.replace(':', '_')).name)}.nnc"  # nets.py:build → nets.py_build.nnc
     save_nnc(nnc_path, cm)
     files = [str(nnc_path)]
     files.append(str(weight_histogram(dense_model, out / "weights_before.png")))
