@@ -8,8 +8,8 @@ import torch.fx as fx
 from torch import nn
 
 from nncompress.core.errors import UserError
-from nncompress.quantization.modules import (QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight, pack_int4,
-                                             unpack_int4)
+from nncompress.quantization.modules import (QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight, pack_signed_int4,
+                                             unpack_signed_int4)
 from nncompress.quantization.swap import DynamicInt8Config, StaticInt8Config, WeightOnlyConfig, quantize_, weight_storage_bytes
 
 
@@ -177,11 +177,12 @@ def test_embedding_int8_rowwise_within_half_step():
 
 
 def test_int4_pack_hand_worked():
-    assert pack_int4(torch.tensor([[-8, 7]])).tolist() == [[0xF0]]  # −8 + 8 = 0 low, 7 + 8 = 15 high
+    assert pack_signed_int4(torch.tensor([[-8, 7]])).tolist() == [[0xF0]]  # −8 + 8 = 0 low, 7 + 8 = 15 high
+    assert pack_signed_int4(torch.tensor([-7, 0, 1])).tolist() == [1 | (8 << 4), 9]  # odd length: a pad nibble (dropped on unpacking)
     codes = torch.randint(-8, 8, (3, 7))
-    assert torch.equal(unpack_int4(pack_int4(codes), 7), codes.to(torch.int8))
+    assert torch.equal(unpack_signed_int4(pack_signed_int4(codes), 7), codes.to(torch.int8))
     with pytest.raises(UserError, match="int4 packing"):
-        pack_int4(torch.tensor([9]))
+        pack_signed_int4(torch.tensor([9]))
 
 
 def test_weight_only_group_int4_error_within_half_step():

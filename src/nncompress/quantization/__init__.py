@@ -96,14 +96,14 @@ __all__ += [
     "smooth", "smoothing_scales", "smoothquant",
 ]
 from nncompress.quantization.modules import (  # noqa: E402  eager int8 modules (issues 13, 14)
-    QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight, pack_int4, unpack_int4,
+    QuantizedConv, QuantizedEmbedding, QuantizedLinear, QuantizedWeight, pack_signed_int4, unpack_signed_int4,
 )
 from nncompress.quantization.swap import (  # noqa: E402  module-swap quantization, no graph (issue 13)
     DynamicInt8Config, StaticInt8Config, WeightOnlyConfig, quantize_, quantized_modules, weight_storage_bytes,
 )
 
 __all__ += ["DynamicInt8Config", "QuantizedConv", "QuantizedEmbedding", "QuantizedLinear", "QuantizedWeight", "StaticInt8Config",
-            "WeightOnlyConfig", "pack_int4", "quantize_", "quantized_modules", "unpack_int4", "weight_storage_bytes"]
+            "WeightOnlyConfig", "pack_signed_int4", "quantize_", "quantized_modules", "unpack_signed_int4", "weight_storage_bytes"]
 from nncompress.quantization.persist import load_quantized, save_quantized_model  # noqa: E402  safetensors + JSON layout
 from nncompress.quantization.recurrent import QuantizedRNN  # noqa: E402  int8 LSTM/GRU for the swap path
 

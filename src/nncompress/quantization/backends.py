@@ -23,7 +23,7 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.quantization.fake_quant import BinaryQuantizer, FakeQuantize, LSQQuantizer, weight_codes
 from nncompress.quantization.graph import QuantLayer, _set_module, is_pass_through
-from nncompress.quantization.modules import QuantizedConv, QuantizedLinear, QuantizedWeight, pack_int4
+from nncompress.quantization.modules import QuantizedConv, QuantizedLinear, QuantizedWeight, pack_signed_int4
 
 BACKENDS = ("torch", "onnxruntime", "torchao")
 
@@ -56,7 +56,7 @@ def _quantized_weight(ql: QuantLayer, name: str) -> QuantizedWeight:
     bits = max(int(wq.bits), 1)
     qw = QuantizedWeight(tuple(w.shape), bits, "tensor" if wq.axis is None else "channel")
     codes = codes.reshape(w.shape[0], -1).to(torch.int8)
-    qw.codes = pack_int4(codes) if qw.packed else codes
+    qw.codes = pack_signed_int4(codes) if qw.packed else codes
     qw.scale = s.clone()
     return qw
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.quantization.quantizer import compute_qparams, fake_quantize, qrange
+from nncompress.quantization.weight_only import pack_int4, unpack_int4
 
 ACT_MODES = ("dynamic", "dynamic_tensor", "static", "none")
 _DYN_QMAX = 127  # dynamic activations: symmetric narrow int8 codes ±127
@@ -41,22 +42,17 @@ _EPS = torch.finfo(torch.float32).tiny * 2**23  # compute_qparams' floor on a sc
 
 
 # ---------------------------------------------------------------------------------------------------- int4 packing
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """Signed 4-bit codes in [−8, 7] along the last dimension → uint8, two per byte (even index in the low
-    nibble, odd in the high; an odd last dimension is padded with one zero code). Stored as code + 8."""
+def pack_signed_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Signed 4-bit codes in [−8, 7] along the last dimension → uint8, two per byte, stored as code + 8: the byte
+    layout of `weight_only.pack_int4` (even index in the low nibble, an odd length padded) with zero point 8."""
     if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
         raise UserError(f"int4 packing needs codes in [-8, 7], got [{int(codes.min())}, {int(codes.max())}]")
-    u = (codes.to(torch.int16) + 8).to(torch.uint8)
-    if u.shape[-1] % 2:
-        u = F.pad(u, (0, 1), value=8)
-    return u[..., 0::2] | (u[..., 1::2] << 4)
+    return pack_int4(codes.to(torch.int16) + 8)
 
 
-def unpack_int4(packed: torch.Tensor, last_dim: int) -> torch.Tensor:
-    """Inverse of `pack_int4`: int8 codes with `last_dim` entries along the last dimension."""
-    lo = (packed & 0x0F).to(torch.int8) - 8
-    hi = (packed >> 4).to(torch.int8) - 8
-    return torch.stack((lo, hi), dim=-1).flatten(-2)[..., :last_dim]
+def unpack_signed_int4(packed: torch.Tensor, last_dim: int) -> torch.Tensor:
+    """Inverse of `pack_signed_int4`: int8 codes with `last_dim` entries along the last dimension."""
+    return (unpack_int4(packed, last_dim).to(torch.int16) - 8).to(torch.int8)
 
 
 # ---------------------------------------------------------------------------------------------------- weights
@@ -120,7 +116,7 @@ class QuantizedWeight(nn.Module):
         w3 = w2.reshape(self.shape[0], -1, self._cols_per_scale)
         codes = torch.clamp(torch.round(w3 / scale.reshape(scale.shape[0], -1, 1)), self.qmin, self.qmax)
         codes = codes.reshape(self.shape[0], -1).to(torch.int8)
-        self.codes = pack_int4(codes) if self.packed else codes
+        self.codes = pack_signed_int4(codes) if self.packed else codes
         self.scale = scale
 
     @property
@@ -129,7 +125,7 @@ class QuantizedWeight(nn.Module):
 
     def int_codes(self) -> torch.Tensor:
         """[out, K] int8 codes (unpacked)."""
-        return unpack_int4(self.codes, self.in_columns) if self.packed else self.codes
+        return unpack_signed_int4(self.codes, self.in_columns) if self.packed else self.codes
 
     def channel_scale(self) -> torch.Tensor:
         """[out] scales for the integer kernels (per-channel or per-tensor weights only)."""
@@ -390,7 +386,7 @@ class QuantizedEmbedding(nn.Module):
         wq = self.weight_q
         flat = ids.reshape(-1)
         codes = wq.codes.index_select(0, flat)
-        q = unpack_int4(codes, self.embedding_dim) if wq.packed else codes
+        q = unpack_signed_int4(codes, self.embedding_dim) if wq.packed else codes
         s = wq.scale.index_select(0, flat) if wq.scale.shape[0] > 1 else wq.scale.expand(flat.shape[0])
         per = wq.group_size or self.embedding_dim
         rows = (q.float().reshape(flat.shape[0], -1, per) * s.reshape(flat.shape[0], -1, 1)).reshape(flat.shape[0], self.embedding_dim)
