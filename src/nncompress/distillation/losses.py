@@ -28,16 +28,36 @@ def soft_targets(teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperat
     if len(w) != len(logits) or (w < 0).any() or float(w.sum()) <= 0:
         raise ValueError(f"teacher weights must be {len(logits)} non-negative numbers with a positive sum, got {list(map(float, w))}")
     w = w / w.sum()
-    return sum(float(wk) * F.softmax(z / temperature, dim=1) for wk, z in zip(w, logits))
+    return sum(float(wk) * F.softmax(z / temperature, dim=class_dim(z)) for wk, z in zip(w, logits))
+
+
+def class_dim(logits: torch.Tensor) -> int:
+    """Where the classes are: last for sequence logits (B, T, V) of a language model or token classifier,
+    dimension 1 otherwise ((B, C) classifiers, (B, C, H, W) segmentation)."""
+    return -1 if logits.dim() == 3 else 1
+
+
+def _rows(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C) view with one row per distribution: (B, T, V) → (B·T, V); (B, C, H, W) → (B·H·W, C)."""
+    if logits.dim() == 3:
+        return logits.reshape(-1, logits.shape[-1])
+    if logits.dim() > 3:
+        return logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    return logits
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """T² · KL(p_teacher ‖ softmax(z_s/T)), averaged over the batch.
 
     The T² factor keeps the soft-target gradients the same size as the hard-label ones when T changes (Hinton 2015, §2).
+    Sequence logits (B, T, V) are one distribution per token and the mean is per token (as the LM's own loss);
+    (B, C, H, W) maps are one distribution per pixel.
     """
-    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_p_student, teacher_probs, reduction="batchmean") * temperature**2
+    if student_logits.shape != teacher_probs.shape:
+        raise UserError(f"student logits {list(student_logits.shape)} and teacher probabilities {list(teacher_probs.shape)} "
+                        "differ in shape: the student and teacher must predict the same classes at the same positions")
+    log_p_student = F.log_softmax(_rows(student_logits) / temperature, dim=1)
+    return F.kl_div(log_p_student, _rows(teacher_probs), reduction="batchmean") * temperature**2
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor,
@@ -48,7 +68,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequenc
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     p = soft_targets(teacher_logits, temperature, teacher_weights)
-    return alpha * soft_target_loss(student_logits, p, temperature) + (1 - alpha) * F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(_rows(student_logits), labels.reshape(-1)) if student_logits.dim() == 3 else F.cross_entropy(student_logits, labels)
+    return alpha * soft_target_loss(student_logits, p, temperature) + (1 - alpha) * hard
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:

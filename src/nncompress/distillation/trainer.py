@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from nncompress.core.errors import UserError
 from nncompress.core.guards import check_hyperparameter
-from nncompress.core.model_io import ForwardFn, call_model, default_loss
+from nncompress.core.model_io import ForwardFn, call_model
 from nncompress.distillation.features import FeatureTaps
 from nncompress.distillation.losses import (
     attention_transfer_loss,
@@ -128,8 +128,11 @@ class DistillationCallback(Callback):
             teacher_logits = [call_model(t, x) for t in self.teachers]  # x: the batch's inputs, any format
         p = soft_targets(teacher_logits, self.temperature, self.teacher_weights)
         soft = soft_target_loss(output, p, self.temperature)
-        hard = default_loss(output, y)
-        total = loss + self.alpha * (soft - hard)
+        # The loop's loss is the task (hard-label) loss: cross-entropy for (x, y), or the model's own loss when it
+        # takes labels (a causal LM shifts its labels; recomputing CE here would not). KD is the first callback, so
+        # nothing else has been added to it yet.
+        hard = loss
+        total = (1 - self.alpha) * hard + self.alpha * soft
         terms = {"soft": float(soft.detach()), "hard": float(hard.detach())}
         if self._student_taps is not None and self._teacher_taps is not None:
             st, tt = self._student_taps, self._teacher_taps
