@@ -2,12 +2,20 @@
 from nncompress.encoding.container import (
     FORMAT_VERSION,
     MAGIC,
+    READ_VERSIONS,
     CompressedModel,
+    NNCReader,
+    NNCWriter,
     SharedTensor,
+    StreamInfo,
+    TensorInfo,
     load_nnc,
+    open_nnc,
+    open_nnc_writer,
     read_nnc,
     save_nnc,
     size_breakdown,
+    stream_stats,
     write_nnc,
 )
 from nncompress.encoding.errors import CorruptFileError
@@ -39,7 +47,15 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "MAX_CODE_LENGTH",
+    "READ_VERSIONS",
     "CompressedModel",
+    "NNCReader",
+    "NNCWriter",
+    "StreamInfo",
+    "TensorInfo",
+    "open_nnc",
+    "open_nnc_writer",
+    "stream_stats",
     "CorruptFileError",
     "SharedTensor",
     "as_matrix",
@@ -66,6 +82,6 @@ __all__ = [
 
 # rANS coder and entropy report (issue 16): modules exported, names kept namespaced to avoid clashing
 # with huffman's encode/decode above.
-from nncompress.encoding import entropy, rans  # noqa: E402
+from nncompress.encoding import entropy, rans, streams  # noqa: E402
 
-__all__ += ["entropy", "rans"]
+__all__ += ["entropy", "rans", "streams"]

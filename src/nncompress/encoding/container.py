@@ -1,14 +1,14 @@
-"""The .nnc container: pruned, weight-shared tensors as Huffman-coded indices and relative positions.
+"""The .nnc container: pruned, weight-shared tensors as entropy-coded indices and relative positions.
 
 Deep Compression (Han, Mao & Dally 2016) stores each layer as (1) a codebook of K float32
 centroids, (2) one codebook index per surviving weight and (3) the gap to the previous survivor
-(see `relative_index`), and Huffman-codes (2) and (3). Everything else (biases, batch-norm,
+(see `relative_index`), and Huffman-codes (2) and (3); version 2 of the format codes each stream with Huffman or rANS, whichever is smaller. Everything else (biases, batch-norm,
 unshared weights) is stored raw. The data model below is neutral: numpy arrays, no torch.
 
-File layout, version 1 (all integers little-endian):
+File layout, version 2 (all integers little-endian; version 1 differs only where noted):
 
     magic            4 B   b"NNC\\x00"
-    version          u16   1 (a reader refuses any other version)
+    version          u16   2 (a reader accepts 1 and 2 and refuses any other version)
     flags            u16   0 (reserved)
     metadata_len     u32   then metadata_len bytes of UTF-8 JSON (an object)
     n_shared         u32
@@ -19,14 +19,22 @@ File layout, version 1 (all integers little-endian):
         bits u8 (1..16), gap_bits u8 (1..16)
         k u32 (<= 2**bits), k x f32 codebook
         n_stored u32 (non-zeros), n_entries u32 (non-zeros + fillers)
-        n_code_lengths u32 (<= k + 1), u8 code length per index symbol; symbol k = filler,
-            missing trailing symbols have length 0
-        code_nbits u64, ceil(code_nbits / 8) B   Huffman stream of n_entries index symbols
-        n_gap_lengths u32 (<= 2**gap_bits), u8 code length per gap symbol (symbol g = gap g + 1)
-        gap_nbits u64, ceil(gap_nbits / 8) B     Huffman stream of n_entries gap symbols
+        index stream: n_entries symbols over k + 1 (symbol k = filler)
+        gap stream:   n_entries symbols gap - 1 over 2**gap_bits
+        each stream (`streams`): coder u8 (0 Huffman, 1 rANS), then
+            Huffman: n_lengths u32, u8 code length per symbol (missing trailing symbols have length 0),
+                     nbits u64, ceil(nbits / 8) B
+            rANS:    frequency table (u8 precision 12..16, LEB128 extent, LEB128 frequencies),
+                     lanes u32, n_bytes u64, n_bytes B (lane states, then renormalisation bytes)
+        (version 1: no coder byte, always the Huffman body)
     n_dense x dense tensor:
         name_len u16, name, dtype code u8, ndim u8, ndim x u64 dims, numel * itemsize raw bytes (C order)
     crc32            u32   zlib.crc32 of every byte before it
+
+The writer (version 2) codes each stream with Huffman or rANS, whichever is smaller (`streams.encode_stream`);
+`write_nnc(..., version=1)` still writes the Huffman-only version 1. `NNCWriter` / `open_nnc_writer` write a
+file one tensor at a time (`write_nnc` is the same writer into memory, so the bytes are identical) and
+`NNCReader` decodes one tensor at a time, so neither needs a second copy of a large model.
 
 Caps: ndim <= 8; product of the non-zero dims <= 2**31; names <= 4096 B; metadata <= 16 MiB;
 at most 2**20 tensors of each kind; code lengths <= 24 bits.
@@ -34,7 +42,8 @@ at most 2**20 tensors of each kind; code lengths <= 24 bits.
 Robustness: the CRC is checked before any field is parsed (it catches every accidental 1-bit
 flip; it is not a signature, so everything behind it is checked as if the file were crafted).
 Every read is bounds-checked, every claimed size is compared with the bytes actually present
-before anything is allocated (a Huffman stream of n bits holds at most n symbols, so decoded
+before anything is allocated (a Huffman stream of n bits holds at most n symbols, an rANS stream of
+n bytes at most `rans.max_symbols(n, table)`, and its table, lane count and states are range-checked, so decoded
 arrays never outgrow the file), counts and shapes are capped, and the rebuilt positions and codes
 are validated, so a truncated, damaged or crafted file raises `CorruptFileError` with a one-line
 message. NaN or infinite codebook entries and dense float values are refused unless the caller

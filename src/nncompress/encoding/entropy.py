@@ -4,7 +4,8 @@ Deep Compression (Han, Mao & Dally 2016, section 4) Huffman-codes the codebook i
 relative-index gaps. A prefix code spends whole bits per symbol, so on skewed streams (a filler
 symbol dominating, or gaps that are mostly 1) it can sit well above the Shannon bound that rANS
 (`rans`, Duda 2013) reaches to within a fraction of a percent. `stream_report` measures both on
-every stream, tables included, so a later format change can choose the coder per stream.
+every stream, tables included, and what the .nnc v2 writer stores (`streams.encode_stream`: the smaller
+of the two, tagged per stream): its coder, coded bits and table bits beside the entropy.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from nncompress.core.errors import UserError
 from nncompress.encoding import huffman, rans
+from nncompress.encoding.streams import encode_stream
 from nncompress.encoding.relative_index import to_relative
 
 
@@ -44,6 +46,15 @@ class StreamStats:
     rans_bits: int
     rans_table_bytes: int
     rans_precision: int
+    coder: str = "huffman"  # what the .nnc v2 writer stores for this stream ("huffman" or "rans")
+    coded_bits: int = 0  # the stored payload: Huffman bit count or 8 x rANS bytes (lane states included)
+    table_bits: int = 0  # the stored coder tag, table and size fields
+
+    @property
+    def overhead(self) -> float:
+        """(coded + table bits) / (entropy + table bits) - 1: how far the stored stream is above its bound."""
+        bound = self.entropy_bits + self.table_bits
+        return (self.coded_bits + self.table_bits) / bound - 1 if bound else 0.0
 
     @property
     def huffman_bytes(self) -> int:
@@ -79,6 +90,7 @@ def coder_stats(tensor: str, stream: str, symbols, alphabet_size: int) -> Stream
     p = rans.choose_precision(counts)
     freqs = rans.quantize_counts(counts, p)
     data = rans.encode(s, freqs)
+    stored = encode_stream(s, a)
     return StreamStats(
         tensor=tensor,
         stream=stream,
@@ -90,6 +102,9 @@ def coder_stats(tensor: str, stream: str, symbols, alphabet_size: int) -> Stream
         rans_bits=8 * len(data),
         rans_table_bytes=len(rans.serialize_frequencies(freqs)),
         rans_precision=p,
+        coder=stored.coder_name,
+        coded_bits=stored.coded_bits,
+        table_bits=stored.table_bits,
     )
 
 
@@ -112,11 +127,12 @@ def stream_report(compressed_model) -> list[StreamStats]:
 
 def format_report(stats: list[StreamStats]) -> str:
     """A plain-text table of `stream_report`'s rows (bits/symbol relative to entropy)."""
-    lines = [f"{'tensor':30} {'stream':6} {'n':>9} {'H bits':>11} {'huff B':>9} {'rANS B':>9} best"]
+    lines = [f"{'tensor':30} {'stream':6} {'n':>9} {'H bits':>11} {'huff B':>9} {'rANS B':>9} {'stored':7} {'coded b':>10} "
+             f"{'table b':>8} {'over':>7}"]
     for r in stats:
         lines.append(
             f"{r.tensor[:30]:30} {r.stream:6} {r.n_symbols:9d} {r.entropy_bits:11.1f} "
-            f"{r.huffman_bytes:9d} {r.rans_bytes:9d} {r.best}"
+            f"{r.huffman_bytes:9d} {r.rans_bytes:9d} {r.coder:7} {r.coded_bits:10d} {r.table_bits:8d} {100 * r.overhead:6.2f}%"
         )
     return "\n".join(lines)
 
