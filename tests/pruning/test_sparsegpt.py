@@ -1,5 +1,7 @@
 """SparseGPT: exact sparsity per row and per N:M group, lower reconstruction error than magnitude, equal to
 Wanda's selection with no update when the Hessian is diagonal, masks kept through fine-tuning."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +9,7 @@ from torch import nn
 from nncompress.core.errors import UserError
 from nncompress.pruning import get_mask
 from nncompress.pruning.sparsegpt import sparsegpt, sparsegpt_prune_weight
-from nncompress.pruning.wanda import score_mask, wanda_scores
+from nncompress.pruning.wanda import magnitude_prune_llm, score_mask, wanda_scores
 
 
 def correlated_inputs(tokens=1024, dim=128, seed=0):
@@ -84,3 +86,24 @@ def test_model_masks_attached_and_kept_through_fine_tuning():
         model(x).pow(2).mean().backward()
         opt.step()
     assert bool((model[0].weight[~masks["0"]] == 0).all()) and bool((model[2].weight[~masks["2"]] == 0).all())
+
+
+def test_tiny_gpt2_sparsegpt_beats_magnitude_on_logits():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    calib = [{"input_ids": torch.randint(0, 128, (4, 32))} for _ in range(2)]
+    test = torch.randint(0, 128, (4, 32))
+    with torch.no_grad():
+        ref = model(input_ids=test).logits
+
+    def rel(m):
+        with torch.no_grad():
+            return float((m(input_ids=test).logits - ref).norm() / ref.norm())
+
+    sg, mag = copy.deepcopy(model), copy.deepcopy(model)
+    masks = sparsegpt(sg, calib, n=2, m=4)
+    magnitude_prune_llm(mag, n=2, m=4)
+    assert len(masks) == 8 and all(k.reshape(k.shape[0], -1, 4).sum(-1).eq(2).all() for k in masks.values())
+    assert rel(sg) < 0.9 * rel(mag)
