@@ -12,8 +12,9 @@ Two extensions, both from MobileNetV3 (Howard et al., ICCV 2019, §4.2 "NetAdapt
   MobileNetV3's: every proposal already cuts the resource by at least the step, so keep the one maximizing
   ΔAcc / |ΔR| — ΔAcc = val top-1 of the proposal after short-term fine-tuning − val top-1 of the current
   network (percentage points, ≤ 0 as a rule), ΔR = resource of the proposal − resource of the current
-  network — i.e. the one losing the least accuracy per unit of resource saved. A proposal that cuts more
-  than needed is no longer favoured only because it is accurate per se; it must be accurate per unit saved.
+  network — i.e. the one losing the least accuracy per unit of resource saved. The accuracy rule ignores how
+  much a proposal saves beyond the step; the ratio credits it (a coarse group whose smallest cut overshoots
+  the step can win if its accuracy cost per unit saved is lower).
 - **Several resources.** `resources={"latency": 0.5, "macs": 0.6, ...}` holds one budget (a fraction of the
   original) per resource, all of which must be met: `latency` (the measured lookup table above), `macs`,
   `params` (formulas on the conv/linear widths: params = c_out·c_in/g·k_h·k_w (+c_out bias),
