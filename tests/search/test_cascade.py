@@ -83,7 +83,7 @@ def _blobs(n, seed):
 
 def test_training_localizes_better_than_the_canvas_center_and_is_deterministic():
     torch.manual_seed(0)
-    x, c = _blobs(400, 0)
+    x, c = _blobs(300, 0)
     xt, ct = _blobs(100, 1)
     models = []
     for _ in range(2):
@@ -100,7 +100,7 @@ def test_training_localizes_better_than_the_canvas_center_and_is_deterministic()
 
 
 def test_cascade_experiment_small_run(tmp_path):
-    r = cascade_experiment(epochs=1, canvas_px=40, data=_template_digits(tmp_path / "t.npz"), classifier_epochs=2)
+    r = cascade_experiment(epochs=1, canvas_px=40, data=_template_digits(tmp_path / "t.npz", 50), classifier_epochs=2)
     assert [row["level"] for row in r["levels"]] == [1, 2, 3]
     assert [row["window_px"] for row in r["levels"]] == [40, 20, 16]
     # 10×10: 10²·72 + 5²·1,152 + 16·2·2·64 + 128 = 7,200 + 28,800 + 4,096 + 128

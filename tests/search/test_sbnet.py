@@ -110,3 +110,12 @@ def test_experiment_quick():
     assert row["total_blocks"] == 2 * 4 * 4 and row["active_blocks"] == 16
     assert row["macs_ratio"] == 0.5 and row["dense_macs"] == 2 * 16 * 16 * 4 * 4 * 9
     assert row["max_abs_err"] <= 1e-5 and row["dense_ms"] > 0 and row["sparse_ms"] > 0
+
+
+def test_edge_blocks_pool_over_valid_pixels_and_no_active_block_gives_zeros():
+    m = torch.zeros(1, 1, 3, 3)
+    m[0, 0, 2, 2] = 0.8  # the corner block of a 2×2 grid holds one valid pixel: its mean is 0.8, not 0.2
+    assert reduce_mask(m, 2, 0.5, pool="avg").tolist() == [[0, 1, 1]]
+    sb = SparseBlockConv2d(nn.Conv2d(2, 3, 3, padding=1), 4)
+    y = sb(torch.randn(1, 2, 8, 8), torch.zeros(0, 3, dtype=torch.int64))
+    assert y.shape == (1, 3, 8, 8) and not y.any()

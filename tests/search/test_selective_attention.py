@@ -72,7 +72,7 @@ def test_untrained_models_are_refused_not_reported(tmp_path):
 
 
 def test_small_run_end_to_end(tmp_path):
-    r = selective_attention_experiment(epochs=2, canvas=32, data=_template_digits(tmp_path / "t.npz"), placements=1,
+    r = selective_attention_experiment(epochs=2, canvas=32, data=_template_digits(tmp_path / "t.npz", 50), placements=1,
                                        localizer_epochs=3)
     assert r["baseline_macs"] == 3_522_000
     # localizer on the 32 canvas pooled to 16: 16²·72 + 8²·1,152 + 16·4·4·64 + 128 = 18,432 + 73,728 + 16,384 + 128
