@@ -36,18 +36,22 @@ from nncompress.pruning import LevelPruner, finalize
 from nncompress.sharing import share_weights
 
 
-def _nnc(name: str, seed: int) -> bytes:
+def _nnc(name: str, seed: int, **write_kw) -> bytes:
     torch.manual_seed(seed)
     net = build_model(name)
     LevelPruner(0.9).prune(net)
     finalize(net)
     share_weights(net, bits={"conv": 8, "linear": 5} if name == "lenet5" else 4)
-    return write_nnc(compress_model(net, {"model": name, "in_shape": [1, 28, 28], "num_classes": 10}))
+    return write_nnc(compress_model(net, {"model": name, "in_shape": [1, 28, 28], "num_classes": 10}), **write_kw)
 
 
 @pytest.fixture(scope="module")
 def files():
-    return {name: _nnc(name, i) for i, name in enumerate(("lenet300", "lenet5"))}
+    """Format v2 as written (Huffman and rANS streams mixed), v2 with every stream rANS, and v1 (Huffman only)."""
+    out = {name: _nnc(name, i) for i, name in enumerate(("lenet300", "lenet5"))}
+    out["lenet5_rans"] = _nnc("lenet5", 1, coder="rans")
+    out["lenet300_v1"] = _nnc("lenet300", 0, version=1)
+    return out
 
 
 def _load(data: bytes):
@@ -71,7 +75,7 @@ def test_mutated_files_raise_only_project_errors(files, recompute_crc):
     n = 320 if recompute_crc else 80
     worst = 0.0
     for i in range(n):
-        name = ("lenet300", "lenet5")[i % 2]
+        name = list(files)[i % len(files)]
         data, kind = mutate(files[name], rng, recompute_crc=recompute_crc, fields=maps[name])
         kinds[kind] += 1
         t0 = time.process_time()
@@ -99,7 +103,7 @@ def test_mutated_files_through_the_file_api(files, tmp_path):
     path = tmp_path / "m.nnc"
     refused = 0
     for i in range(60):
-        name = ("lenet300", "lenet5")[i % 2]
+        name = list(files)[i % len(files)]
         data, _ = mutate(files[name], rng, recompute_crc=True)
         path.write_bytes(data)
         try:
@@ -112,26 +116,27 @@ def test_mutated_files_through_the_file_api(files, tmp_path):
 
 
 def test_field_targeted_mutations_hit_every_field_kind(files):
-    """Each kind of integer field set to each hostile value: counts, dims, lengths, widths, dtype codes."""
-    data = files["lenet5"]
-    fields, _ = field_map(data)
-    body = data[:-4]
+    """Each kind of integer field set to each hostile value: counts, dims, lengths, widths, dtype codes,
+    and (format v2) coder tags, rANS precisions, lane counts and byte counts."""
     seen = set()
-    for f in fields:
-        if f.fmt == "f" or f.kind in seen:
-            continue
-        seen.add(f.kind)
-        top = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "Q": 2**64 - 1}[f.fmt]
-        for value in (0, 1, 2, 7, 255, top // 2, top - 1, top):
-            if value > top:
+    for data in (files["lenet5"], files["lenet5_rans"]):
+        fields, _ = field_map(data)
+        body = data[:-4]
+        for f in fields:
+            if f.fmt == "f" or f.kind in seen:
                 continue
-            mutated = bytearray(body)
-            struct.pack_into("<" + f.fmt, mutated, f.offset, value)
-            try:
-                _load(bytes(mutated) + struct.pack("<I", zlib.crc32(mutated)))
-            except UserError as e:
-                assert "\n" not in str(e)
+            seen.add(f.kind)
+            top = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "Q": 2**64 - 1}[f.fmt]
+            for value in (0, 1, 2, 7, 255, top // 2, top - 1, top):
+                mutated = bytearray(body)
+                struct.pack_into("<" + f.fmt, mutated, f.offset, value)
+                try:
+                    _load(bytes(mutated) + struct.pack("<I", zlib.crc32(mutated)))
+                except UserError as e:
+                    assert "\n" not in str(e)
     assert {"n_shared", "n_dense", "dim", "ndim", "k", "n_entries", "code_nbits", "n_gap_lengths", "dtype"} <= seen
+    assert {"code_coder", "gap_coder", "code_rans_precision", "gap_rans_precision", "code_rans_lanes", "gap_rans_lanes",
+            "code_rans_nbytes", "gap_rans_nbytes"} <= seen
 
 
 # ------------------------------------------------------------ claims that used to allocate gigabytes

@@ -287,10 +287,10 @@ def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarra
     if n > max_symbols(buf.size, f):
         raise CorruptFileError(f"rANS stream of {buf.size} bytes cannot hold {n} symbols")
     m_total = 1 << p
-    starts = np.concatenate([[0], np.cumsum(f)[:-1]]).astype(np.uint64)
-    slot_sym = np.repeat(np.arange(f.size, dtype=np.int64), f)  # 2^p entries
-    slot_sym = slot_sym.astype(np.int32 if f.size < (1 << 31) else np.int64)
-    freq_u = f.astype(np.uint64)
+    starts = np.concatenate([[0], np.cumsum(f)[:-1]])
+    slot_sym = np.repeat(np.arange(f.size, dtype=np.int64), f)  # 2^p entries: the symbol owning each slot
+    slot_freq = f[slot_sym].astype(np.uint64)  # per slot: f_s, and slot - start_s, so a step is two gathers
+    slot_bias = (np.arange(m_total, dtype=np.int64) - starts[slot_sym]).astype(np.uint64)
     x = buf[: 4 * w].view("<u4").astype(np.uint64)
     if x.min() < RANS_L or x.max() >= (RANS_L << 8):
         raise CorruptFileError("rANS initial state out of range")
@@ -307,9 +307,8 @@ def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarra
         m = hi - lo
         xv = x[:m]
         slot = xv & mask
-        s = slot_sym[slot]
-        out[lo:hi] = s
-        xv = freq_u[s] * (xv >> shift_p) + slot - starts[s]
+        out[lo:hi] = slot_sym[slot]
+        xv = slot_freq[slot] * (xv >> shift_p) + slot_bias[slot]
         for _ in range(2):  # x' >= q >= 2^(23-p) >= 2^7, so two bytes always restore x >= L
             need = xv < lim
             k = int(np.count_nonzero(need))

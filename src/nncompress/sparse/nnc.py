@@ -5,12 +5,16 @@ and, per position, a codebook index. Decoding it to a dense array (`SharedTensor
 `export.nnc.decompress_model` does) and then pruning the zeros away again wastes the memory of the dense
 weight, ~400 MB for VGG16's fc6. Here positions become CSR row/column indices directly (row = position //
 columns, column = position % columns; positions are strictly increasing, so entries arrive in row-major CSR
-order) and values are `codebook[codes]`. The container is read only through its public `load_nnc`.
+order) and values are `codebook[codes]`. The file is read through the container's streaming `open_nnc`: every
+record's header is checked against the model first, then tensors are decoded one at a time, each shared one
+turned into CSR arrays (int64 row pointers and columns, float32 values) before the next is decoded, so no
+dense weight and no second copy of the positions/codes of the whole model is ever held.
 """
 from __future__ import annotations
 
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,9 +22,18 @@ from torch import nn
 
 from nncompress.architectures import MODELS, build_model
 from nncompress.core.errors import UserError
-from nncompress.encoding import SharedTensor, load_nnc
+from nncompress.encoding import SharedTensor, open_nnc
 from nncompress.sparse import kernel as _kernel
 from nncompress.sparse.modules import SparseConv2d, SparseLinear, check_format
+
+
+class _CSRSource(NamedTuple):
+    """A decoded shared tensor as CSR arrays: what replaces its positions and codes once decoded."""
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, ...]
 
 
 def csr_from_shared(t: SharedTensor, shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -91,50 +104,57 @@ def load_nnc_sparse(path: str | os.PathLike, model: nn.Module | None = None, *, 
     Returns the model in eval mode (sparse layers are inference-only).
     """
     fmt = check_format(format) if format is not None else _default_format()
-    cm = load_nnc(path, allow_nonfinite=allow_nonfinite)
+    reader = open_nnc(path, allow_nonfinite=allow_nonfinite)
+    infos = {info.name: info for _, _, info in reader.records(decode=False)}  # headers only: nothing decoded yet
+    shared_keys = [n for n, i in infos.items() if i.kind == "shared"]
     built = model is None
     if built:
-        model = _skeleton(cm.metadata if isinstance(cm.metadata, dict) else {})
+        model = _skeleton(reader.metadata if isinstance(reader.metadata, dict) else {})
     expected = model.state_dict()
-    names = set(cm.shared) | set(cm.dense)
+    names = set(infos)
     missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or extra:
         raise UserError(f".nnc tensors do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
     modules = dict(model.named_modules())
-    for key, t in cm.shared.items():
+    for key in shared_keys:
+        shape = infos[key].shape
         layer_name, _, attr = key.rpartition(".")
         layer = modules.get(layer_name)
         if attr != "weight" or not isinstance(layer, (nn.Linear, nn.Conv2d)):
             raise UserError(f".nnc shared tensor {key} is not the weight of an nn.Linear or nn.Conv2d; load it with decompress_model")
-        if tuple(t.shape) != tuple(layer.weight.shape):
-            raise UserError(f".nnc tensor {key} has shape {list(t.shape)}, the model expects {list(layer.weight.shape)}")
+        if tuple(shape) != tuple(layer.weight.shape):
+            raise UserError(f".nnc tensor {key} has shape {list(shape)}, the model expects {list(layer.weight.shape)}")
         if isinstance(layer, nn.Conv2d) and SparseConv2d.supports(layer) is not None:
             raise UserError(f".nnc layer {layer_name} cannot run sparse ({SparseConv2d.supports(layer)}); load it with decompress_model")
-    for key, a in cm.dense.items():
-        if tuple(a.shape) != tuple(expected[key].shape):
-            raise UserError(f".nnc tensor {key} has shape {list(a.shape)}, the model expects {list(expected[key].shape)}")
-    dense = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in cm.dense.items()}
+    for key, info in infos.items():
+        if info.kind == "dense" and tuple(info.shape) != tuple(expected[key].shape):
+            raise UserError(f".nnc tensor {key} has shape {list(info.shape)}, the model expects {list(expected[key].shape)}")
     if built:
-        # the skeleton lives on the meta device: take the file's tensors as they are (assign), and give the
-        # shared layers a throwaway weight until they are replaced below
-        for key in cm.shared:
-            layer = modules[key.rpartition(".")[0]]
-            layer.weight = nn.Parameter(torch.empty(0), requires_grad=False)
-        model.load_state_dict(dense, strict=False, assign=True)
-    else:
-        with torch.no_grad():
-            for key, value in dense.items():
-                expected[key].copy_(value)
-    for key, t in cm.shared.items():
+        # the skeleton lives on the meta device: give the shared layers a throwaway weight until they are replaced below
+        for key in shared_keys:
+            modules[key.rpartition(".")[0]].weight = nn.Parameter(torch.empty(0), requires_grad=False)
+    # decode one record at a time (dense records come after all shared ones in the file): each shared tensor
+    # becomes CSR straight from its positions and codes and is dropped before the next is decoded
+    pending: dict[str, _CSRSource] = {}
+    for kind, key, value in reader.records():
+        if kind == "shared":
+            pending[key] = _CSRSource(*csr_from_shared(value)[:3], tuple(value.shape))
+            continue
+        tensor = torch.from_numpy(np.array(value, copy=True))
+        if built:
+            model.load_state_dict({key: tensor}, strict=False, assign=True)
+        else:
+            with torch.no_grad():
+                expected[key].copy_(tensor)
+    for key, src in pending.items():
         layer_name = key.rpartition(".")[0]
         layer = modules[layer_name]
-        crow, col, values, _ = csr_from_shared(t)
         bias = None if layer.bias is None else layer.bias.detach()
         if isinstance(layer, nn.Conv2d):
-            new = SparseConv2d(crow, col, values, t.shape[0], t.shape[1], tuple(t.shape[2:]), layer.stride, layer.padding,
-                               layer.dilation, bias, fmt)
+            new = SparseConv2d(src.crow, src.col, src.values, src.shape[0], src.shape[1], tuple(src.shape[2:]), layer.stride,
+                               layer.padding, layer.dilation, bias, fmt)
         else:
-            new = SparseLinear(crow, col, values, tuple(t.shape), bias, fmt)
+            new = SparseLinear(src.crow, src.col, src.values, tuple(src.shape), bias, fmt)
         parent = model.get_submodule(layer_name.rpartition(".")[0]) if "." in layer_name else model
         setattr(parent, layer_name.rpartition(".")[2], new)
     leftover = [n for n, v in list(model.named_parameters()) + list(model.named_buffers()) if v is not None and v.is_meta]
