@@ -112,3 +112,17 @@ def test_sequential_mode_sees_compressed_inputs():
     seen.clear()
     sequential_apply(model2, [x], zero_layer, sequential=False)
     assert torch.allclose(seen["1"], dense_out)               # dense mode: the dense model's activations
+
+
+def test_untied_lm_head_is_left_out_by_default():
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+            self.lm_head = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.lm_head(self.proj(x))
+
+    assert list(calibration_layers(LM())) == ["proj"]
+    assert list(calibration_layers(LM(), ["lm_head"])) == ["lm_head"]

@@ -76,8 +76,9 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
 
 
 def calibration_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """Linear-like layers by name. Default: all of them except those whose weight is tied to an nn.Embedding
-    (a language model's output head, which LLM pruning/quantization papers leave dense)."""
+    """Linear-like layers by name. Default: all of them except a language model's output head, which the LLM
+    pruning/quantization papers leave dense: a layer whose weight is tied to an nn.Embedding, or one named
+    `lm_head` / `embed_out` (untied heads of LLaMA-, GPT-NeoX-style models). Pass `layers` to choose others."""
     every = dict(model.named_modules())
     if layers is not None:
         if isinstance(layers, str):
@@ -88,7 +89,9 @@ def calibration_layers(model: nn.Module, layers: Sequence[str] | None = None) ->
             raise UserError(f"no linear layer named {', '.join(map(repr, bad))}: choose from {choices}")
         return {n: every[n] for n in layers}
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    out = {n: m for n, m in every.items() if is_linear_like(m) and id(getattr(m, "weight", None)) not in embedded}
+    heads = ("lm_head", "embed_out")
+    out = {n: m for n, m in every.items() if is_linear_like(m) and id(getattr(m, "weight", None)) not in embedded
+           and n.rsplit(".", 1)[-1] not in heads}
     if not out:
         raise UserError(f"{type(model).__name__} has no nn.Linear (or transformers Conv1D) layers to calibrate")
     return out
@@ -176,6 +179,9 @@ def _batches(batches) -> list:
 def collect_stats(model: nn.Module, batches: Iterable, layers: Sequence[str] | None = None, hessian: bool = True,
                   keep_tokens: int = 0, stop_after: str | None = None) -> dict[str, LayerStats]:
     """Input statistics of every calibration layer over `batches`, from one no-grad pass per batch.
+
+    Memory: with `hessian=True` every chosen layer holds an in×in float64 XᵀX at once (11008² × 8 B ≈ 1 GB for a
+    LLaMA-7B down projection); the sequential mode (`sequential_apply(sequential=True)`) holds one at a time.
 
     `keep_tokens` keeps up to that many input rows per layer (for output-error searches). `stop_after` ends
     each pass once that layer has seen its input (sequential calibration). Also records, per layer, the norm
