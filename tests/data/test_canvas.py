@@ -75,3 +75,28 @@ def test_bad_geometry_is_a_user_error():
         crop_windows(torch.rand(1, 1, 4, 4), torch.tensor([[3, 0]]), 2)
     with pytest.raises(UserError, match="placements"):
         PlacedDigits(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), 8, placements=0)
+
+
+def test_make_canvas_dataset_background_is_the_standardized_black(tmp_path):
+    import numpy as np
+
+    from nncompress.data.canvas import make_canvas_dataset
+    from nncompress.data.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 1, 28, 28), dtype=np.float32)
+    x[:, 0, 8:20, 8:20] = rng.uniform(50, 255, (40, 12, 12))
+    y = np.arange(40) % 4
+    path = str(tmp_path / "d.npz")
+    np.savez(path, x=x, y=y)
+    ds = load_dataset(path, seed=2)
+    cv = make_canvas_dataset(path, canvas_px=40, seed=2)
+    black = float(ds.x_train[0, 0, 0, 0])  # a border pixel: raw 0 after standardization
+    assert cv.background == black and cv.canvas_px == 40 and cv.digit_px == 28
+    assert cv.x_train.shape == (len(ds.y_train), 1, 40, 40) and torch.equal(cv.y_test, ds.y_test)
+    assert torch.equal(crop_at(cv.x_train, cv.c_train, 28)[0], ds.x_train)
+    assert torch.equal(crop_at(cv.x_test, cv.c_test, 28)[0], ds.x_test)
+    outside = cv.x_test.clone()
+    for k, (r, c) in enumerate((cv.c_test - 14).to(torch.int64).tolist()):
+        outside[k, :, r:r + 28, c:c + 28] = black
+    assert (outside == black).all()  # nothing but background outside the pasted digit
