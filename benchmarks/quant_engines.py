@@ -134,7 +134,8 @@ def main(argv=None):
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for name, factory, calib in (("lenet5", LeNet5, img), ("conv_bn_net", SmallConvNet, img), (f"ffn_6x384x1536_{tokens}tok", FFNStack, tok)):
+        nets = (("lenet5", LeNet5, img), ("conv_bn_net", SmallConvNet, img), (f"ffn_6x384x1536_{tokens}tok", FFNStack, tok))
+        for name, factory, calib in nets:
             seed_everything(0)
             model = factory()
             if name == "conv_bn_net":  # non-trivial BN statistics so folding matters

@@ -30,7 +30,8 @@ def test_static_linear_hand_worked():
 
 
 def test_dynamic_linear_per_token_hand_worked():
-    """Row [2.54, −1.27] → s = 2.54/127 = 0.02, codes [127, −64 (−63.5 rounds to even)]; w = [[1, 1]] → codes [127, 127], s_w = 1/127."""
+    """Row [2.54, −1.27] → s = 2.54/127 = 0.02, codes [127, −64 (−63.5 rounds to even)];
+    w = [[1, 1]] → codes [127, 127], s_w = 1/127."""
     lin = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         lin.weight.fill_(1.0)
@@ -155,7 +156,8 @@ def test_tied_embedding_and_head_share_one_quantized_weight():
 
 
 def test_embedding_int4_hand_worked_and_packed():
-    """Row [0.7, −0.35, 0.1, 0]: s = 0.7/7 = 0.1, codes [7, −4 (−3.5 to even), 1, 0] → [0.7, −0.4, 0.1, 0], two codes per byte."""
+    """Row [0.7, −0.35, 0.1, 0]: s = 0.7/7 = 0.1, codes [7, −4 (−3.5 to even), 1, 0] → [0.7, −0.4, 0.1, 0],
+    two codes per byte."""
     emb = nn.Embedding(2, 4)
     with torch.no_grad():
         emb.weight.copy_(torch.tensor([[0.7, -0.35, 0.1, 0.0], [1.0, 1.0, 1.0, 1.0]]))

@@ -6,7 +6,8 @@
 The file holds the whole `state_dict()` of the quantized model — int8 / packed int4 codes, scales, activation
 scales and zero points, float biases and every float parameter left in float — and, in the safetensors
 metadata under "nncompress.quantization", a JSON layout: for each quantized module its kind (linear, conv,
-embedding, lstm, gru), activation mode, code range, weight bits / granularity / group size and the float layer's shape. Loading builds the float model
+embedding, lstm, gru), activation mode, code range, weight bits / granularity / group size and the float layer's
+shape. Loading builds the float model
 (or takes the instance given), swaps in empty quantized modules from the layout, restores ties and loads the
 tensors strictly: outputs are bit-identical to the saved model's, because the codes and the kernels are.
 
@@ -142,7 +143,8 @@ def _weight(spec: dict, path, where: str) -> QuantizedWeight:
     if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
         raise _bad(path, f"{where}.group_size is {group!r}, expected an integer or null")
     if not 1 <= bits <= 8 or gran not in ("channel", "tensor", "group") or len(shape) < 2:
-        raise _bad(path, f"{where} has bits={bits}, granularity={gran!r}, shape={shape}: expected 1..8 bits, channel/tensor/group, ≥ 2 dims")
+        raise _bad(path, f"{where} has bits={bits}, granularity={gran!r}, shape={shape}: expected 1..8 bits, "
+                         "channel/tensor/group, ≥ 2 dims")
     try:
         return QuantizedWeight(tuple(shape), bits, gran, group)
     except UserError as e:

@@ -248,7 +248,8 @@ def quantize_(model: nn.Module, config: QuantizeConfig, calib_data=None, num_bat
     if not isinstance(model, nn.Module):
         raise UserError(f"quantize_ takes an nn.Module, got {type(model).__name__}")
     if not isinstance(config, (DynamicInt8Config, StaticInt8Config, WeightOnlyConfig)):
-        raise UserError(f"unknown quantization config {type(config).__name__}: use DynamicInt8Config, StaticInt8Config or WeightOnlyConfig")
+        raise UserError(f"unknown quantization config {type(config).__name__}: use DynamicInt8Config, StaticInt8Config "
+                        "or WeightOnlyConfig")
     config.validate()
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise UserError(f"num_batches={num_batches!r}: calibration needs at least one batch")
