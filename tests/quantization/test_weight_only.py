@@ -142,6 +142,11 @@ def test_onnxruntime_matmul_nbits_matches_dequantized_weights():
         x = torch.randn(6, 128)
         y = ort_session(matmul_nbits_model(mod)).run(None, {"X": x.numpy()})[0]
         assert torch.allclose(torch.from_numpy(y), mod(x), atol=1e-4)
+        fast = WeightOnlyLinear(quantize_rtn(lin.weight, 4, 32, symmetric=sym), lin.bias, kernel="ort")
+        x3 = torch.randn(2, 3, 128)
+        assert torch.allclose(fast(x3), mod(x3), atol=1e-4)
+    with pytest.raises(UserError, match="MatMulNBits"):
+        WeightOnlyLinear(quantize_rtn(lin.weight, 3, 32), kernel="ort")
 
 
 def test_quantized_weight_dequantize_with_group_index():

@@ -254,6 +254,8 @@ class WeightOnlyLinear(nn.Module):
       memory stays at the packed size);
     - "cached": dequantize once and keep the float32 weight (as fast as fp32, as large as fp32: for evaluating
       accuracy, e.g. perplexity sweeps; storage is still counted from the packed buffers);
+    - "ort": ONNX Runtime's `com.microsoft.MatMulNBits` on the same packed bytes (4 bits, power-of-two groups of
+      16…256, no group index; inference only, no autograd) — the int4 CPU kernel that beats fp32 here;
     - "int4": PyTorch's CPU int4 matmul (`aten._weight_int4pack_mm_for_cpu`; 4 bits, groups of 32/64/128/256,
       no group index, float32 activations). Measured slower than fp32 F.linear on the project's CPU
       (benchmarks/weight_only_kernels.py), so it is never chosen implicitly; ONNX Runtime's MatMulNBits
@@ -263,8 +265,8 @@ class WeightOnlyLinear(nn.Module):
 
     def __init__(self, qweight: GroupQuantizedWeight, bias: torch.Tensor | None = None, kernel: str = "dequant"):
         super().__init__()
-        if kernel not in ("dequant", "cached", "int4"):
-            raise UserError(f"kernel={kernel!r}: use 'dequant', 'cached' or 'int4'")
+        if kernel not in ("dequant", "cached", "int4", "ort"):
+            raise UserError(f"kernel={kernel!r}: use 'dequant', 'cached', 'ort' or 'int4'")
         out, cols = qweight.shape
         self.in_features, self.out_features = cols, out
         self.bits, self.group_size = qweight.bits, qweight.group_size
@@ -279,12 +281,17 @@ class WeightOnlyLinear(nn.Module):
         if kernel == "int4" and not int4_ok:
             raise UserError("kernel='int4' needs 4-bit weights in groups of 32/64/128/256 without act-order group index "
                             "(and a PyTorch with aten._weight_int4pack_mm_for_cpu): use kernel='dequant'")
+        gs = self.group_size
+        if kernel == "ort" and (self.bits != 4 or self.g_idx is not None or gs & (gs - 1) or not 16 <= gs <= 256):
+            raise UserError("kernel='ort' (MatMulNBits) needs 4-bit weights, a power-of-two group of 16..256 and no "
+                            "act-order group index: use kernel='dequant'")
         self.kernel = kernel
         self._int4_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._weight_cache: torch.Tensor | None = None
+        self._ort_session = None
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._int4_cache = self._weight_cache = None
+        self._int4_cache = self._weight_cache = self._ort_session = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def qweight(self) -> GroupQuantizedWeight:
@@ -310,6 +317,12 @@ class WeightOnlyLinear(nn.Module):
         return self._int4_cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "ort" and x.device.type == "cpu":
+            if self._ort_session is None:
+                self._ort_session = ort_session(matmul_nbits_model(self), threads=torch.get_num_threads())
+            flat = x.detach().reshape(-1, self.in_features).float().contiguous().numpy()
+            y = torch.from_numpy(self._ort_session.run(None, {"X": flat})[0])
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if self.kernel == "int4" and x.dtype == torch.float32 and x.device.type == "cpu":
             packed, sz = self._int4_operands()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features), packed, self.group_size, sz)
