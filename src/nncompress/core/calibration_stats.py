@@ -212,13 +212,13 @@ def collect_stats(model: nn.Module, batches: Iterable, layers: Sequence[str] | N
             norm_out[id(out)] = (out, norm_names[id(module)])  # the tensor is held so its id is not reused
 
     norm_names = {id(m): n for n, m in model.named_modules() if is_norm(m)}
+    was_training = model.training
     try:
         for m in chosen.values():
             handles.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
         for n, m in model.named_modules():
             if id(m) in norm_names:
                 handles.append(m.register_forward_hook(norm_hook))
-        was_training = model.training
         model.eval()
         with torch.no_grad():
             for batch in _batches(batches):
@@ -227,8 +227,9 @@ def collect_stats(model: nn.Module, batches: Iterable, layers: Sequence[str] | N
                     call_model(model, batch)
                 except _Stop:
                     pass
-        model.train(was_training)
     finally:
+        model.train(was_training)
+        norm_out.clear()
         for h in handles:
             h.remove()
     empty = [n for n, s in stats.items() if s.tokens == 0 and (stop_after is None or n == stop_after)]

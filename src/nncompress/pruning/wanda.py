@@ -22,7 +22,7 @@ from torch import nn
 
 from nncompress.core.calibration_stats import calibration_layers, sequential_apply, weight_matrix
 from nncompress.core.errors import UserError
-from nncompress.pruning.mask import apply_shared_mask
+from nncompress.pruning.mask import apply_shared_mask, dense_tensor
 from nncompress.pruning.pruners import weight_holders
 
 
@@ -84,8 +84,6 @@ def attach_layer_mask(model: nn.Module, layer: nn.Module, keep: torch.Tensor) ->
     """Attach an (out, in) keep-mask to a linear-like layer in its own layout (Conv1D stores (in, out)),
     shared by every module holding the same weight tensor."""
     mask = keep if isinstance(layer, nn.Linear) else keep.t()
-    from nncompress.pruning.mask import dense_tensor
-
     holders = weight_holders(model).get(id(dense_tensor(layer)), [layer])
     apply_shared_mask([layer, *[h for h in holders if h is not layer]], mask.contiguous())
 

@@ -19,10 +19,11 @@ minimises ‖w_g − Q_r(w_g)‖_p (the `mse=True` search of the GPTQ reference 
 Published figure (GPTQ, Frantar et al. 2023, Table 3): LLaMA-7B 4-bit RTN perplexity 6.29 vs fp16 5.68 on
 WikiText-2 — RTN is the baseline that GPTQ (6.09) and AWQ improve on.
 
-Kernels: `WeightOnlyLinear(kernel="int4")` runs PyTorch's CPU int4 matmul (`aten._weight_int4pack_mm_for_cpu`,
-the kernel behind torchao's Int4CPULayout: ŵ = (q − 8)·s + m with m = (8 − z)·s) for 4-bit layers without a
-group index; `matmul_nbits_model` builds a one-node ONNX graph with ONNX Runtime's `com.microsoft.MatMulNBits`
-from the same packed bytes.
+Kernels: `matmul_nbits_model` builds a one-node ONNX graph with ONNX Runtime's `com.microsoft.MatMulNBits` from
+the same packed bytes, and `WeightOnlyLinear(kernel="ort")` runs it inside a torch model (faster than fp32 at
+batch 1 here, see benchmarks/weight_only_kernels.py). `kernel="int4"` runs PyTorch's CPU int4 matmul
+(`aten._weight_int4pack_mm_for_cpu`, the kernel behind torchao's Int4CPULayout: ŵ = (q − 8)·s + m with
+m = (8 − z)·s); on the project's CPU it is slower than fp32 (a reference path), so it is opt-in only.
 """
 from __future__ import annotations
 
