@@ -35,6 +35,7 @@ index relative to its panel always fits in uint16, so a kept weight costs 6 byte
 
 SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
 /* y[b, r] = bias[r] + sum over panels p of sum_j val[j] * x[b, p*panel + idx[j]], j in indptr[p*out_f + r] .. [+1].
    x is (batch, in_f), y (batch, out_f); entries are stored panel-major, then row-major, columns relative to the panel. */
 void nnc_spmm_panel_u16(int64_t out_f, int64_t in_f, int64_t batch, int64_t panel, int64_t n_panels,
@@ -59,6 +60,55 @@ void nnc_spmm_panel_u16(int64_t out_f, int64_t in_f, int64_t batch, int64_t pane
       }
     }
   }
+}
+
+/* A whole MLP in one call (nncompress.sparse.mlp): layer l maps dims[l] -> dims[l + 1] with the panel CSR
+   arrays above, then ReLU where relu[l]; one sample at a time, hidden activations in a two-slot scratch buffer. */
+typedef struct {
+  int64_t n_layers, panel, max_dim;
+  const int64_t* dims;
+  const int64_t* relu;
+  const int64_t* const* indptr;
+  const uint16_t* const* idx;
+  const float* const* val;
+  const float* const* bias;
+} nnc_mlp;
+
+static void nnc_layer_1(int64_t out_f, int64_t in_f, int64_t panel, const int64_t* indptr, const uint16_t* idx,
+                        const float* val, const float* bias, int64_t relu, const float* xb, float* yb) {
+  int64_t n_panels = in_f > 0 ? (in_f + panel - 1) / panel : 1;
+  for (int64_t r = 0; r < out_f; ++r) yb[r] = bias ? bias[r] : 0.0f;
+  for (int64_t p = 0; p < n_panels; ++p) {
+    const float* xp = xb + p * panel;
+    const int64_t* ip = indptr + p * out_f;
+    for (int64_t r = 0; r < out_f; ++r) {
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t j = ip[r], end = ip[r + 1];
+      for (; j + 8 <= end; j += 8) {
+        for (int k = 0; k < 8; ++k) acc[k] += val[j + k] * xp[idx[j + k]];
+      }
+      float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      for (; j < end; ++j) s += val[j] * xp[idx[j]];
+      yb[r] += s;
+    }
+  }
+  if (relu) for (int64_t r = 0; r < out_f; ++r) yb[r] = yb[r] > 0.0f ? yb[r] : 0.0f;
+}
+
+int nnc_mlp_forward(const nnc_mlp* m, int64_t batch, const float* x, float* y) {
+  float* scratch = (float*)malloc(sizeof(float) * 2 * (size_t)(m->max_dim > 0 ? m->max_dim : 1));
+  if (!scratch) return 1;
+  const int64_t n = m->n_layers, in0 = m->dims[0], outn = m->dims[n];
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* in = x + b * in0;
+    for (int64_t l = 0; l < n; ++l) {
+      float* out = (l == n - 1) ? y + b * outn : scratch + (l % 2) * m->max_dim;
+      nnc_layer_1(m->dims[l + 1], m->dims[l], m->panel, m->indptr[l], m->idx[l], m->val[l], m->bias[l], m->relu[l], in, out);
+      in = out;
+    }
+  }
+  free(scratch);
+  return 0;
 }
 """
 
@@ -125,6 +175,8 @@ def load() -> ctypes.CDLL | None:
         p, i = ctypes.c_void_p, ctypes.c_int64
         lib.nnc_spmm_panel_u16.argtypes = [i, i, i, i, i, p, p, p, p, p, p]
         lib.nnc_spmm_panel_u16.restype = None
+        lib.nnc_mlp_forward.argtypes = [p, i, p, p]
+        lib.nnc_mlp_forward.restype = ctypes.c_int
         _lib = lib
         return lib
     _reason = "compilation failed: " + "; ".join(errors)

@@ -7,6 +7,10 @@ nn.Linear / nn.Conv2d, every available sparse format is built, checked against t
 activations the example input produces there, and timed interleaved with the dense layer (medians; see
 `analysis.latency.measure_interleaved_ms`). A layer is swapped for the fastest sparse module only when that
 beats dense by `min_speedup`; otherwise it stays dense, and the report says why.
+
+Then whole MLPs: a module whose forward is a chain Flatten? → Linear → ReLU? → … → Linear (`sparse.mlp`) is timed
+once more as a single fused C call against what the per-layer choices give, and switched to it only where that is
+measured faster by `min_speedup` (at batch 1 a small MLP's time is mostly per-layer call overhead).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from torch import nn
 from nncompress.analysis.latency import measure_interleaved_ms
 from nncompress.core.errors import UserError
 from nncompress.sparse import kernel as _kernel
+from nncompress.sparse.mlp import FusedSparseMLP, MLPChain, find_mlp_chain
 from nncompress.sparse.modules import SparseConv2d, SparseLinear, check_format, csr_parts
 
 DEFAULT_FORMATS = ("csr", "bsr", "scipy", "kernel")
@@ -48,6 +53,19 @@ class LayerChoice:
 
 
 @dataclass
+class FusedChoice:
+    """What `sparsify` decided for one MLP chain; times are medians in ms of the whole module at the example's batch."""
+
+    module: str  # "" is the model itself
+    layers: list[str]
+    applied: bool
+    unfused_ms: float | None = None  # the module with the per-layer choices
+    fused_ms: float | None = None
+    speedup: float | None = None  # unfused_ms / fused_ms
+    reason: str = ""
+
+
+@dataclass
 class SparsifyReport:
     layers: list[LayerChoice]
     threads: int
@@ -56,6 +74,7 @@ class SparsifyReport:
     max_abs_diff: float  # sparse model vs dense model on the example input
     tolerance: float
     notes: list[str] = field(default_factory=list)
+    fused: list[FusedChoice] = field(default_factory=list)
 
     @property
     def converted(self) -> list[str]:
@@ -71,6 +90,10 @@ class SparsifyReport:
             f = (lambda v, p=3: "-" if v is None else f"{v:.{p}f}")
             rows.append(f"{c.name:<24} {c.sparsity:>8.3f} {c.format:>8} {f(c.dense_ms):>9} {f(c.sparse_ms):>9} {f(c.speedup, 2):>8}"
                         + (f"  ({c.reason})" if c.reason else ""))
+        for c in self.fused:
+            f = (lambda v, p=3: "-" if v is None else f"{v:.{p}f}")
+            rows.append(f"fused MLP '{c.module or '<model>'}' ({', '.join(c.layers)}): {'applied' if c.applied else 'not applied'}, "
+                        f"{f(c.unfused_ms)} -> {f(c.fused_ms)} ms ({f(c.speedup, 2)}x)" + (f"  ({c.reason})" if c.reason else ""))
         rows.append(f"threads={self.threads} batch={self.batch_size} repeats={self.repeats} "
                     f"max|sparse-dense|={self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
         return "\n".join(rows)
@@ -150,9 +173,23 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
                 setattr(parent, child_name, new)
 
 
+def _mlp_candidates(model: nn.Module) -> dict[str, MLPChain]:
+    """Outermost modules (the model included) whose forward is an MLP chain of >= 2 Linear layers."""
+    out: dict[str, MLPChain] = {}
+    for name, m in model.named_modules():
+        if any(k == "" or name.startswith(k + ".") for k in out):
+            continue  # inside a chain already found
+        if sum(isinstance(c, (nn.Linear, SparseLinear)) for c in m.children()) < 2:
+            continue  # cheap filter: trace only modules that hold two Linear layers themselves
+        chain = find_mlp_chain(m)
+        if chain is not None:
+            out[name] = chain
+    return out
+
+
 def sparsify(model: nn.Module, example_input: Any, *, threads: int = 1, min_sparsity: float = 0.5,
              formats: Sequence[str] = DEFAULT_FORMATS, verify_atol: float = 1e-5, min_speedup: float = 1.05,
-             repeats: int = 15) -> SparsifyReport:
+             repeats: int = 15, fuse: bool = True) -> SparsifyReport:
     """Swap each pruned Linear/Conv2d of `model` (in place) for a sparse-executing module where that is measured faster.
 
     `example_input`: a tensor (or tuple of positional tensors) at the batch size you will serve; latency is
@@ -162,6 +199,10 @@ def sparsify(model: nn.Module, example_input: Any, *, threads: int = 1, min_spar
     `min_speedup` times faster than the dense layer and matches it within
     ``verify_atol · max(1, max|dense output|)`` (fp32 sums in another order differ by rounding that grows with
     the output's magnitude); the whole model is checked the same way at the end.
+
+    `fuse`: also try each MLP chain (module doc) as one fused C call ("kernel" must be among `formats`, and every
+    layer of the chain at least `min_sparsity` sparse); it is kept only if it is `min_speedup` times faster than the
+    module with the per-layer choices, and matches within the same tolerance.
 
     Masked (parametrized) layers use their effective weight w·m; finalized layers their plain weight. The
     model is put in eval mode: sparse layers are inference-only. Returns a `SparsifyReport`.
@@ -192,7 +233,10 @@ def sparsify(model: nn.Module, example_input: Any, *, threads: int = 1, min_spar
                 captured[name] = inp[0].detach()
         return hook
 
+    chains = _mlp_candidates(model) if fuse and "kernel" in wanted else {}
+    modules = dict(model.named_modules())
     hooks = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
+    hooks += [modules[name].register_forward_hook(capture("mlp:" + name)) for name in chains]
     try:
         with torch.no_grad():
             ref = _first_tensor(model(*args)).detach().clone()
@@ -255,6 +299,9 @@ def sparsify(model: nn.Module, example_input: Any, *, threads: int = 1, min_spar
         if rejected:
             choice.reason = "; ".join(filter(None, [choice.reason, "rejected " + ", ".join(rejected)]))
 
+    fused = [_try_fuse(model, name, chain, layers, choices, captured.get("mlp:" + name), threads, min_sparsity, min_speedup,
+                       verify_atol, repeats) for name, chain in chains.items()]
+
     with torch.no_grad():
         out = _first_tensor(model(*args))
     tolerance = verify_atol * max(1.0, float(ref.abs().max()))
@@ -262,7 +309,58 @@ def sparsify(model: nn.Module, example_input: Any, *, threads: int = 1, min_spar
     if not max_diff <= tolerance:
         raise UserError(f"sparsify: the sparse model differs from the dense one by {max_diff:.3g} (> {tolerance:.3g}) "
                         "although every layer matched; the model may reuse a layer with different inputs")
-    return SparsifyReport(choices, threads, batch, repeats, max_diff, tolerance, notes)
+    return SparsifyReport(choices, threads, batch, repeats, max_diff, tolerance, notes, fused)
+
+
+def _try_fuse(model: nn.Module, name: str, chain: MLPChain, originals: dict[str, nn.Module], choices: list[LayerChoice],
+              x: torch.Tensor | None, threads: int, min_sparsity: float, min_speedup: float, verify_atol: float,
+              repeats: int) -> FusedChoice:
+    """Time module `name` as it is now against its chain fused into one C call; install the fusion if it wins."""
+    prefix = f"{name}." if name else ""
+    full = [prefix + n for n in chain.linears]
+    choice = FusedChoice(name, full, False)
+    by_name = {c.name: c for c in choices}
+    low = [n for n in full if by_name[n].sparsity < min_sparsity]
+    if low:
+        choice.reason = f"{', '.join(low)} below min_sparsity {min_sparsity}"
+        return choice
+    if x is None or x.dtype != torch.float32:
+        choice.reason = "not called by the example input with a float32 tensor"
+        return choice
+    module = model.get_submodule(name) if name else model
+    kernels = []
+    for n in full:
+        current = model.get_submodule(n)
+        if isinstance(current, SparseLinear) and current.format == "kernel":
+            kernels.append(current)
+        else:
+            orig = originals[n]
+            kernels.append(_from_parts(orig, csr_parts(orig.weight.detach()), "kernel"))
+    fused = FusedSparseMLP(kernels, chain.relu, chain.flatten)
+    with torch.no_grad():
+        ref = _first_tensor(module(x))
+        diff = float((fused(x) - ref).abs().max())
+        tol = verify_atol * max(1.0, float(ref.abs().max()))
+        if not diff <= tol:
+            choice.reason = f"fused output off by {diff:.3g} (> {tol:.3g})"
+            return choice
+        res = measure_interleaved_ms([lambda: module(x), lambda: fused(x)], warmup=3, repeats=max(repeats, 15) * 3,
+                                     threads=threads)
+    choice.unfused_ms, choice.fused_ms = round(res[0].median_ms, 4), round(res[1].median_ms, 4)
+    choice.speedup = round(res[0].median_ms / max(res[1].median_ms, 1e-9), 3)
+    if choice.speedup < min_speedup:
+        choice.reason = f"per-layer execution is as fast ({choice.speedup:.2f}x, needs {min_speedup}x)"
+        return choice
+    for n, k in zip(full, kernels):
+        current = model.get_submodule(n)
+        if current is not k:
+            _replace(model, current, k)
+        c = by_name[n]
+        c.format = "kernel"
+        c.reason = f"fused into MLP '{name or '<model>'}' (one C call for the chain)"
+    module.forward = fused  # instance attribute: nn.Module.__call__ (and its hooks) now runs the fused chain
+    choice.applied = True
+    return choice
 
 
 def sparse_module_for(layer: nn.Module, format: str) -> nn.Module:
@@ -274,4 +372,4 @@ def sparse_module_for(layer: nn.Module, format: str) -> nn.Module:
     raise UserError(f"only nn.Linear and nn.Conv2d run sparse, got {type(layer).__name__}")
 
 
-__all__ = ["DEFAULT_FORMATS", "LayerChoice", "SparsifyReport", "csr_parts", "sparse_module_for", "sparsify"]
+__all__ = ["DEFAULT_FORMATS", "FusedChoice", "LayerChoice", "SparsifyReport", "csr_parts", "sparse_module_for", "sparsify"]
