@@ -1,11 +1,14 @@
 """Quantization: the math, calibration, post-training (dynamic, static, fp16/bf16), quantization-aware
-training (STE, LSQ), mixed precision, accumulator overflow analysis, and lowering to real int8 kernels.
+training (STE, LSQ), mixed precision, accumulator overflow analysis, lowering to real int8 kernels (our eager
+modules on torch._int_mm, ONNX Runtime, torchao), and module-swap quantization for models no tracer captures.
 
     gm = quantize_static(model, calib_loader, bits=8, calibration="mse",
                          reduce_range=not cpu_has_vnni())                      # simulated, fake-quantized
     int8 = to_int8_kernels(gm)                                                 # our int8 modules on torch._int_mm
     compare_with_simulation(gm, int8, x)                                       # max |error|, in output steps
     OnnxRuntimeModel(to_onnx_qdq(gm, x))                                       # QDQ ONNX with our scales, in ORT
+    model = quantize_(model, StaticInt8Config("mse"), calib_data=loader)       # no graph: module swap, hooks calibrate
+    save_quantized_model(model, "q.safetensors"); load_quantized(MyNet, "q.safetensors")   # bit-identical reload
     gm = ptq_ladder(model, calib_loader, weight_bits=4, granularity="tensor",  # fold BN → CLE (+ high-bias absorption)
                     bias_correction="empirical", adaround=True)               # → calibrate → AdaRound → bias correction
 """

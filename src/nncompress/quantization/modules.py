@@ -153,10 +153,16 @@ class QuantizedWeight(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- kernels
 def int8_matmul(q_x: torch.Tensor, q_w: torch.Tensor) -> torch.Tensor:
-    """[M, K] int8 × [N, K] int8 → [M, N] int32, exact (`torch._int_mm`)."""
+    """[M, K] int8 × [N, K] int8 → [M, N] int32, exact (`torch._int_mm`). Where the kernel refuses the shapes
+    (CUDA wants M > 16 and K, N multiples of 8) the product runs in float64 on the codes, still exact (< 2^53)."""
     if q_x.shape[0] == 0:
         return torch.zeros(0, q_w.shape[0], dtype=torch.int32, device=q_x.device)
-    return torch._int_mm(q_x.contiguous(), q_w.t())
+    if q_x.device.type == "cpu":
+        return torch._int_mm(q_x.contiguous(), q_w.t())
+    try:
+        return torch._int_mm(q_x.contiguous(), q_w.t())
+    except RuntimeError:
+        return (q_x.double() @ q_w.double().t()).round().to(torch.int32)
 
 
 def dynamic_act_qparams(x2d: torch.Tensor) -> torch.Tensor:
