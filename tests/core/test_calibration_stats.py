@@ -126,3 +126,8 @@ def test_untied_lm_head_is_left_out_by_default():
 
     assert list(calibration_layers(LM())) == ["proj"]
     assert list(calibration_layers(LM(), ["lm_head"])) == ["lm_head"]
+
+
+def test_non_finite_inputs_are_refused():
+    with pytest.raises(UserError, match="NaN/inf"):
+        collect_stats(nn.Sequential(nn.Linear(2, 2)), [torch.tensor([[float("nan"), 1.0]])])

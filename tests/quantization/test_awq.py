@@ -100,3 +100,20 @@ def test_tiny_gpt2_awq_folds_into_layernorms():
     assert isinstance(block.attn.c_proj, InputScaled) and isinstance(block.mlp.c_proj, InputScaled)
     with torch.no_grad():
         assert float((q(input_ids=test).logits - ref).norm() / ref.norm()) < 0.1
+
+
+def test_linear_pairs_fold_into_the_previous_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 16)).eval()
+    with torch.no_grad():
+        model[0].weight[[1, 5, 9]] *= 30                         # outlier output channels = outlier inputs of layer 1
+        model[0].bias[[1, 5, 9]] += 5
+    calib, test = [torch.randn(256, 32) for _ in range(2)], torch.randn(256, 32)
+    ref = model(test)
+    q = copy.deepcopy(model)
+    awq(q, calib, bits=4, group_size=32, grid=10, linear_pairs={"1": "0"})
+    assert isinstance(q[1], WeightOnlyLinear)                   # its scale went into layer 0's output rows
+    assert isinstance(q[0], InputScaled)                        # layer 0's own input has no producer to fold into
+    rtn = quantize_weight_only(copy.deepcopy(model), 4, 32)
+    with torch.no_grad():
+        assert (q(test) - ref).norm() < (rtn(test) - ref).norm()

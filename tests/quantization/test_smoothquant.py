@@ -136,3 +136,13 @@ def test_tiny_gpt2_smoothquant_and_kv_int8():
     with torch.no_grad():
         out = q(input_ids=test).logits
     assert float((out - ref).norm() / ref.norm()) < 0.05
+
+
+def test_linear_pairs_fold_into_the_previous_linear_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 8)).eval()
+    x = torch.randn(20, 16)
+    ref = model(x)
+    scales = smooth(model, [x], alpha=0.5, linear_pairs={"1": "0"})
+    assert set(scales) == {"1"}
+    assert torch.allclose(model(x), ref, atol=1e-5, rtol=1e-5)

@@ -197,6 +197,9 @@ def collect_stats(model: nn.Module, batches: Iterable, layers: Sequence[str] | N
         x = args[0] if args else next(iter(kwargs.values()))
         name = names[id(module)]
         s = stats[name]
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"the input of layer '{name}' holds NaN/inf during calibration: check the calibration data "
+                            "and the layers before it (a diverged or wrongly loaded model)")
         s.update(x, hessian, keep_tokens)
         held = norm_out.get(id(x))
         src = held[1] if held is not None and held[0] is x else None

@@ -69,6 +69,8 @@ def sparsegpt_prune_weight(w: torch.Tensor, hessian: torch.Tensor, sparsity: flo
     if w.dim() != 2:
         raise UserError(f"SparseGPT takes an (out, in) weight matrix, got shape {list(w.shape)}")
     rows, cols = w.shape
+    if not bool(torch.isfinite(w).all()):
+        raise UserError("the weight holds NaN or inf values: fix the model before compressing it")
     _check(sparsity, n, m, cols)
     if block_size < 1 or (n is not None and block_size % m):
         raise UserError(f"block_size={block_size} must be >= 1 (and a multiple of m for N:M); SparseGPT uses 128")

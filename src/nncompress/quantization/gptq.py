@@ -74,6 +74,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_s
     if block_size < 1:
         raise UserError(f"block_size={block_size} must be >= 1 (GPTQ uses 128)")
     rows, cols = w.shape
+    if not bool(torch.isfinite(w).all()):
+        raise UserError("the weight holds NaN or inf values: fix the model before compressing it")
     gs = resolve_group_size(cols, group_size)
     h, W, _ = damped_hessian(hessian, w.detach().to(torch.float64), damp)
     perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(cols, device=w.device)
