@@ -246,3 +246,16 @@ def test_exhausted_stream_is_corrupt():
         decode(data, nbits, [1, 2, 2], 10**12)  # never allocates for a claimed huge count
     with pytest.raises(CorruptFileError, match="empty code table"):
         decode(b"\x00", 1, [0, 0], 1)
+
+
+def test_blocked_encoding_equals_one_block(monkeypatch):
+    """The encoder works in blocks of symbols (bounded memory); block edges must not change a bit."""
+    from nncompress.encoding import huffman as h
+
+    rng = np.random.default_rng(11)
+    symbols = np.minimum(rng.geometric(0.3, 5003) - 1, 40)
+    lengths = h.code_lengths(np.bincount(symbols, minlength=41))
+    whole = h.encode(symbols, lengths)
+    monkeypatch.setattr(h, "_ENCODE_BLOCK", 997)
+    assert h.encode(symbols, lengths) == whole
+    np.testing.assert_array_equal(h.decode(whole[0], whole[1], lengths, symbols.size), symbols)

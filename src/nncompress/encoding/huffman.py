@@ -23,6 +23,7 @@ MAX_CODE_LENGTH = 24
 """Longest code the encoder produces and the decoder accepts (a 32-bit window covers it at any bit offset)."""
 
 _CHUNK_BITS = 1 << 16  # decode works on this many bit positions at a time: bounded memory, cache-friendly
+_ENCODE_BLOCK = 1 << 20  # symbols per encoding block
 _BAD = 1 << 62  # "next position" marker for an invalid code word during decoding
 
 
@@ -145,23 +146,29 @@ def encode(symbols, lengths) -> tuple[bytes, int]:
         return b"", 0
     if sym.dtype.kind not in "iu":
         raise ValueError(f"symbols must be integers, got {sym.dtype}")
-    sym = sym.astype(np.int64)
+    sym = sym.astype(np.int64, copy=False)
     if sym.min() < 0 or sym.max() >= ls.size:
         raise ValueError(f"symbols must be in 0..{ls.size - 1}")
-    sym_len = ls[sym]
-    if sym_len.min() == 0:
-        bad = int(sym[np.argmin(sym_len)])
-        raise ValueError(f"symbol {bad} occurs but has no code (length 0)")
-    codes = canonical_codes(ls).astype(np.int64)[sym]
-    ends = np.cumsum(sym_len)
-    nbits = int(ends[-1])
-    starts = ends - sym_len
+    counts = np.bincount(sym, minlength=ls.size)
+    missing = np.flatnonzero((counts > 0) & (ls == 0))
+    if missing.size:
+        raise ValueError(f"symbol {int(missing[0])} occurs but has no code (length 0)")
+    nbits = int(np.dot(counts, ls))
+    table = canonical_codes(ls).astype(np.int64)
     bits = np.zeros(nbits, dtype=np.uint8)
-    for length in np.unique(sym_len).tolist():
-        sel = sym_len == length
-        s, c = starts[sel], codes[sel]
-        for j in range(length):
-            bits[s + j] = (c >> (length - 1 - j)) & 1
+    offset = 0
+    for lo in range(0, sym.size, _ENCODE_BLOCK):  # blocks bound the temporaries (a few int64 per symbol of a block)
+        block = sym[lo : lo + _ENCODE_BLOCK]
+        sym_len = ls[block]
+        codes = table[block]
+        ends = np.cumsum(sym_len) + offset
+        starts = ends - sym_len
+        for length in np.unique(sym_len).tolist():
+            sel = sym_len == length
+            st, c = starts[sel], codes[sel]
+            for j in range(length):
+                bits[st + j] = (c >> (length - 1 - j)) & 1
+        offset = int(ends[-1])
     return np.packbits(bits).tobytes(), nbits
 
 

@@ -1,8 +1,19 @@
 """A weight-shared torch model ↔ the .nnc container (Deep Compression's storage format).
 
-Shared layers are stored as codebook + Huffman-coded indices + Huffman-coded relative positions;
-every other tensor of the state dict (biases, batch norm, unshared weights) is stored raw.
-Metadata records how to rebuild the module (`architectures.build_model` arguments).
+Shared layers are stored as codebook + entropy-coded indices + entropy-coded relative positions (each
+stream Huffman or rANS, whichever is smaller: format v2); every other tensor of the state dict (biases,
+batch norm, unshared weights) is stored raw. Metadata records how to rebuild the module
+(`architectures.build_model` arguments).
+
+Two ways in and out:
+- in memory: `compress_model` → `CompressedModel` → `encoding.write_nnc`; `decompress_model` / `model_from_nnc`.
+- streaming, for ImageNet-size models (issue 16): `save_compressed` encodes and writes one layer at a time
+  (identical bytes), `load_into` decodes one layer at a time into the model's own tensors, and
+  `sparse.nnc.load_nnc_sparse` straight into CSR. With `pruning.level_prune_inplace` and
+  `sharing.share_weights_inplace` (which return the codebooks `save_compressed(..., codebooks=...)` takes)
+  the whole pipeline never holds a second copy of the model.
+The gap width of each layer's relative index is chosen from symbol histograms (`estimate_layer_bytes`),
+never by encoding the layer once per candidate.
 """
 from __future__ import annotations
 
