@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_bytes
+from nncompress.core.model_io import call_model
 
 OPSET = 17
 
@@ -50,18 +52,55 @@ def is_quantized(model: nn.Module) -> bool:
     return cfg is not None and cfg.mode in ("static", "qat")
 
 
-def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET) -> bytes:
-    """Serialized, checker-validated ONNX: QDQ for a quantized graph, plain float ops otherwise."""
+class _KeywordInputs(nn.Module):
+    """An ONNX graph's inputs are positional; this passes them to `model` as keyword arguments named `keys` (a
+    tokenizer's input_ids, attention_mask, ...) and returns the logits (`model_io.call_model`: a Hugging Face
+    ModelOutput gives its `logits`), so the graph has one output whatever the model returns."""
+
+    def __init__(self, model: nn.Module, keys: list[str]):
+        super().__init__()
+        self.model, self.keys = model, list(keys)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return call_model(self.model, dict(zip(self.keys, tensors)))
+
+
+def _keyword_export_args(model: nn.Module, example: Mapping) -> tuple[nn.Module, tuple, list[str], dict]:
+    """(wrapped model, positional example, input names, dynamic axes) for keyword inputs: names are the keys; dim 0
+    is the batch everywhere and, when token ids (integer rank-2 tensors) are among the inputs, dim 1 of every
+    rank-2 input is the sequence, so one file serves any batch size and text length. Token ids stay int64."""
+    keys = [k for k, v in example.items() if isinstance(v, torch.Tensor)]
+    if not keys:
+        raise UserError("ONNX export: the example inputs hold no tensor; pass the tokenizer's output (input_ids, ...)")
+    if len(keys) != len(example):
+        raise UserError(f"ONNX export: every keyword input must be a tensor, got {', '.join(k for k in example if k not in keys)}")
+    tokens = any(v.dim() == 2 and not v.is_floating_point() for v in example.values())
+    axes = {k: ({0: "batch", 1: "sequence"} if tokens and v.dim() == 2 else {0: "batch"}) for k, v in example.items()}
+    axes["logits"] = {0: "batch"}
+    return _KeywordInputs(model, keys), tuple(example[k] for k in keys), keys, axes
+
+
+def to_onnx(model: nn.Module, example_input: torch.Tensor | Mapping[str, torch.Tensor], opset: int = OPSET) -> bytes:
+    """Serialized, checker-validated ONNX: QDQ for a quantized graph, plain float ops otherwise.
+
+    `example_input` is one tensor (graph input "input", output "output", dynamic batch) or a dict of keyword
+    inputs such as a tokenizer's output (graph inputs named by the keys, output "logits", dynamic batch and
+    sequence axes; see `_keyword_export_args`)."""
     if is_quantized(model):
         from nncompress.quantization.onnx_qdq import to_onnx_qdq
 
         return to_onnx_qdq(model, example_input)
     net, buf = _plain_copy(model), io.BytesIO()
+    if isinstance(example_input, Mapping):
+        net, args, names, axes = _keyword_export_args(net, example_input)
+        outputs = ["logits"]
+    else:
+        args, names, outputs, axes = (example_input,), ["input"], ["output"], {"input": {0: "batch"}, "output": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         try:
-            torch.onnx.export(net, (example_input,), buf, dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            torch.onnx.export(net, args, buf, dynamo=False, opset_version=opset, input_names=names,
+                              output_names=outputs, dynamic_axes=axes)
         except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which module failed
             raise UserError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0][:300]}") from None
     proto = onnx.load_from_string(buf.getvalue())
@@ -86,17 +125,29 @@ def ort_session(model: bytes | str | os.PathLike, threads: int = 1):
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(model: bytes | str | os.PathLike, x: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
-    """Outputs of the ONNX model on x, computed by ONNX Runtime."""
-    sess = ort_session(model, threads)
+def _feed(sess, x) -> dict[str, np.ndarray]:
+    """ORT's input dict: one float tensor for the graph's first input, or keyword inputs by name (dtypes kept:
+    token ids stay int64)."""
+    if isinstance(x, Mapping):
+        names = [i.name for i in sess.get_inputs()]
+        missing = [n for n in names if n not in x]
+        if missing:
+            raise UserError(f"ONNX model needs inputs {names}; missing {missing}")
+        return {n: (x[n].detach().cpu().numpy() if isinstance(x[n], torch.Tensor) else np.asarray(x[n])) for n in names}
     x = x.detach().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return {sess.get_inputs()[0].name: x}
 
 
-def compare_with_torch(model: nn.Module, onnx_model: bytes | str | os.PathLike, x: torch.Tensor) -> dict[str, float]:
+def run_onnx(model: bytes | str | os.PathLike, x: torch.Tensor | np.ndarray | Mapping, threads: int = 1) -> np.ndarray:
+    """Outputs of the ONNX model on x (a tensor, or a dict of keyword inputs), computed by ONNX Runtime."""
+    sess = ort_session(model, threads)
+    return sess.run(None, _feed(sess, x))[0]
+
+
+def compare_with_torch(model: nn.Module, onnx_model: bytes | str | os.PathLike, x: torch.Tensor | Mapping) -> dict[str, float]:
     """How far ORT's outputs are from PyTorch's on x: max |Δ|, max |Δ| / max |y|, and top-1 agreement in %."""
     with torch.no_grad():
-        ref = model.eval()(x).float().numpy()
+        ref = call_model(model.eval(), dict(x) if isinstance(x, Mapping) else x).float().numpy()
     out = run_onnx(onnx_model, x)
     diff = float(np.abs(out - ref).max())
     return {"max_abs_error": diff, "max_rel_error": diff / max(float(np.abs(ref).max()), 1e-12),
@@ -107,7 +158,7 @@ def onnx_latency_ms(onnx_model: bytes | str | os.PathLike, x: torch.Tensor, thre
                     warmup: int = 5) -> float:
     """Median wall time of one ORT run on x, in milliseconds."""
     sess = ort_session(onnx_model, threads)
-    feed = {sess.get_inputs()[0].name: x.detach().float().numpy()}
+    feed = _feed(sess, x)
     for _ in range(warmup):
         sess.run(None, feed)
     times = []
