@@ -134,8 +134,8 @@ def main() -> None:
                decode["speedup_int4_ort_vs_fp32_ort"], decode["speedup_int4_ort_vs_fp32_ort"] > 1.0),
         target(f"PyTorch CPU int4 kernel vs fp32 F.linear, {shape}, M=1, 1 thread", "> 1x (faster)",
                decode["speedup_int4_torch_vs_fp32_torch"], decode["speedup_int4_torch_vs_fp32_torch"] > 1.0),
-        target("every int4 path equals the dequantized weight's matmul (max |error| / max |output|)", "< 1e-3",
-               worst_err, worst_err < 1e-3),
+        target("every int4 path equals the dequantized weight's matmul (max |error| / max |output|)", "< 0.001",
+               worst_err, worst_err < 0.001),
     ]
     payload = {
         "targets": targets,
