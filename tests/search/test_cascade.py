@@ -102,7 +102,7 @@ def test_training_localizes_better_than_the_canvas_center_and_is_deterministic()
 def test_cascade_experiment_small_run(tmp_path):
     r = cascade_experiment(epochs=1, canvas_px=40, data=_template_digits(tmp_path / "t.npz", 50), classifier_epochs=2)
     assert [row["level"] for row in r["levels"]] == [1, 2, 3]
-    assert [row["window_px"] for row in r["levels"]] == [40, 20, 16]
+    assert [row["window_px"] for row in r["levels"]] == [40, 20, 20]
     # 10×10: 10²·72 + 5²·1,152 + 16·2·2·64 + 128 = 7,200 + 28,800 + 4,096 + 128
     assert r["levels"][0]["macs"] == 40_224
     assert r["levels"][-1]["cumulative_macs"] == sum(row["macs"] for row in r["levels"])
