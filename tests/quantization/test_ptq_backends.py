@@ -137,3 +137,18 @@ def test_binary_weights_run_on_int8_kernels(trained_net, digits):
     real = to_int8_kernels(sim)
     cmp = compare_with_simulation(sim, real, digits.x_test[:128])
     assert cmp["max_abs_error"] <= cmp["output_step"] * 1.001
+
+
+def test_absorbed_input_quantizers_change_no_output(static_x86, digits):
+    """Dropping the fake-quantize nodes the int8 layers re-apply themselves (through max-pool/flatten) gives the same
+    codes, so bit-identical outputs; the output quantizer stays."""
+    from nncompress.quantization.fake_quant import FakeQuantize
+
+    keep, drop = to_int8_kernels(static_x86, drop_absorbed=False), to_int8_kernels(static_x86)
+    count = lambda g: sum(1 for n in g.graph.nodes if n.op == "call_module" and isinstance(g.get_submodule(n.target), FakeQuantize))  # noqa: E731
+    assert count(drop) < count(keep)
+    out_node = next(n for n in drop.graph.nodes if n.op == "output").args[0]
+    assert isinstance(drop.get_submodule(out_node.target), FakeQuantize)
+    x = digits.x_test[:256]
+    with torch.no_grad():
+        assert torch.equal(drop(x), keep(x))

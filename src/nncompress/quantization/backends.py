@@ -18,6 +18,7 @@ import copy
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from nncompress.core.errors import UserError
@@ -61,17 +62,57 @@ def _quantized_weight(ql: QuantLayer, name: str) -> QuantizedWeight:
     return qw
 
 
-def _input_quantizer(node: fx.Node, mods: dict[str, nn.Module]) -> nn.Module | None:
-    """The activation quantizer whose codes reach `node`'s input (through pass-through ops)."""
+def _input_quantizer(node: fx.Node, mods: dict[str, nn.Module]) -> tuple[nn.Module, str] | None:
+    """The activation quantizer (module, name) whose codes reach `node`'s input (through pass-through ops)."""
     src = node.args[0] if node.args else None
     while isinstance(src, fx.Node):
         m = mods.get(src.target) if src.op == "call_module" else None
         if _is_quantizer(m) and not getattr(m, "dynamic", False):
-            return m
+            return m, src.target
         if not is_pass_through(src, mods) or not src.args:
             return None
         src = src.args[0]
     return None
+
+
+_GRID_EXACT_FUNCS = {torch.relu, F.relu, torch.flatten, torch.reshape, torch.max_pool1d, torch.max_pool2d, F.max_pool1d, F.max_pool2d,
+                     F.dropout, torch.squeeze, torch.unsqueeze}
+_GRID_EXACT_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def _grid_exact(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    """Ops that commute with quantization to the same grid: Q(op(x)) = op(Q(x)) (monotone selections and reshapes;
+    not average pooling, whose mean leaves the grid)."""
+    return ((node.op == "call_function" and node.target in _GRID_EXACT_FUNCS)
+            or (node.op == "call_method" and node.target in {"relu", "view", "reshape", "flatten", "contiguous", "squeeze",
+                                                             "unsqueeze", "permute", "transpose"})
+            or (node.op == "call_module" and isinstance(mods.get(node.target), _GRID_EXACT_MODULES)))
+
+
+def _drop_absorbed_quantizers(root: fx.GraphModule, act_of: dict[fx.Node, str]) -> int:
+    """Remove fake-quantize nodes whose every consumer is an int8 layer that quantizes with the same (scale, zero
+    point) anyway, reached directly or through grid-exact ops: the layer then computes the same codes from the raw
+    input (Q(x) = Q(Q(x)) on the grid), and one float quantize-dequantize pass per activation is saved."""
+    mods = dict(root.named_modules())
+
+    def absorbed(n: fx.Node, target: str) -> bool:
+        if n in act_of:
+            return act_of[n] == target
+        if n.op == "call_module" and n.target == target:  # the same quantizer re-applied after a pass-through op
+            return all(absorbed(u, target) for u in n.users)
+        if _grid_exact(n, mods) and n.args and isinstance(n.args[0], fx.Node):
+            return all(absorbed(u, target) for u in n.users)
+        return False
+
+    dropped = 0
+    for node in list(root.graph.nodes):
+        m = mods.get(node.target) if node.op == "call_module" else None
+        if _is_quantizer(m) and not getattr(m, "dynamic", False) and node.users \
+                and all(absorbed(u, node.target) for u in node.users):
+            node.replace_all_uses_with(node.args[0])
+            root.graph.erase_node(node)
+            dropped += 1
+    return dropped
 
 
 def _int8_module(ql: QuantLayer, name: str, act_mode: str, act_q: nn.Module | None, reduce_range: bool) -> nn.Module:
@@ -99,8 +140,12 @@ def _int8_module(ql: QuantLayer, name: str, act_mode: str, act_q: nn.Module | No
     return m.to(layer.weight.device)
 
 
-def to_int8_kernels(gm: fx.GraphModule, backend: str = "torch") -> fx.GraphModule:
-    """A copy of a calibrated static (or dynamic, or converted QAT) graph with every QuantLayer on int8 kernels."""
+def to_int8_kernels(gm: fx.GraphModule, backend: str = "torch", drop_absorbed: bool = True) -> fx.GraphModule:
+    """A copy of a calibrated static (or dynamic, or converted QAT) graph with every QuantLayer on int8 kernels.
+
+    drop_absorbed: remove the fake-quantize nodes in front of int8 layers that quantize their input with the same
+    parameters themselves (same codes, one float pass less per activation); the graph's output quantizer and
+    those feeding float ops stay."""
     if backend != "torch":
         raise UserError(f"to_int8_kernels runs the 'torch' engine (torch._int_mm); for '{backend}' use "
                         + ("to_onnx_qdq + OnnxRuntimeModel" if backend == "onnxruntime" else "to_torchao"))
@@ -109,6 +154,7 @@ def to_int8_kernels(gm: fx.GraphModule, backend: str = "torch") -> fx.GraphModul
         raise UserError("lower a graph from quantize_static, quantize_dynamic or a converted QAT model (weight-only has no int8 kernels)")
     root = copy.deepcopy(gm).eval()
     mods = dict(root.named_modules())
+    act_of: dict[fx.Node, str] = {}  # lowered static layer → the activation quantizer it applies itself
     for node in root.graph.nodes:
         m = mods.get(node.target) if node.op == "call_module" else None
         if not isinstance(m, QuantLayer) or m.weight_quant is None:
@@ -116,11 +162,16 @@ def to_int8_kernels(gm: fx.GraphModule, backend: str = "torch") -> fx.GraphModul
         if m.input_quant is not None:
             new = _int8_module(m, node.target, "dynamic_tensor", None, m.input_quant.qmax == 127)
         else:
-            act_q = _input_quantizer(node, mods)
-            if act_q is None:
+            found = _input_quantizer(node, mods)
+            if found is None:
                 raise UserError(f"layer '{node.target}' has no calibrated input quantizer: run calibrate() before lowering")
-            new = _int8_module(m, node.target, "static", act_q, cfg.reduce_range)
+            new = _int8_module(m, node.target, "static", found[0], cfg.reduce_range)
+            act_of[node] = found[1]
         _set_module(root, node.target, new)
+    if drop_absorbed:
+        _drop_absorbed_quantizers(root, act_of)
+    root.graph.lint()
+    root.delete_all_unused_submodules()
     root.recompile()
     root.int8_backend = "torch"
     return root
