@@ -38,6 +38,11 @@ def test_pipeline_macs_hand_worked():
     # localizer on 28×28: 28²·8·9 = 56,448; 14²·16·72 = 225,792; 16·7·7·64 = 50,176; 64·2 = 128
     assert model.macs() == {"localizer_macs": 332_544, "classifier_macs": 2_293_000, "total_macs": 2_625_544}
     assert 1 - 2_625_544 / 16_482_000 > 0.84  # the saving the experiment reports for 56×56
+    big = SelectiveAttention(LocalizationCascade(64, [LevelSpec(64, 2)]), LeNet5((1, 28, 28)), 28)
+    # 32×32: 32²·72 = 73,728; 16²·1,152 = 294,912; 16·8·8·64 = 65,536; 128
+    assert big.macs()["localizer_macs"] == 434_304
+    # 64: 20·25·60² + 50·500·26² + 50·13²·500 + 5,000 = 1,800,000 + 16,900,000 + 4,225,000 + 5,000
+    assert lenet5_macs(64) == 22_930_000
 
 
 class _Flat(nn.Module):
