@@ -10,10 +10,14 @@ Three steps, as in the paper's `reduce_mask` / `sparse_gather` / `sparse_scatter
    and stack the tiles into a batch [B, C, t_h, t_w].
 3. run the ordinary dense convolution (padding 0) on the stack → [B, C_out, b_h, b_w] and scatter each result
    into its block of the output (zeros elsewhere, or added onto a base tensor for residual blocks).
-On active blocks the result equals the dense convolution exactly (the same products, summed in the same
-kernel); inactive blocks are skipped. Partial blocks at the bottom/right edge are computed on a zero-padded
+On active blocks the result equals the dense convolution up to float rounding (the same products; the
+kernel chosen for the tile batch may sum them in another order); inactive blocks are skipped. Partial blocks at the bottom/right edge are computed on a zero-padded
 tile and cropped. MACs = Σ_active (valid output pixels of the block) · C_out · (C_in/groups) · k_h · k_w,
 which is active/total × the dense MACs when the block divides the output.
+
+On a CPU the gain needs few active blocks: tiles carry a (t/b)² − 1 halo (56 % for 8×8 blocks of a 3×3 conv)
+and a batch of small tiles runs less efficiently than one large map; the paper's fused GPU kernels and larger
+blocks narrow that gap. `sbnet_experiment` measures where the crossover lies on the machine at hand.
 
 The mask network here is `ForegroundMask`: a parameter-free cheap network (|x − background| summed over channels,
 max-pooled over the conv's receptive field), the "known sparse input" case of the paper (LiDAR occupancy,
