@@ -172,3 +172,14 @@ def test_decode_into_csr_equals_dense(tmp_path):
         dense = t.to_dense().reshape(t.shape[0], -1)
         assert torch.equal(sparse.to_dense(), torch.from_numpy(dense)), name
         assert torch.equal(torch.from_numpy(t.to_dense()), net.state_dict()[name])
+
+
+def test_streamed_bytes_equal_with_masked_unshared_layers_stored_dense(tmp_path):
+    torch.manual_seed(6)
+    net = build_model("lenet5")
+    LevelPruner(0.8).prune(net)  # every layer masked; only the convs shared: the FC weights go dense (masked values)
+    share_weights(net, {"conv": 6}, layers=["conv1", "conv2"])
+    save_compressed(net, tmp_path / "m.nnc", META)
+    cm = compress_model(net, META)
+    assert (tmp_path / "m.nnc").read_bytes() == write_nnc(cm)
+    assert "fc1.weight" in cm.dense and float((cm.dense["fc1.weight"] == 0).mean()) == pytest.approx(0.8, abs=1e-3)
