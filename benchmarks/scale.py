@@ -194,8 +194,9 @@ def main() -> None:
         label = "VGG16" if name == "vgg16" else "AlexNet"
         targets.append(target(f"{label} prune+share+encode+save+load, 1 thread", f"<= {MAX_TOTAL_S:.0f} s", r["times"]["total_s"],
                               r["times"]["total_s"] <= MAX_TOTAL_S))
-        targets.append(target(f"{label} peak RSS / fp32 bytes", f"<= {MAX_RSS_OVER_FP32}", r["rss"]["peak_over_fp32"],
-                              r["rss"]["peak_over_fp32"] <= MAX_RSS_OVER_FP32))
+        if name == "vgg16":  # the issue's memory target is VGG16's; AlexNet's 244 MB is below the ~280 MB torch import itself
+            targets.append(target(f"{label} peak RSS / fp32 bytes", f"<= {MAX_RSS_OVER_FP32}", r["rss"]["peak_over_fp32"],
+                                  r["rss"]["peak_over_fp32"] <= MAX_RSS_OVER_FP32))
         bound = round(MAX_OVER_PAPER * r["paper_bytes"])
         targets.append(target(f"{label} .nnc bytes", f"<= {bound} B ({MAX_OVER_PAPER} x the paper's {r['paper_bytes'] / 1e6} MB)",
                               r["file_bytes"], r["file_bytes"] <= bound))
@@ -206,7 +207,9 @@ def main() -> None:
     if busy:
         print(f"warning: wall time well above CPU time for {busy}: the machine was busy; rerun on a quiet machine")
     payload = {"environment": environment(1), "targets": targets, "before": BEFORE, "models": rows,
-               "notes": ["peak RSS: resource.getrusage ru_maxrss of a fresh subprocess per model (model construction included)",
+               "notes": ["peak RSS: resource.getrusage ru_maxrss of a fresh subprocess per model (model construction included); "
+                         "the RSS target is VGG16's (issue 16): for AlexNet (244 MB fp32) the Python + torch import alone "
+                         "(rss.after_import_bytes, ~280 MB) exceeds the model, so its ratio is reported, not targeted",
                          "encode = save_compressed time minus its file writes; save = the writes, fsync and rename",
                          "targets use wall-clock seconds; cpu_times (process CPU seconds) are recorded beside them",
                          "weights: seeded default init, not trained ImageNet weights (see each model's 'init')"]}
