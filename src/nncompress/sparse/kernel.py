@@ -7,6 +7,10 @@ kernel cuts the weight into column panels (see PANEL) so the part of x it gather
 column indices as uint16 relative to the panel, so a kept weight costs 6 bytes, and sums each row in 8
 independent lanes that the compiler turns into one AVX gather + FMA. The summation order is fixed (lanes, then a fixed tree), so results are deterministic.
 
+`nnc_mlp_forward` runs a whole MLP (Linear + optional ReLU per layer) through the same per-layer loop in one call, one
+sample at a time, hidden activations in a small scratch buffer: at batch 1 a LeNet-sized layer takes a few
+microseconds, as long as calling it from Python, so the chain is fused (`nncompress.sparse.mlp`).
+
 The kernel is single-threaded: at batch 1 one core already saturates what it can stream. With `threads > 1`
 torch's CSR (MKL, multi-threaded) may win instead, and `sparsify` measures that rather than assuming.
 
