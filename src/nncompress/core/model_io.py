@@ -28,6 +28,7 @@ example inputs as any pytree; Hugging Face's `Trainer.compute_loss` reads `outpu
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -142,10 +143,17 @@ class StepOutput:
 
 
 def _accepts_kwarg(model: nn.Module, name: str) -> bool:
+    """Whether the model's forward takes keyword `name` (or **kwargs); asked once per forward function, not per step."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module  # the wrapper's forward takes **kwargs whatever the model does
+    forward = model.forward
+    return _signature_accepts(getattr(forward, "__func__", forward), name)
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_accepts(forward: Callable, name: str) -> bool:
     try:
-        params = inspect.signature(model.forward).parameters.values()
+        params = inspect.signature(forward).parameters.values()
     except (TypeError, ValueError):
         return False
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
