@@ -1,12 +1,12 @@
 """int8 engines side by side on this CPU (issue 14): ONNX Runtime (QDQ in three integer formats, and its dynamic
 int8), our eager int8 modules on torch._int_mm (static lowering and dynamic module swap), and torchao's dynamic
-int8 — against fp32 in torch and in ONNX Runtime, on LeNet-5, the conv-BN net and a 6-block 384→1536→384 FFN stack.
+int8 — against fp32 in torch and in ONNX Runtime (static int8 both from the fx graph and by module swap), on LeNet-5, the conv-BN net and a 6-block 384→1536→384 FFN stack.
 
 Every engine's output is checked against the fake-quant simulation (ours) or the float model (torchao, ORT's
 own dynamic quantizer pick their own scales) before it is timed; latencies are medians over interleaved repeats
 (`measure_interleaved_ms`), one model call after another, at the thread counts given.
 
-    python benchmarks/quant_engines.py            # full run, writes results/quant_engines.json
+    python benchmarks/quant_engines.py            # full run (~3–5 min, 1 thread), writes results/quant_engines.json
     python benchmarks/quant_engines.py --quick    # smoke run (small FFN, few repeats), writes nothing
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from bench_common import environment, target, write_results
 from nncompress.analysis import measure_interleaved_ms
 from nncompress.architectures import LeNet5
 from nncompress.core import seed_everything
-from nncompress.quantization import (DynamicInt8Config, compare_with_simulation, cpu_has_vnni, quantize_, quantize_static,
-                                     to_int8_kernels, to_torchao)
+from nncompress.quantization import (DynamicInt8Config, StaticInt8Config, compare_with_simulation, cpu_has_vnni, quantize_,
+                                     quantize_static, to_int8_kernels, to_torchao)
 from nncompress.quantization.onnx_qdq import QDQ_FORMATS, OnnxRuntimeModel, default_qdq_format, to_onnx_float, to_onnx_qdq
 
 from quantization import SmallConvNet  # noqa: E402  the conv-BN net of benchmarks/quantization.py
@@ -67,6 +67,9 @@ def run_model(name: str, model: nn.Module, x: torch.Tensor, calib: list[torch.Te
     for fmt in QDQ_FORMATS:
         engines[f"ort_qdq_{fmt}"] = OnnxRuntimeModel(to_onnx_qdq(static, x, qdq_format=fmt), threads)
     engines["ours_torch_static"] = to_int8_kernels(static)
+    swap_static = quantize_(copy.deepcopy(model), StaticInt8Config(reduce_range=not cpu_has_vnni()), calib_data=calib,
+                            num_batches=len(calib))
+    engines["ours_torch_static_swap"] = swap_static
     engines["ort_dynamic"] = ort_dynamic(model, x, threads)
     engines["ours_torch_dynamic_swap"] = quantize_(copy.deepcopy(model), DynamicInt8Config())
     try:
@@ -76,7 +79,7 @@ def run_model(name: str, model: nn.Module, x: torch.Tensor, calib: list[torch.Te
     with torch.no_grad():
         ref = model(x)
         for k, m in engines.items():
-            if k.startswith(("ort_qdq", "ours_torch_static")):
+            if k.startswith("ort_qdq") or k == "ours_torch_static":
                 c = compare_with_simulation(static, m, x)
                 checks[k] = {"error_in_steps": c["error_in_steps"], "top1_agreement": c["top1_agreement"]}
             else:
@@ -144,7 +147,8 @@ def main(argv=None):
                 with torch.no_grad():
                     for b in calib:
                         model(b)
-            rows.append(run_model(name, model.eval(), calib[0], calib, threads, repeats))
+            reps = max(repeats // 3, 5) if name.startswith("ffn") and not args.quick else repeats  # ~0.1–1 s a call
+            rows.append(run_model(name, model.eval(), calib[0], calib, threads, reps))
     out = {"targets": targets(rows), "environment": environment(args.threads), "repeats": repeats,
            "default_qdq_format": default_qdq_format(), "cpu_vnni": cpu_has_vnni(),
            "note": "latencies: medians over interleaved repeats; untrained weights (latency and kernel agreement only; "
