@@ -154,8 +154,9 @@ def default_qdq_format() -> str:
     - VNNI (vpdpbusd accumulates u8·s8 straight into int32, no saturation): "u8s8", ORT's documented x86 format.
       Measured on an AVX-512 VNNI Xeon (ORT 1.32, 1 thread, batch 32, p10 of 60 interleaved calls on a loaded
       2-core VM): LeNet-5 fp32 3.0 ms, u8s8 1.25, s8s8 1.28, u8u8 2.1; conv-BN net fp32 1.12, u8s8 1.04, s8s8 1.05,
-      u8u8 1.72; FFN 6×384→1536→384 at 256 tokens (medians) u8s8 32 ms, s8s8 39, u8u8 72. u8s8 and s8s8 tie
-      within noise, u8u8 costs 1.6–2.2× on VNNI: so u8s8. `benchmarks/quant_engines.py` re-measures all three.
+      u8u8 1.72; FFN 6×384→1536→384 at 256 tokens (medians of two runs) u8s8 32 / 40 ms, s8s8 39 / 30, u8u8 72 / 87.
+      u8s8 and s8s8 tie within this machine's noise, u8u8 costs 1.6–2.2× on VNNI: so u8s8, ORT's documented x86
+      choice. `benchmarks/quant_engines.py` re-measures all three and its target reports if another format wins.
     The values, and so the outputs, are the same in every format: only the integer container changes.
     """
     from nncompress.quantization.backends import cpu_has_vnni
