@@ -159,6 +159,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4x narrower FC heads; prints, writes no JSON")
     ap.add_argument("--models", default="vgg16,alexnet")
+    ap.add_argument("--out", help="results path (default benchmarks/results/scale.json)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -213,7 +214,7 @@ def main() -> None:
                          "encode = save_compressed time minus its file writes; save = the writes, fsync and rename",
                          "targets use wall-clock seconds; cpu_times (process CPU seconds) are recorded beside them",
                          "weights: seeded default init, not trained ImageNet weights (see each model's 'init')"]}
-    print(f"wrote {write_results('scale', payload)}")
+    print(f"wrote {write_results('scale', payload, args.out)}")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ def _patched(data: bytes, kind: str, fmt: str, value: int) -> bytes:
         ("code_rans_precision", "B", 17, "precision 17 out of range"),
         ("gap_rans_precision", "B", 0, "precision 0 out of range"),
         ("code_rans_lanes", "I", 0, "0 rANS lanes"),
+        ("code_rans_lanes", "I", 2, "2 rANS lanes for .*format uses 1"),
         ("code_rans_lanes", "I", 0xFFFFFFFF, "rANS lanes for"),
         ("gap_rans_lanes", "I", 2**20, "rANS lanes for"),
         ("code_rans_nbytes", "Q", 2**64 - 1, "truncated"),
@@ -247,3 +248,23 @@ def test_skimming_headers_decodes_nothing_but_checks_sizes():
     bad = _patched(data, "code_rans_lanes", "I", 0)
     with pytest.raises(CorruptFileError, match="lanes"):
         list(NNCReader(bad).records(decode=False))
+
+
+def test_a_huge_symbol_count_behind_a_skewed_table_fails_fast_without_allocating():
+    """n_entries = 2^31 - 1 claimed for a few-hundred-byte rANS stream: the lane rule needs ~4 MB of lane states."""
+    import tracemalloc
+
+    data = _rans_file()
+    big = 2**31 - 1
+    data = _patched(data, "dim", "Q", big)
+    data = _patched(data, "n_stored", "I", big)
+    data = _patched(data, "n_entries", "I", big)
+    data = _patched(data, "code_rans_lanes", "I", rans.container_lanes(big))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match="lane states|cannot hold|truncated"):
+            read_nnc(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20

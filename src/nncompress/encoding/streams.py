@@ -15,14 +15,17 @@ Stream layout (little-endian):
                         nbits u64, ceil(nbits / 8) B   (exactly the v1 layout after the tag)
     rANS body           frequency table (`rans.serialize_frequencies`: u8 precision, LEB128 extent E,
                         E - 1 LEB128 frequencies; the last is implied by the total 2^precision),
-                        lanes u32 (1..n_symbols), n_bytes u64 (>= 4·lanes), n_bytes B
-                        (lanes x u32 states, then the renormalisation bytes)
+                        lanes u32 (= `rans.container_lanes(n_symbols)`), n_bytes u64 (>= 4·lanes),
+                        n_bytes B (lanes x u32 states, then the renormalisation bytes)
 
 A reader validates every field before it sizes anything: the table's precision (12..16), extent
 (<= the alphabet) and sum (exactly 2^precision, no probability-1 symbol); the lane count against the
 symbol count and the bytes; the byte count against the bytes present; and the symbol count against
 what those bytes can hold (`rans.max_symbols`), so a crafted header cannot make it allocate more than
-the file pays for.
+the file pays for. The lane count is fixed by the symbol count (one lane per 2048 symbols, at least), so a
+stream's lane states alone take >= 4 bytes per 2048 symbols: a crafted header cannot claim more than 512
+symbols per byte of file, however skewed its table (without that rule a near-certain table would let
+one byte back ~366,000 symbols, `rans.max_symbols`).
 """
 from __future__ import annotations
 
@@ -194,8 +197,9 @@ def read_rans_body(r, alphabet: int, count: int, what: str, decode: bool = True)
     r.take(used, f"{what} frequency table")
     lanes = r.one("I", f"{what} lane count")
     n_bytes = r.one("Q", f"{what} byte count")
-    if not 1 <= lanes <= count:
-        raise CorruptFileError(f"corrupt .nnc file: {what} claims {lanes} rANS lanes for {count} symbols")
+    if lanes != rans.container_lanes(count):  # the lane count is a function of the symbol count (see the docstring)
+        raise CorruptFileError(f"corrupt .nnc file: {what} claims {lanes} rANS lanes for {count} symbols "
+                               f"(the format uses {rans.container_lanes(count)})")
     if n_bytes < 4 * lanes:
         raise CorruptFileError(f"corrupt .nnc file: {what} has {n_bytes} bytes, fewer than its {lanes} lane states")
     payload = r.take(n_bytes, what)
