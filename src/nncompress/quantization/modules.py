@@ -242,6 +242,13 @@ class _QuantizedLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"act_mode={self.act_mode}, relu={self.relu}"
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float weight s · q (read-only, computed on access): for code that inspects a layer's
+        `weight` — its dtype, device or shape (Hugging Face ViT casts its pixels to `projection.weight.dtype`) —
+        and for parameter counts. Stored are the codes and scales of `weight_q`."""
+        return self.weight_q.dequantize()
+
 
 class QuantizedLinear(_QuantizedLayer):
     """nn.Linear on int8 codes. Dynamic: per-token symmetric activations; static: calibrated affine
@@ -266,14 +273,16 @@ class QuantizedLinear(_QuantizedLayer):
         w_codes, s_w = self.weight_q.int_codes(), self.weight_q.channel_scale()
         if self.act_mode == "dynamic":
             s_x = dynamic_act_qparams(x2)
-            acc = int8_matmul(quantize_rows(x2, s_x), w_codes)
-            y = acc.float() * (s_x[:, None] * s_w[None, :])
+            y = int8_matmul(quantize_rows(x2, s_x), w_codes).float().mul_(s_x[:, None]).mul_(s_w)
         else:
             s_x, z_x = self._act_qparams(x2)
-            acc = int8_matmul(self._static_codes(x2, s_x, z_x), w_codes) - (z_x - self._shift) * self._col_sums()[None, :]
-            y = acc.float() * (s_x * s_w)[None, :]
+            acc = int8_matmul(self._static_codes(x2, s_x, z_x), w_codes)
+            z_shift = int(z_x) - self._shift
+            if z_shift:
+                acc.sub_(self._col_sums() * z_shift)
+            y = acc.float().mul_(s_x * s_w)
         if self.bias is not None:
-            y = y + self.bias
+            y.add_(self.bias)
         return self._finish(y.reshape(*lead, self.out_features).to(x.dtype))
 
     @torch.no_grad()
