@@ -43,6 +43,9 @@ def test_pipeline_macs_hand_worked():
     assert big.macs()["localizer_macs"] == 434_304
     # 64: 20·25·60² + 50·500·26² + 50·13²·500 + 5,000 = 1,800,000 + 16,900,000 + 4,225,000 + 5,000
     assert lenet5_macs(64) == 22_930_000
+    two = SelectiveAttention(LocalizationCascade(56, [LevelSpec(56, 4), LevelSpec(28, 2, 6.0)]), LeNet5((1, 28, 28)), 28)
+    # both levels see 14×14 inputs: 14²·72 + 7²·1,152 + 16·3·3·64 + 128 = 79,904 each
+    assert two.macs() == {"localizer_macs": 159_808, "classifier_macs": 2_293_000, "total_macs": 2_452_808}
 
 
 class _Flat(nn.Module):
