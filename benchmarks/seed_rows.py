@@ -80,11 +80,10 @@ _DIGITS = {}
 
 
 def digits():
+    """The digits split and fresh seeded loaders: every row sees the same batches whatever ran before it."""
     if "ds" not in _DIGITS:
-        ds = load_dataset("digits", seed=SEED)
-        _DIGITS["ds"] = ds
-        _DIGITS["loaders"] = make_loaders(ds, batch_size=64, seed=SEED)
-    return _DIGITS["ds"], *_DIGITS["loaders"]
+        _DIGITS["ds"] = load_dataset("digits", seed=SEED)
+    return _DIGITS["ds"], *make_loaders(_DIGITS["ds"], batch_size=64, seed=SEED)
 
 
 def lenet5_trained() -> nn.Module:
@@ -196,10 +195,13 @@ def row_saliency() -> None:
     def one(item, criterion, sparsity, layers, name):
         data = calib_batches()
         _, acc = _score_prune(criterion, sparsity, data=data, layers=layers)
-        _, mag = _score_prune("magnitude", sparsity, layers=layers)
+        # the peer at the same sparsity: APoZ removes whole units (rows of fc1), so its peer removes the rows of
+        # smallest L1 norm (Li et al.'s criterion on a Linear); OBD and Taylor score single weights, so |w|
+        unit = {"granularity": "block", "block": (1, lenet5_trained().fc1.in_features)} if criterion == "apoz" else {}
+        _, mag = _score_prune("magnitude", sparsity, layers=layers, **unit)
         where = f", layers={layers}" if layers else ""
         add(item, f'ScorePruner({sparsity}, criterion="{criterion}"{where}, data=batches).prune(lenet5)', fig(name, acc, "%"),
-            magnitude_top1_same_sparsity=mag, dense_top1=lenet_top1())
+            **{("l1_rows" if unit else "magnitude") + "_top1_same_sparsity": mag}, dense_top1=lenet_top1())
 
     for item, crit, sp, layers, name in (
             ("APoZ (Hu et al. 2016)", "apoz", 0.5, ["fc1"], "top-1 with the weights of half of fc1's units removed, no fine-tuning"),
