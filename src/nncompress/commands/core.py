@@ -137,6 +137,8 @@ def register(app: typer.Typer) -> None:
         recipe: Path | None = typer.Option(None, "--recipe", help="Run a YAML recipe instead (see recipes/); same as `nncompress run-recipe`."),
         resume: bool = typer.Option(False, "--resume", help="With --recipe: continue an interrupted run from its last checkpoint in --out."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
+        allocate: bool = typer.Option(True, "--allocate/--no-allocate", help="Choose unset per-layer sparsity/bits from sensitivity on a validation split (else the presets)."),
+        budget_pp: float | None = typer.Option(None, "--budget-pp", help="Allocation budget: summed one-shot validation top-1 drop in points; default: the model's preset."),
     ) -> None:
         """The Deep Compression pipeline: prune → fine-tune → k-means share → fine-tune → Huffman (.nnc).
 
@@ -169,7 +171,7 @@ def register(app: typer.Typer) -> None:
             model=model, data=data, weights=str(weights) if weights else None, out_dir=str(out),
             sparsity=sparsity_value, bits=bits_value,
             prune_steps=prune_steps, prune_finetune_epochs=epochs, baseline_epochs=train_epochs, seed=seed, threads=threads,
-            allow_drop=allow_drop,
+            allow_drop=allow_drop, allocate=allocate, budget_pp=budget_pp,
         )
         log = (lambda *a: None) if as_json else (lambda msg: typer.echo(msg, err=True))
         result = run_deep_compression(cfg, log=log)

@@ -2,12 +2,16 @@
 
 Every stage is measured: exact bytes of the representation it implies and top-1 on held-out data.
 
-    dense fp32       all parameters at 32 bits
+    dense fp32       all parameters at 32 bits (the sensitivity allocation runs here: see recipes/allocation.py)
     pruned           surviving weights at 32 bits + relative-index gaps (plus fillers), dense leftovers
     shared           surviving weights as codebook indices (bits) + gaps + codebooks, dense leftovers
     huffman (.nnc)   the real file: Huffman-coded indices and gaps, codebooks, leftovers, header, checksum
 
 Ratios are dense fp32 bytes / stage bytes.
+
+Per-layer sparsity and codebook bits are chosen by `recipes.allocation` (sensitivity grid + greedy by accuracy cost
+per byte saved, under `budget_pp`) on a validation split carved from the training data; the test split is only
+ever used to report. Values the user fixes (`sparsity`, `bits`) are kept as given; `allocate=False` uses the presets.
 """
 from __future__ import annotations
 
@@ -31,10 +35,12 @@ from nncompress.core.guards import check_accuracy_kept
 from nncompress.core.layers import plain_state_dict
 from nncompress.core.io import atomic_write_text, load_weights, save_weights
 from nncompress.core.seed import seed_everything
-from nncompress.data import load_dataset, make_loaders
+from nncompress.data import Dataset, load_dataset, make_loaders
+from nncompress.data.datasets import stratified_split
 from nncompress.encoding import count_entries, read_nnc, save_nnc, size_breakdown, write_nnc
 from nncompress.export.nnc import compress_model, model_from_nnc
 from nncompress.pruning import finalize, iterative_prune
+from nncompress.recipes.allocation import Allocation, allocate
 from nncompress.sharing import get_codebook, share_weights, shared_layers
 from nncompress.training import TrainConfig, evaluate, train
 
@@ -45,6 +51,9 @@ SPARSITY_PRESETS: dict[str, dict[str, float]] = {
     "lenet5": {"conv1": 0.35, "conv2": 0.88, "fc1": 0.94, "fc2": 0.8},
 }
 DEFAULT_SPARSITY = 0.9
+BUDGET_PRESETS: dict[str, float] = {"lenet300": 2.5, "lenet5": 3.0}
+"""Sum of one-shot validation top-1 drops (points) the allocation may spend per model; fine-tuning recovers it."""
+DEFAULT_BUDGET_PP = 4.0
 
 
 @dataclass
@@ -57,11 +66,11 @@ class DeepCompressionConfig:
     threads: int = 2
     baseline_epochs: int = 20
     baseline_lr: float = 0.05
-    sparsity: dict[str, float] | float | None = None  # per layer, one value for all, or the model's preset
+    sparsity: dict[str, float] | float | None = None  # per layer, one value for all; unset layers are allocated (or preset)
     prune_steps: int = 3  # iterative pruning: reach the target in this many prune → fine-tune rounds
     prune_finetune_epochs: int = 6
     finetune_lr: float = 0.02
-    bits: dict[str, int] | int | None = None  # codebook bits per layer / kind; default conv 8, linear 5
+    bits: dict[str, int] | int | None = None  # codebook bits per layer / kind; unset layers are allocated (else conv 8, linear 5)
     share_init: str = "linear"
     share_finetune_epochs: int = 4
     share_lr: float = 0.002
@@ -69,6 +78,9 @@ class DeepCompressionConfig:
     cache_dir: str | None = None  # baseline cache; default $NNCOMPRESS_CACHE or ./.nncompress-cache
     progress: bool | None = None
     allow_drop: bool = False  # a stage at chance accuracy (from a model well above it) warns instead of stopping the run
+    allocate: bool = True  # choose unset per-layer sparsity/bits from sensitivity (recipes/allocation.py); False: presets
+    budget_pp: float | None = None  # allocation budget: sum of one-shot val top-1 drops in points; None: the model's preset
+    val_fraction: float = 0.1  # of the training split, held out (stratified, seeded) for the allocation and val top-1
 
 
 @dataclass
@@ -89,16 +101,25 @@ class DeepCompressionResult:
     nnc_breakdown: dict[str, int]
     seconds: float
     files: list[str]
+    allocation: dict | None = None  # Allocation.to_dict() when the sensitivity allocation chose sparsity/bits
+    val_top1: dict[str, float] = field(default_factory=dict)  # validation top-1 (carved from train) per stage
 
     def to_dict(self) -> dict:
         return {"config": self.config, "stages": [asdict(s) for s in self.stages], "layers": self.layers,
-                "nnc_path": self.nnc_path, "nnc_breakdown": self.nnc_breakdown, "seconds": self.seconds, "files": self.files}
+                "nnc_path": self.nnc_path, "nnc_breakdown": self.nnc_breakdown, "seconds": self.seconds, "files": self.files,
+                "allocation": self.allocation, "val_top1": self.val_top1}
 
 
-def _validate(cfg: DeepCompressionConfig, model: nn.Module) -> dict[str, float]:
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    sp = cfg.sparsity if cfg.sparsity is not None else SPARSITY_PRESETS.get(cfg.model, DEFAULT_SPARSITY)
-    targets = {n: float(sp) for n in layers} if isinstance(sp, (int, float)) else dict(sp)
+def _validate(cfg: DeepCompressionConfig, model: nn.Module) -> tuple[dict[str, float], dict[str, int]]:
+    """(fixed sparsity per layer, fixed bits per layer): what the user set, or the presets when `allocate` is off.
+
+    With `allocate` on, layers missing from either dict are chosen by the sensitivity allocation."""
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    layers = list(modules)
+    sp = cfg.sparsity
+    if sp is None and not cfg.allocate:
+        sp = SPARSITY_PRESETS.get(cfg.model, DEFAULT_SPARSITY)
+    targets = {} if sp is None else {n: float(sp) for n in layers} if isinstance(sp, (int, float)) else dict(sp)
     unknown = [n for n in targets if n not in layers]
     if unknown:
         raise UserError(f"sparsity names unknown layers {unknown}; model '{cfg.model}' has {layers}")
@@ -109,6 +130,22 @@ def _validate(cfg: DeepCompressionConfig, model: nn.Module) -> dict[str, float]:
     for b in ([bits] if isinstance(bits, int) else (bits or {}).values()):
         if not (isinstance(b, int) and 1 <= b <= 16):
             raise UserError(f"bits must be integers in 1..16, got {b!r}")
+    fixed_bits: dict[str, int] = {}
+    if isinstance(bits, int):
+        fixed_bits = {n: bits for n in layers}
+    elif bits:
+        unknown = [k for k in bits if k not in layers and k not in ("conv", "linear")]
+        if unknown:
+            raise UserError(f"bits names unknown layers {unknown}; use 'conv', 'linear' or one of {layers}")
+        for n, m in modules.items():
+            b = bits.get(n, bits.get("conv" if isinstance(m, nn.Conv2d) else "linear"))
+            if b is not None:
+                fixed_bits[n] = b
+    if cfg.budget_pp is not None and (isinstance(cfg.budget_pp, bool) or not isinstance(cfg.budget_pp, (int, float))
+                                      or not 0 <= cfg.budget_pp < float("inf")):
+        raise UserError(f"budget_pp must be a finite number of top-1 points >= 0, got {cfg.budget_pp!r}")
+    if not (isinstance(cfg.val_fraction, (int, float)) and 0.0 < cfg.val_fraction < 0.5):
+        raise UserError(f"val_fraction must be in (0, 0.5), got {cfg.val_fraction!r}")
     for name in ("prune_steps", "baseline_epochs"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -117,12 +154,13 @@ def _validate(cfg: DeepCompressionConfig, model: nn.Module) -> dict[str, float]:
             raise UserError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.threads < 1:
         raise UserError(f"threads must be >= 1, got {cfg.threads}")
-    return targets
+    return targets, fixed_bits
 
 
 def _cache_path(cfg: DeepCompressionConfig, data_name: str) -> Path:
     root = Path(cfg.cache_dir or os.environ.get("NNCOMPRESS_CACHE", ".nncompress-cache"))
-    key = hashlib.sha256(f"{cfg.model}|{data_name}|{cfg.seed}|{cfg.baseline_epochs}|{cfg.baseline_lr}|v1".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{cfg.model}|{data_name}|{cfg.seed}|{cfg.baseline_epochs}|{cfg.baseline_lr}|val{cfg.val_fraction}|v2"
+                         .encode()).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.model)  # a factory reference (path/to/nets.py:build) is not a file name
     return root / f"{name}-{Path(data_name).stem}-{key}.safetensors"
 
@@ -176,17 +214,40 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     seed_everything(cfg.seed)
     ds = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model(cfg.model, ds.input_shape, ds.num_classes)
-    targets = _validate(cfg, model)
+    fixed_sparsity, fixed_bits = _validate(cfg, model)
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory")
-    train_loader, test_loader = make_loaders(ds, batch_size=64, seed=cfg.seed)
+    if hasattr(ds, "loaders"):
+        raise UserError(f"deep compression needs an in-memory dataset (digits, mnist5k, .npz), not the image folder '{cfg.data}'")
+    # the validation split: carved from the training split (stratified, seeded), never trained on; decisions use it,
+    # the test split only reports
+    fit_idx, val_idx = stratified_split(ds.y_train.numpy(), cfg.val_fraction, cfg.seed + 1009, keep_both_sides=True)
+    fit = Dataset(ds.name, ds.x_train[fit_idx], ds.y_train[fit_idx], ds.x_test, ds.y_test, ds.num_classes)
+    train_loader, test_loader = make_loaders(fit, batch_size=64, seed=cfg.seed)
+    val_loader = [(ds.x_train[val_idx], ds.y_train[val_idx])]  # one batch: the allocation evaluates it ~150 times
     source = _baseline(cfg, model, train_loader, log)
     dense_model = copy.deepcopy(model).eval()
-    weight_names = {f"{n}.weight" for n in targets}
     dense_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     stages = [Stage("dense fp32", dense_bytes, 1.0, evaluate(model, test_loader), {"source": source})]
-    log(f"dense: {dense_bytes} bytes, top-1 {stages[0].top1:.2f}%")
+    val_top1 = {"dense fp32": evaluate(model, val_loader)}
+    log(f"dense: {dense_bytes} bytes, top-1 {stages[0].top1:.2f}% (val {val_top1['dense fp32']:.2f}%)")
+
+    # 0. per-layer sparsity and bits: what the user fixed, the rest chosen from sensitivity on the validation split
+    layer_names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    allocation: Allocation | None = None
+    if cfg.allocate and (len(fixed_sparsity) < len(layer_names) or len(fixed_bits) < len(layer_names)):
+        budget = cfg.budget_pp if cfg.budget_pp is not None else BUDGET_PRESETS.get(cfg.model, DEFAULT_BUDGET_PP)
+        allocation = allocate(model, layer_names, lambda m: evaluate(m, val_loader), budget,
+                              sparsities={n: (s,) for n, s in fixed_sparsity.items()},
+                              bits={n: (b,) for n, b in fixed_bits.items()})
+        targets, share_bits = dict(allocation.sparsity), dict(allocation.bits)
+        log(f"allocated (budget {budget:g} pp one-shot val drop, spent {allocation.spent_pp:.2f}): "
+            + ", ".join(f"{n} {100 * targets[n]:.1f}%/{share_bits[n]}b" for n in layer_names))
+    else:
+        targets = fixed_sparsity
+        share_bits = dict(fixed_bits) if fixed_bits else cfg.bits
+    weight_names = {f"{n}.weight" for n in targets}
 
     # 1. iterative pruning: reach each layer's target in prune_steps rounds, fine-tuning after each; every
     #    round removes the same fraction of the surviving weights (density d_i = d_final^(i/n)), gentle at the end
@@ -206,12 +267,13 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     pruned_bytes = pruned_weight_bytes + leftover
     stages.append(Stage("pruned", pruned_bytes, dense_bytes / pruned_bytes, evaluate(model, test_loader),
                         {"rounds": [{"sparsity": lv, "top1": acc} for lv, acc in history]}))
+    val_top1["pruned"] = evaluate(model, val_loader)
     log(f"pruned: {pruned_bytes} bytes ({dense_bytes / pruned_bytes:.1f}x), top-1 {stages[-1].top1:.2f}%")
     check_accuracy_kept(stages[0].top1, stages[-1].top1, ds.num_classes, "pruning + fine-tuning",
                         f"lower the fine-tuning lr ({cfg.finetune_lr:g}) or the --sparsity, or raise --prune-steps", allow_drop=cfg.allow_drop)
 
     # 2. k-means weight sharing, then centroid fine-tuning (masks preserved by construction)
-    share_weights(model, bits=cfg.bits, init=cfg.share_init, layers=list(targets), seed=cfg.seed)
+    share_weights(model, bits=share_bits, init=cfg.share_init, layers=list(targets), seed=cfg.seed)
     top1_shared_raw = evaluate(model, test_loader)
     train(model, train_loader, TrainConfig(epochs=cfg.share_finetune_epochs, lr=cfg.share_lr, optimizer="adam", seed=cfg.seed + 100, progress=cfg.progress))
     codebook_bits, shared_bits = 0, {}
@@ -227,6 +289,7 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
     log(f"shared: {shared_bytes} bytes ({dense_bytes / shared_bytes:.1f}x), top-1 {top1_shared:.2f}%")
     check_accuracy_kept(stages[0].top1, top1_shared, ds.num_classes, "weight sharing + centroid fine-tuning",
                         f"use more --bits or lower the centroid lr ({cfg.share_lr:g})", allow_drop=cfg.allow_drop)
+    val_top1["shared"] = evaluate(model, val_loader)
 
     # 3. Huffman coding into the .nnc file; decode it again and check it is the same model
     metadata = {"model": cfg.model, "in_shape": list(ds.input_shape), "num_classes": ds.num_classes, "format": "deep-compression"}
@@ -258,7 +321,8 @@ def run_deep_compression(cfg: DeepCompressionConfig | None = None, log=print) ->
         t = cm.shared[key]
         row.update({"sparsity": 1 - row["nnz"] / row["numel"], "codebook": int(t.codebook.size), "bits": int(t.bits), "nnc_gap_bits": int(t.gap_bits)})
         layers.append(row)
-    result = DeepCompressionResult(asdict(cfg), stages, layers, str(nnc_path), breakdown, time.perf_counter() - t_start, files)
+    result = DeepCompressionResult(asdict(cfg), stages, layers, str(nnc_path), breakdown, time.perf_counter() - t_start, files,
+                                   allocation.to_dict() if allocation is not None else None, val_top1)
     md_path, json_path = out / "report.md", out / "report.json"
     result.files += [str(md_path), str(json_path)]
     atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2))
@@ -275,6 +339,12 @@ def render_markdown(result: DeepCompressionResult) -> str:
     lines += ["", "## Layers", "", "| layer | weights | kept | sparsity | codebook | bits | gap bits |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result.layers:
         lines.append(f"| {r['layer']} | {r['numel']:,} | {r['nnz']:,} | {100 * r['sparsity']:.1f}% | {r['codebook']} | {r['bits']} | {r['nnc_gap_bits']} |")
+    alloc = result.allocation
+    if alloc:
+        lines += ["", "## Allocation", "",
+                  f"Per-layer sparsity and bits chosen greedily by one-shot validation top-1 drop per byte saved, "
+                  f"budget {alloc['budget_pp']:g} pp, spent {alloc['spent_pp']:.2f} pp, estimated {alloc['est_bytes']:,.0f} coded "
+                  f"weight bytes; validation top-1 " + ", ".join(f"{k} {v:.2f}%" for k, v in result.val_top1.items()) + "."]
     lines += ["", "## .nnc file", "", "| part | bytes |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in result.nnc_breakdown.items()]
     lines += ["", "![weights before](weights_before.png) ![weights after](weights_after.png) ![sparsity](sparsity.png)", "",
