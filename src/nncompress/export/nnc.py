@@ -330,8 +330,8 @@ def _rebuild_args(meta: dict, model_ref: str | None = None) -> tuple[str, tuple[
                         f"pass it yourself (--model {name}, or decompress_model(path, model='{name}')), or load the file into "
                         "your own instance with load_nnc_into(model, path)")
     if not isinstance(name, str) or not (name in MODELS or is_factory_ref(name)):
-        raise UserError(f".nnc metadata names model {_short(name)}, which nncompress cannot build (known: {', '.join(sorted(MODELS))}); "
-                        "was the file written by nncompress compress? For your own model pass --model package.module:factory")
+        raise UserError(f".nnc metadata names model {_short(name)}, which nncompress cannot build (not a zoo name: "
+                        "`nncompress zoo` lists them); for your own model pass --model package.module:factory")
     in_shape = meta.get("in_shape")
     if (not isinstance(in_shape, (list, tuple)) or not 1 <= len(in_shape) <= MAX_INPUT_NDIM
             or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 1 <= d <= MAX_INPUT_DIM for d in in_shape)
