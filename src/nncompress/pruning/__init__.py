@@ -38,7 +38,7 @@ from nncompress.pruning.mask import (
     masked_layers,
     remove_mask,
 )
-from nncompress.pruning.pruners import LevelPruner, MagnitudePruner, SensitivityPruner, resolve_layers
+from nncompress.pruning.pruners import LevelPruner, MagnitudePruner, SensitivityPruner, level_prune_inplace, resolve_layers
 from nncompress.pruning.rnn import RNNPruner, rnn_layers, rnn_sparsity
 from nncompress.pruning.saliency import (
     apoz,
@@ -103,3 +103,4 @@ from nncompress.pruning.sparsegpt import sparsegpt, sparsegpt_prune_weight  # no
 from nncompress.pruning.wanda import magnitude_prune_llm, score_mask, wanda_prune, wanda_scores  # noqa: E402  Wanda (issue 15)
 
 __all__ += ["magnitude_prune_llm", "score_mask", "sparsegpt", "sparsegpt_prune_weight", "wanda_prune", "wanda_scores"]
+__all__ += ["level_prune_inplace"]

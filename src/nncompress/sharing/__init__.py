@@ -24,3 +24,8 @@ __all__ = [
     "share_weights",
     "shared_layers",
 ]
+
+from nncompress.sharing.kmeans import kmeans_1d_weighted  # noqa: E402  k-means on distinct values (issue 16)
+from nncompress.sharing.shared_weight import share_weights_inplace  # noqa: E402
+
+__all__ += ["kmeans_1d_weighted", "share_weights_inplace"]
