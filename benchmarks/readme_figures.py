@@ -22,12 +22,20 @@ BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- 
 # what each benchmark compares, in the order the README lists them
 DESCRIPTIONS = {
     "deep_compression": "LeNet-300-100 / LeNet-5 `.nnc` vs the paper's 40× / 39×",
-    "quantization": "fp32 vs int8 dynamic / static (ONNX Runtime QDQ, torch.ao kernels) vs 4-bit LSQ QAT; peer: torch.ao's own flow",
+    "scale": "VGG16 / AlexNet (ImageNet shapes) through prune → share → encode → save → load, time, peak RSS, bytes vs the paper",
+    "sparse_exec": "pruned layers on sparse kernels (`nncompress.sparse.sparsify`) vs dense PyTorch, batch 1, 1 thread",
+    "any_model": "architectures × methods on models users bring (Hugging Face transformers, real EfficientNet-Lite0, zoo CNNs, an odd CNN)",
+    "ptq": "PTQ ladder on EfficientNet-Lite0 (real weights) and mnist5k nets: min-max, CLE + bias correction, AdaRound, mixed precision; NNCF and ORT quantizer peers; int8 vs the fastest fp32 runtime",
+    "quant_engines": "int8 engines side by side: ONNX Runtime QDQ / integer ops, our `_int_mm` modules, torchao",
+    "onnx_int8": "swap-quantized models exported to ONNX integer ops vs ONNX Runtime fp32 (BERT 6×384)",
+    "llm": "language-model testbed (GPT-2 on the stdlib sources): Wanda / SparseGPT / GPTQ / AWQ / SmoothQuant / heads+FFN / KD vs baselines, perplexity",
+    "weight_only_kernels": "int4/int8 weight-only kernels (ORT MatMulNBits, PyTorch int4) vs fp32 at LLM layer shapes",
+    "quantization": "fp32 vs int8 dynamic / static (ONNX Runtime QDQ, eager int8 modules) vs 4-bit LSQ QAT; peer: torch.ao's own flow",
     "runtime": "PyTorch fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8 on a pruned LeNet-5 and a conv-BN net",
     "structured": "L1 channel removal vs Torch-Pruning 1.6 on ResNet-20 (mnist5k), same MAC cut; NetAdapt",
     "distill_lowrank": "student alone vs distilled; SVD; Tucker-2; lottery rewinding",
     "architectures": "every family's params/MACs at 224 vs published; trained on mnist5k; early exit; search",
-    "sparse_exec": "pruned layers on sparse kernels (`nncompress.sparse.sparsify`) vs dense PyTorch, batch 1, 1 thread",
+    "seed_rows": "one row per method the seed material names (issue 17), with the call and a measured figure",
     "fuzz": "mutated `.nnc`, recipe and `.npz` files through the API and the installed CLI",
     "bad_inputs": "bad invocations of the installed `nncompress` console script",
 }
