@@ -58,3 +58,20 @@ def run_cli(monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def tiny_gpt2():
+    """(model, calibration batches, test ids, reference logits): a 2-layer, 64-wide GPT-2 with a tied LM head, built
+    from a config (no download), seeded; the LLM-method tests compress copies of it and compare logits."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    calib = [{"input_ids": torch.randint(0, 128, (4, 32))} for _ in range(2)]
+    test = torch.randint(0, 128, (4, 32))
+    with torch.no_grad():
+        ref = model(input_ids=test).logits
+    return model, calib, test, ref

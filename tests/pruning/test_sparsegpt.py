@@ -88,15 +88,8 @@ def test_model_masks_attached_and_kept_through_fine_tuning():
     assert bool((model[0].weight[~masks["0"]] == 0).all()) and bool((model[2].weight[~masks["2"]] == 0).all())
 
 
-def test_tiny_gpt2_sparsegpt_beats_magnitude_on_logits():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    calib = [{"input_ids": torch.randint(0, 128, (4, 32))} for _ in range(2)]
-    test = torch.randint(0, 128, (4, 32))
-    with torch.no_grad():
-        ref = model(input_ids=test).logits
+def test_tiny_gpt2_sparsegpt_beats_magnitude_on_logits(tiny_gpt2):
+    model, calib, test, ref = tiny_gpt2
 
     def rel(m):
         with torch.no_grad():

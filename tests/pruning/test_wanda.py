@@ -89,15 +89,8 @@ def test_masks_survive_fine_tuning():
         assert bool((w[~keep] == 0).all())
 
 
-def test_tiny_gpt2_wanda_50_percent_end_to_end():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    calib = [{"input_ids": torch.randint(0, 128, (4, 32))} for _ in range(2)]
-    test = torch.randint(0, 128, (4, 32))
-    with torch.no_grad():
-        ref = model(input_ids=test).logits
+def test_tiny_gpt2_wanda_50_percent_end_to_end(tiny_gpt2):
+    model, calib, test, ref = tiny_gpt2
     pruned = copy.deepcopy(model)
     masks = wanda_prune(pruned, calib, 0.5)
     assert len(masks) == 8 and "lm_head" not in masks

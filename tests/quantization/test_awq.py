@@ -84,15 +84,8 @@ def test_bad_inputs():
         awq_scale_search([W], outlier_inputs(), torch.ones(128), grid=0)
 
 
-def test_tiny_gpt2_awq_folds_into_layernorms():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    calib = [{"input_ids": torch.randint(0, 128, (4, 32))} for _ in range(2)]
-    test = torch.randint(0, 128, (4, 32))
-    with torch.no_grad():
-        ref = model(input_ids=test).logits
+def test_tiny_gpt2_awq_folds_into_layernorms(tiny_gpt2):
+    model, calib, test, ref = tiny_gpt2
     q = copy.deepcopy(model)
     awq(q, calib, bits=4, group_size=32, grid=5)
     block = q.transformer.h[0]

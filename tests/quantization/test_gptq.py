@@ -103,15 +103,8 @@ def test_gptq_on_a_sequential_model_uses_calibration_hessians():
     assert (q(test) - ref).norm() < (rtn(test) - ref).norm()
 
 
-def test_tiny_gpt2_gptq_4bit_g32_end_to_end():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    calib = [{"input_ids": torch.randint(0, 128, (4, 32))} for _ in range(2)]
-    test = torch.randint(0, 128, (4, 32))
-    with torch.no_grad():
-        ref = model(input_ids=test).logits
+def test_tiny_gpt2_gptq_4bit_g32_end_to_end(tiny_gpt2):
+    model, calib, test, ref = tiny_gpt2
     dense_bytes = weight_only_bytes(model)
     q = gptq(copy.deepcopy(model), calib, bits=4, group_size=32)
     swapped = [n for n, m in q.named_modules() if isinstance(m, WeightOnlyLinear)]

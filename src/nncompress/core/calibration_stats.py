@@ -294,3 +294,33 @@ def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at dotted `name` with `module`."""
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+# --- the damped Hessian GPTQ and SparseGPT both invert ---------------------------------------------------------
+
+def damped_hessian(h: torch.Tensor, w: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(H + λI, W with dead columns zeroed, dead mask). Dead inputs (diag(H) = 0: never active) get H_jj = 1
+    and a zero weight, as in the reference implementation; λ = damp · mean(diag(H))."""
+    if not 0 <= damp < 1:
+        raise UserError(f"damp={damp} must be in [0, 1) (a fraction of the mean Hessian diagonal; GPTQ and SparseGPT use 0.01)")
+    h = h.detach().to(torch.float64).clone()
+    if h.shape != (w.shape[1], w.shape[1]):
+        raise UserError(f"Hessian shape {list(h.shape)} does not match the weight's {w.shape[1]} input features")
+    if not torch.isfinite(h).all():
+        raise UserError("the calibration Hessian holds NaN/inf: check the calibration data and the model's activations")
+    w = w.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    return h, w, dead
+
+
+def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), float64; a UserError if H is not positive definite."""
+    try:
+        lower = torch.linalg.cholesky(h)
+        hinv = torch.cholesky_inverse(lower)
+        return torch.linalg.cholesky(hinv, upper=True)
+    except RuntimeError:
+        raise UserError("the damped Hessian is not positive definite: raise damp (e.g. 0.05) or use more calibration tokens") from None

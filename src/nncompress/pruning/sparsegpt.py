@@ -26,7 +26,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nncompress.core.calibration_stats import LayerStats, sequential_apply, set_weight_matrix, weight_matrix
+from nncompress.core.calibration_stats import (
+    LayerStats,
+    damped_hessian,
+    inverse_cholesky_upper,
+    sequential_apply,
+    set_weight_matrix,
+    weight_matrix,
+)
 from nncompress.core.errors import UserError
 from nncompress.pruning.mask import apply_shared_mask, dense_tensor
 from nncompress.pruning.pruners import weight_holders
@@ -43,26 +50,6 @@ def _check(sparsity, n, m, cols: int) -> None:
         raise UserError(f"sparsity={sparsity!r} must be a number in [0, 1) (e.g. 0.5), or give n and m")
 
 
-def _damped_inverse_cholesky(h: torch.Tensor, w: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if not 0 <= damp < 1:
-        raise UserError(f"damp={damp} must be in [0, 1) (a fraction of the mean Hessian diagonal; SparseGPT uses 0.01)")
-    h = h.detach().to(torch.float64).clone()
-    if h.shape != (w.shape[1], w.shape[1]):
-        raise UserError(f"Hessian shape {list(h.shape)} does not match the weight's {w.shape[1]} input features")
-    if not torch.isfinite(h).all():
-        raise UserError("the calibration Hessian holds NaN/inf: check the calibration data and the model's activations")
-    w = w.clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    try:
-        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError:
-        raise UserError("the damped Hessian is not positive definite: raise damp (e.g. 0.05) or use more calibration tokens") from None
-    return u, w
-
-
 def sparsegpt_prune_weight(w: torch.Tensor, hessian: torch.Tensor, sparsity: float | None = 0.5, n: int | None = None,
                            m: int | None = None, block_size: int = 128, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune an (out, in) weight with SparseGPT; returns (updated weight with zeros, keep-mask)."""
@@ -74,7 +61,8 @@ def sparsegpt_prune_weight(w: torch.Tensor, hessian: torch.Tensor, sparsity: flo
     _check(sparsity, n, m, cols)
     if block_size < 1 or (n is not None and block_size % m):
         raise UserError(f"block_size={block_size} must be >= 1 (and a multiple of m for N:M); SparseGPT uses 128")
-    U, W = _damped_inverse_cholesky(hessian, w.detach().to(torch.float64), damp)
+    h, W, _ = damped_hessian(hessian, w.detach().to(torch.float64), damp)
+    U = inverse_cholesky_upper(h)
     keep = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
