@@ -75,12 +75,15 @@ def main() -> int:
         name = r["paper"]["name"]
         want = TARGET_RATIO[r["model"]]
         targets.append(target(f"{name} .nnc ratio", f">= {want:.0f}x (paper {r['paper']['ratio']:.0f}x)", r["ratio"], r["ratio"] >= want))
-        targets.append(target(f"{name} top-1 drop (test split)", f"<= {MAX_DROP_PP} pp", r["top1_drop_pp"], r["top1_drop_pp"] <= MAX_DROP_PP))
+        # top-1 is a multiple of 100/n_test: 95.4 - 94.9 is 0.5000000000000142 in floats, which is 0.5 pp
+        targets.append(target(f"{name} top-1 drop (test split)", f"<= {MAX_DROP_PP} pp", round(r["top1_drop_pp"], 9),
+                              round(r["top1_drop_pp"], 9) <= MAX_DROP_PP))
         targets.append(target(f"{name} coded streams vs empirical entropy + tables", f"<= {100 * MAX_ENTROPY_OVERHEAD:.0f} % over",
                               r["entropy_overhead"], r["entropy_overhead"] <= MAX_ENTROPY_OVERHEAD))
     make_run = next((r for r in rows if r["model"] == "lenet300"), None)
     if make_run is not None:
-        targets.append(target("make-run-equivalent wall time (LeNet-300-100, fresh baseline, 2 threads)", f"<= {MAX_MAKE_RUN_S:.0f} s",
+        targets.append(target(f"make-run-equivalent wall time (LeNet-300-100, fresh baseline, {args.threads} threads; load-dependent)",
+                              f"<= {MAX_MAKE_RUN_S:.0f} s",
                               make_run["seconds"], make_run["seconds"] <= MAX_MAKE_RUN_S))
     ok = all(t["met"] for t in targets)
     print(f"CPU time {cpu_total:.0f} s over {args.threads} threads (wall time depends on what else the machine runs)")

@@ -9,7 +9,7 @@ from torch import nn
 
 import nncompress.recipes.deep_compression as dc
 from nncompress.core.errors import UserError
-from nncompress.recipes.allocation import LayerGrid, _one_shot, greedy_allocate, sensitivity_grid
+from nncompress.recipes.allocation import LayerGrid, _one_shot, expected_top1, greedy_allocate, sensitivity_grid
 from nncompress.recipes.deep_compression import DeepCompressionConfig, run_deep_compression
 
 
@@ -56,6 +56,18 @@ def test_one_shot_bytes_are_the_streams_entropy_plus_codebook():
     out, nbytes = _one_shot(flat, np.argsort(np.abs(flat), kind="stable"), 0.5, 1)
     assert out.tolist() == [1, -1, 0, 0, 1, -1, 0, 0]
     assert nbytes == pytest.approx((3 * math.log2(4 / 3) + 2 + 4 + 64) / 8)
+
+
+def test_expected_top1_is_the_mean_probability_of_the_true_class():
+    """Logits [0, ln 3] give p = [1/4, 3/4]; labels [1, 0] score 3/4 and 1/4: 50 %. Hard top-1 would say 50 % too,
+    but labels [1, 1] give 75 % where hard top-1 gives 100 %."""
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return torch.tensor([[0.0, math.log(3)]]).expand(len(x), 2)
+
+    x = torch.zeros(2, 1)
+    assert expected_top1(Fixed(), [(x, torch.tensor([1, 0]))]) == pytest.approx(50.0)
+    assert expected_top1(Fixed(), [(x, torch.tensor([1, 1])), (x[:1], torch.tensor([0]))]) == pytest.approx(100 * (0.75 * 2 + 0.25) / 3)
 
 
 def test_grid_drop_is_what_the_metric_loses_and_the_model_is_restored():

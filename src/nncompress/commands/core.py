@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="With --recipe: continue an interrupted run from its last checkpoint in --out."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep a result that fell to chance accuracy (a warning instead of an error)."),
         allocate: bool = typer.Option(True, "--allocate/--no-allocate", help="Choose unset per-layer sparsity/bits from sensitivity on a validation split (else the presets)."),
-        budget_pp: float | None = typer.Option(None, "--budget-pp", help="Allocation budget: summed one-shot validation top-1 drop in points; default: the model's preset."),
+        budget_pp: float | None = typer.Option(None, "--budget-pp", help="Allocation budget: summed one-shot validation expected-top-1 drop in points; default: the model's preset."),
     ) -> None:
         """The Deep Compression pipeline: prune → fine-tune → k-means share → fine-tune → Huffman (.nnc).
 
