@@ -241,7 +241,7 @@ def nncf_worker(workdir: str) -> None:
             kwargs = {"subset_size": len(calib), "fast_bias_correction": True}
             if cfg == "nncf_w8a8_no_bias_correction":
                 kwargs["advanced_parameters"] = AdvancedQuantizationParameters(disable_bias_correction=True)
-            if cfg == "nncf_w4a8":
+            if cfg == "nncf_w4a8":  # NNCF 3.4's hardware configs (ANY/CPU/GPU/NPU/CPU_SPR) allow 8-bit only: kept to record that
                 kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
                     weights_quantization_params=QuantizationParameters(num_bits=4))
             q = nncf.quantize(copy.deepcopy(model), nncf.Dataset(batches), **kwargs)
@@ -251,7 +251,8 @@ def nncf_worker(workdir: str) -> None:
             out[cfg] = {"ok": True, "time_s": round(time.time() - t0, 1),
                         "settings": {"subset_size": len(calib), "fast_bias_correction": True, "preset": "default (performance)",
                                      "bias_correction": cfg != "nncf_w8a8_no_bias_correction",
-                                     "weight_bits": 4 if cfg == "nncf_w4a8" else 8}}
+                                     "weight_bits": 4 if cfg == "nncf_w4a8" else 8,
+                                     "target_device": str(kwargs.get("target_device", "ANY"))}}
         except Exception as e:  # noqa: BLE001
             out[cfg] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:1500]}",
                         "traceback_tail": traceback.format_exc().splitlines()[-6:]}
