@@ -85,7 +85,12 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor | Mapping[str, torch.T
 
     `example_input` is one tensor (graph input "input", output "output", dynamic batch) or a dict of keyword
     inputs such as a tokenizer's output (graph inputs named by the keys, output "logits", dynamic batch and
-    sequence axes; see `_keyword_export_args`)."""
+    sequence axes; see `_keyword_export_args`). A model quantized by module swap (`quantize_`) goes to
+    `quantization.onnx_swap.to_onnx_int8` (integer ONNX operators with its own codes and scales)."""
+    from nncompress.quantization.onnx_swap import is_swap_quantized, to_onnx_int8
+
+    if is_swap_quantized(model):
+        return to_onnx_int8(model, example_input, opset=opset)
     if is_quantized(model):
         from nncompress.quantization.onnx_qdq import to_onnx_qdq
 

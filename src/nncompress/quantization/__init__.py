@@ -111,3 +111,6 @@ from nncompress.quantization.persist import load_quantized, save_quantized_model
 from nncompress.quantization.recurrent import QuantizedRNN  # noqa: E402  int8 LSTM/GRU for the swap path
 
 __all__ += ["QuantizedRNN", "load_quantized", "save_quantized_model"]
+from nncompress.quantization.onnx_swap import is_swap_quantized, to_onnx_int8  # noqa: E402  int8 ONNX of swapped models (issues 13/14)
+
+__all__ += ["is_swap_quantized", "to_onnx_int8"]

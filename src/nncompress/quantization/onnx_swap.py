@@ -228,6 +228,13 @@ def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def is_swap_quantized(model: nn.Module) -> bool:
+    """Whether any module of `model` is a swap-quantized layer (what `quantize_` puts in place)."""
+    from nncompress.quantization.recurrent import QuantizedRNN
+
+    return isinstance(model, nn.Module) and any(isinstance(m, _KNOWN + (QuantizedRNN,)) for m in model.modules())
+
+
 def _first_tensor(output: Any) -> tuple[torch.Tensor, str]:
     """The tensor an exported graph returns, and its name: `logits` of a HF output, else its first tensor field
     (BertModel's last_hidden_state), else the first tensor of a tuple."""
