@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.core.errors import UserError
+from nncompress.core.model_io import call_model, to_device
 from nncompress.quantization.equalization import BNStats, LayerPair, find_layer_pairs, in_channel_view
 
 _SQRT2 = math.sqrt(2.0)
@@ -113,7 +114,7 @@ def capture_inputs(model: nn.Module, name: str, batches: list[torch.Tensor]) -> 
     try:
         for x in batches:
             try:
-                model(x)
+                call_model(model, x)  # a tensor, a tuple of inputs or a tokenizer's dict
             except _Stop:
                 pass
     finally:
@@ -136,10 +137,10 @@ def _quant_layers(qmodel: nn.Module) -> list[str]:
     return list(names)
 
 
-def _batches(data, num_batches: int, device) -> list[torch.Tensor]:
+def _batches(data, num_batches: int, device) -> list:
     from nncompress.quantization.ptq import iter_batches
 
-    return [x.to(device) for x in iter_batches(data, num_batches)]
+    return [to_device(x, device) for x in iter_batches(data, num_batches)]
 
 
 @torch.no_grad()
