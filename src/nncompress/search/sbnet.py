@@ -100,6 +100,11 @@ def sparse_gather(x: torch.Tensor, active: torch.Tensor, block_px: int | Sequenc
     xp = F.pad(x, (pw, pw + max(0, need_w - (w + 2 * pw)), ph, ph + max(0, need_h - (h + 2 * ph))))
     tiles = xp.unfold(2, th, bh * sh).unfold(3, tw, bw * sw)  # a strided view [N, C, g_h', g_w', t_h, t_w], no copy
     a = active.to(x.device)
+    n_tiles = tiles.shape[0] * tiles.shape[2] * tiles.shape[3]
+    if 2 * len(a) > n_tiles:  # most tiles needed: one contiguous copy of all, then a row gather, is faster
+        g_h, g_w = tiles.shape[2], tiles.shape[3]
+        flat = tiles.permute(0, 2, 3, 1, 4, 5).reshape(n_tiles, x.shape[1], th, tw)
+        return flat.index_select(0, (a[:, 0] * g_h + a[:, 1]) * g_w + a[:, 2])
     return tiles[a[:, 0], :, a[:, 1], a[:, 2]].contiguous()  # copies only the active tiles: [B, C, t_h, t_w]
 
 
@@ -113,14 +118,19 @@ def sparse_scatter(tiles: torch.Tensor, active: torch.Tensor, out_shape: Sequenc
     active = _check_active(active, n, (gh, gw))
     if tiles.ndim != 4 or tiles.shape[0] != len(active) or tiles.shape[1] != c:
         raise UserError(f"tiles of shape {list(tiles.shape)} do not match {len(active)} active blocks of {c} channels")
+    a = active.to(tiles.device)
+    if base is None:  # block-major buffer: one contiguous row copy per tile, one permute at the end
+        flat = torch.zeros((n * gh * gw, c, bh, bw), dtype=tiles.dtype, device=tiles.device)
+        flat = flat.index_copy(0, (a[:, 0] * gh + a[:, 1]) * gw + a[:, 2], tiles)
+        out = flat.view(n, gh, gw, c, bh, bw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, gh * bh, gw * bw)
+        return out[:, :, :h, :w].contiguous()
     out = torch.zeros((n, c, gh * bh, gw * bw), dtype=tiles.dtype, device=tiles.device)
     if base is not None:
         if tuple(base.shape) != (n, c, h, w):
             raise UserError(f"base of shape {list(base.shape)} does not match the output shape {[n, c, h, w]}")
         out[:, :, :h, :w] = base
     blocks = out.view(n, c, gh, bh, gw, bw)  # block (i, j) of sample n is blocks[n, :, i, :, j, :]
-    a = active.to(tiles.device)
-    if add and base is not None:
+    if add:
         blocks[a[:, 0], :, a[:, 1], :, a[:, 2], :] += tiles
     else:
         blocks[a[:, 0], :, a[:, 1], :, a[:, 2], :] = tiles
