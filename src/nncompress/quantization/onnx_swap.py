@@ -129,8 +129,7 @@ def _integer_layer(g, x, m, opts):
     elif m.act_mode == "dynamic":  # symmetric ±127 codes, one scale per row (Linear) or per sample (Conv): as the eager module
         axes = [-1] if is_linear else list(range(1, m.dim + 2))
         s = g.op("Max", g.op("Div", _reduce_max(g, g.op("Abs", x), axes, opts["opset"]), _const(g, float(_DYN_QMAX))), _const(g, _EPS))
-        q = g.op("Clip", g.op("Round", g.op("Div", x, s)), _const(g, -float(_DYN_QMAX)), _const(g, float(_DYN_QMAX)))
-        xq = g.op("Cast", g.op("Add", q, _const(g, 128.0)), to_i=_ONNX_UINT8)  # uint8 codes with zero point 128: u8·s8 kernels
+        xq = _row_codes(g, x, s, m.in_features if is_linear else None)
         acc = g.op("Cast", product(xq, _const(g, 128, torch.uint8)), to_i=_ONNX_FLOAT)
         y = g.op("Mul", g.op("Mul", acc, s), _const(g, s_w)) if is_linear else g.op("Mul", acc, g.op("Mul", s, _const(g, s_w)))
     else:  # static: calibrated (s_x, z_x); codes [q_min, q_max] moved into uint8 by −q_min
@@ -145,6 +144,18 @@ def _integer_layer(g, x, m, opts):
     if m.bias is not None:
         y = g.op("Add", y, _const(g, m.bias.float().reshape(_bshape(m))))
     return g.op("Relu", y) if m.relu else y
+
+
+def _row_codes(g, x, s, features: int | None):
+    """uint8 codes round(x / s_row) + 128 (zero point 128: the u8·s8 kernels) in one per-axis QuantizeLinear over the
+    rows: x as [rows, features] (rows = tokens for Linear, samples for Conv), s as [rows]. It divides and rounds half
+    to even as the eager `quantize_rows` does; |x / s| ≤ 127 by the choice of s, so its [0, 255] saturation never
+    binds and the codes equal the eager clamp(round(x / s), ±127) + 128."""
+    x_shape = g.op("Shape", x)
+    x2 = g.op("Reshape", x, _const(g, [-1, features] if features else [0, -1], torch.int64))  # Conv: [N, C·spatial]
+    s1 = g.op("Reshape", s, _const(g, [-1], torch.int64))
+    zp = g.op("ConstantOfShape", g.op("Shape", s1), value_t=torch.tensor([128], dtype=torch.uint8))
+    return g.op("Reshape", g.op("QuantizeLinear", x2, s1, zp, axis_i=0), x_shape)
 
 
 def _dequantized_weight(g, wq: QuantizedWeight):
