@@ -20,7 +20,9 @@ The nodes per module (Jacob et al. 2018, eq. 4–7: y = s_x·s_w·Σ(q_x − z_x
   per-token, a coarser activation grid: `benchmarks/onnx_int8.py` measures both.
 - Linear / Conv, act_mode "static": QuantizeLinear(x, s_x, z_x) with the calibrated (s_x, z_x) → MatMulInteger /
   ConvInteger(x_q, W_q int8, z_x) → Cast → × (s_x·s_w) → + b. ConvInteger pads with the zero point, the eager
-  kernel pads with the zero point's code: the same integers.
+  kernel pads with the zero point's code: the same integers. (Not QDQ around a float MatMul/Conv: ORT fuses that
+  into QLinearMatMul/QLinearConv only when a QuantizeLinear with the *output's* scale follows, and a swapped layer
+  has no output quantizer; the integer operators need none and are exact.)
 - Conv, act_mode "dynamic" (per-sample symmetric): as the dynamic Linear, on ConvInteger.
 - Weight-only Linear / Conv: int8 (or unpacked int4) codes → Cast → × s (per channel or per group) → MatMul /
   Conv in float (storage saving; ORT folds the dequantization at load). 4-bit groups of 16…256 (a power of two)
@@ -215,6 +217,14 @@ def _embedding(g, ids, m: QuantizedEmbedding, opts):
 _KNOWN = (QuantizedLinear, QuantizedConv, QuantizedEmbedding)
 
 
+def _owner(model: nn.Module, name: str) -> str:
+    """The layer a QuantizedWeight belongs to: its nearest ancestor that is not a ModuleDict / ModuleList."""
+    parts = name.split(".")[:-1]
+    while parts and isinstance(model.get_submodule(".".join(parts)), (nn.ModuleDict, nn.ModuleList)):
+        parts.pop()
+    return ".".join(parts)
+
+
 def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The swap-quantized modules this exporter writes, by name; a UserError naming any other module that holds
     quantized codes (a QuantizedRNN, a third-party int8 layer), which the exporter cannot write faithfully."""
@@ -227,8 +237,7 @@ def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
             continue  # the QuantizedWeight inside a known layer
         int_buffers = [b for b in m.buffers(recurse=False) if b.dtype in (torch.int8, torch.uint8)]
         if isinstance(m, QuantizedWeight) or int_buffers:
-            owner = name.rsplit(".", 2)[0] if isinstance(m, QuantizedWeight) and "." in name else name
-            owners.setdefault(owner, m)
+            owners.setdefault(_owner(model, name) if isinstance(m, QuantizedWeight) else name, m)
     for owner in owners:
         mod = model.get_submodule(owner) if owner else model
         if any(owner == k or owner.startswith(k + ".") for k in found if k):
