@@ -175,6 +175,7 @@ def bert_int8_speed(threads: int = 1, batch: int = 32, seq: int = 128, repeats: 
         "best_int8": best, "best_int8_speedup_vs_ort_fp32": round(base / ms[best], 3), "best_int8_cosine": cos[best],
         "best_ort_int8": best_ort, "best_ort_int8_speedup_vs_ort_fp32": round(base / ms[best_ort], 3),
         "integer_ops": {k: {op: c for op, c in integer_op_counts(b).items() if c} for k, b in blobs.items()},
+        "onnx_bytes": {"ort_fp32": len(fp32_blob), **{k: len(b) for k, b in blobs.items()}},
         "gemm_at_layer_shapes_ms": gemm_shapes_ms(batch * seq, threads, max(3, repeats)),
         "ort_profile_ms_by_op": {"ort_fp32": ort_profile_ms(fp32_blob, feed, threads),
                                  **{k: ort_profile_ms(b, feed, threads) for k, b in blobs.items()}},
