@@ -26,6 +26,13 @@ calibration batches for images; the cell names the engine).
 Fidelity: cosine similarity of the flattened outputs (logits) against fp32 on held-out batches (calibration batches are
 separate), both centred on the fp32 outputs' mean over samples and tokens (a common offset would flatter any method), and top-1 agreement (%) of the argmax over the last axis (per token for GPT-2). The headline figure is top-1
 agreement for EfficientNet-Lite0 (real weights, 1000 classes) and cosine for the random-init models.
+Reading the figures: the random-init models' fidelity says whether a method runs and keeps the function, not what a
+trained model keeps: random weights have flat singular-value spectra (SVD at 2× fewer parameters keeps about half the
+energy, so its cosine is low) and no redundant small weights (magnitude pruning costs more than on a trained model).
+Deep random-init CNNs (ShuffleNetV2, MobileNetV2; BN statistics from natural images) vary little from input to input
+compared with how much any perturbation moves them, so their centred cosines are low for every method, ours and ONNX
+Runtime's own int8 quantizer alike (`cosine_uncentred` is recorded beside it). EfficientNet-Lite0's cells are
+real-weights figures; its pruning cells are one-shot, without fine-tuning.
 Size ratio: fp32 bytes of the model's state (tied tensors once) / bytes of what the method stores: the state of the
 quantized or factorized model (int8/int4 codes are buffers), CSR (32-bit values, byte-aligned indices) for pruned weights, the `.nnc` file,
 the ONNX file.
@@ -286,8 +293,9 @@ def compare(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     mean = ref.double().reshape(-1, ref.shape[-1]).mean(0)
     r, o = (ref.double() - mean).flatten(), (out.double() - mean).flatten()
     cos = float(F.cosine_similarity(r, o, dim=0))
+    raw = float(F.cosine_similarity(ref.double().flatten(), out.double().flatten(), dim=0))
     top1 = 100.0 * float((ref.argmax(-1) == out.argmax(-1)).double().mean())
-    return {"cosine": round(cos, 5), "top1_agreement": round(top1, 2)}
+    return {"cosine": round(cos, 5), "cosine_uncentred": round(raw, 5), "top1_agreement": round(top1, 2)}
 
 
 def train_batches(arch: Arch, n: int) -> list:
@@ -760,7 +768,10 @@ def scale_child(width: int) -> dict:
     return {"params": params, "fp32_bytes": fp32_bytes, "file_bytes": saved["bytes"], "ratio": fp32_bytes / saved["bytes"],
             "sparsity": 0.9, "bits": 5, "seconds": {k: round(v, 2) for k, v in stages.items()},
             "rss": {"after_import_bytes": rss_import, "peak_after_stage_bytes": peaks, "peak_bytes": peak,
-                    "peak_over_fp32": peak / fp32_bytes, "method": "VmHWM of /proc/self/status (resident high-water mark), own subprocess"},
+                    "peak_over_fp32": peak / fp32_bytes,
+                    # what grows with the model: the interpreter, torch and nncompress (rss_import) are there for any size
+                    "peak_above_import_over_fp32": (peak - rss_import) / fp32_bytes,
+                    "method": "VmHWM of /proc/self/status (resident high-water mark), own subprocess"},
             "outputs_identical_after_load": exact}
 
 
@@ -820,7 +831,8 @@ def main() -> None:
     sc = rows.get("scale_100m", {})
     if "rss" in sc:
         r = sc["rss"]["peak_over_fp32"]
-        targets.append(target(f"{sc['params'] / 1e6:.0f} M-parameter model prune -> share -> .nnc -> load: peak RSS / fp32 bytes",
+        targets.append(target(f"{sc['params'] / 1e6:.0f} M-parameter model prune -> share -> .nnc -> load: peak RSS (whole "
+                              "process, imports included) / fp32 bytes",
                               f"<= {MAX_RSS_OVER_FP32}", r, r <= MAX_RSS_OVER_FP32 and sc["outputs_identical_after_load"]))
     payload = {"environment": environment(args.threads), "targets": targets, "quick": args.quick,
                "methods": methods, "cell_counts": counts, "matrix": matrix, **rows,

@@ -48,10 +48,12 @@ def test_pruned_bytes_is_csr_of_the_kept_weights_hand_worked(bench):
 def test_compare_hand_worked(bench):
     ref = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # mean over samples (0.5, 0.5): centred rows (±0.5, ∓0.5)
     out = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # centred: (0.5, -0.5) twice; dot with ref = 0.25+0.25-0.25-0.25 = 0
-    assert bench.compare(ref, out) == {"cosine": 0.0, "top1_agreement": 50.0}
-    # a common offset does not flatter: ref + 100 vs out + 100 gives the same figures
-    assert bench.compare(ref + 100, out + 100) == {"cosine": 0.0, "top1_agreement": 50.0}
-    assert bench.compare(ref, ref * 1.0) == {"cosine": 1.0, "top1_agreement": 100.0}
+    # uncentred: rows (1,0)·(1,0) = 1, (0,1)·(1,0) = 0; |ref| = |out| = sqrt 2: cos = 1/2
+    assert bench.compare(ref, out) == {"cosine": 0.0, "cosine_uncentred": 0.5, "top1_agreement": 50.0}
+    # a common offset does not flatter the centred figure: ref + 100 vs out + 100 gives the same
+    assert bench.compare(ref + 100, out + 100)["cosine"] == 0.0
+    assert bench.compare(ref + 100, out + 100)["cosine_uncentred"] > 0.9999  # ... while the uncentred one is ~1
+    assert bench.compare(ref, ref * 1.0) == {"cosine": 1.0, "cosine_uncentred": 1.0, "top1_agreement": 100.0}
     with pytest.raises(RuntimeError, match="NaN"):
         bench.compare(ref, torch.full((2, 2), float("nan")))
 
