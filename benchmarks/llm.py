@@ -115,7 +115,7 @@ def pruning_rows(b: Bench) -> None:
         """Wanda 50 %, then KD from the dense model with the masks in place: sparsity must survive training."""
         m = b.copy()
         masks = wanda_prune(m, b.calib, sparsity=0.5)
-        steps = 20 if b.quick else 200
+        steps = 20 if b.quick else 120
         distill(m, b.dense, _train_blocks(b, steps * 8, seed=11),
                 TrainConfig(epochs=1, lr=3e-4, optimizer="adam", seed=0, device="cpu", progress=True), temperature=2.0, alpha=0.5)
         layers = dict(m.named_modules())
@@ -267,7 +267,7 @@ def structural_rows(b: Bench) -> dict:
         pruned_ms.append(_timed_ms(pruned, ids))
     torch.set_num_threads(b.cfg.threads)
     speedup = statistics.median(dense_ms) / statistics.median(pruned_ms)
-    steps = 20 if b.quick else 300
+    steps = 20 if b.quick else 150
     loader = _train_blocks(b, steps * 8, seed=7)
     distill(pruned, b.dense, loader, TrainConfig(epochs=1, lr=5e-4, optimizer="adam", seed=0, device="cpu", progress=True),
             temperature=2.0, alpha=0.5)
@@ -313,7 +313,7 @@ def kd_rows(b: Bench) -> dict:
     import transformers
 
     seeds = (0, 1) if b.quick else (0, 1, 2)
-    steps = 15 if b.quick else 250
+    steps = 15 if b.quick else 150
     results = {"alone": [], "distilled": []}
     for seed in seeds:
         for mode in ("alone", "distilled"):
