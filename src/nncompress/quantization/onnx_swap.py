@@ -132,7 +132,8 @@ def _integer_layer(g, x, m, opts):
         axes = [-1] if is_linear else list(range(1, m.dim + 2))
         s = g.op("Max", g.op("Div", _reduce_max(g, g.op("Abs", x), axes, opts["opset"]), _const(g, float(_DYN_QMAX))), _const(g, _EPS))
         xq = _row_codes(g, x, s, m.in_features if is_linear else None)
-        acc = g.op("Cast", product(xq, _const(g, 128, torch.uint8)), to_i=_ONNX_FLOAT)
+        zp128 = _const(g, 128, torch.uint8)
+        acc = g.op("Cast", product(xq, zp128), to_i=_ONNX_FLOAT)
         y = g.op("Mul", g.op("Mul", acc, s), _const(g, s_w)) if is_linear else g.op("Mul", acc, g.op("Mul", s, _const(g, s_w)))
     else:  # static: calibrated (s_x, z_x); codes [q_min, q_max] moved into uint8 by −q_min
         s_x, z_x = float(m.act_scale), int(m.act_zero_point)
@@ -180,7 +181,7 @@ def _nbits_block(wq: QuantizedWeight) -> int | None:
 
 def _weight_only(g, x, m, opts):
     wq = m.weight_q
-    block = _nbits_block(wq) if isinstance(m, QuantizedLinear) and opts["matmul_nbits"] else None
+    block = _nbits_block(wq) if isinstance(m, QuantizedLinear) and opts["ort_contrib_ops"] else None
     if block is not None:  # ORT's 4-bit kernel on our packed bytes (low nibble first, code + 8 → zero point 8)
         n, k = wq.shape[0], wq.in_columns
         b = wq.codes.reshape(n, k // block, block // 2)
@@ -335,7 +336,7 @@ def _exporting(layers: dict[str, nn.Module], opts: dict):
 
 
 def to_onnx_int8(model: nn.Module, example_inputs, *, dynamic_axes: bool = True, opset: int = 17,
-                 dynamic_activations: str = "per_token", matmul_nbits: bool = True) -> bytes:
+                 dynamic_activations: str = "per_token", ort_contrib_ops: bool = True) -> bytes:
     """Serialized, checker-validated ONNX of a swap-quantized `model`, its quantized layers on integer operators.
 
     example_inputs: a tensor (graph input "input"), a tuple of positional tensors ("input_0", ...), or a dict of
@@ -343,7 +344,9 @@ def to_onnx_int8(model: nn.Module, example_inputs, *, dynamic_axes: bool = True,
     dynamic_axes: batch (dim 0) everywhere, and the sequence (dim 1) of rank-2 token inputs and of the output, so
     one file serves any batch size and text length. dynamic_activations: "per_token" writes our eager per-token
     int8 activations exactly; "per_tensor" uses DynamicQuantizeLinear (ORT's fused DynamicQuantizeMatMul, a
-    coarser grid). matmul_nbits: 4-bit weight-only Linear layers with groups of 16…256 as ORT's MatMulNBits.
+    coarser grid). ort_contrib_ops: 4-bit weight-only Linear layers with groups of 16…256 as ONNX Runtime's
+    MatMulNBits (com.microsoft); False writes standard ONNX only. (ORT's MatMulIntegerToFloat would fuse the per-token
+    epilogue, but with a per-row activation scale it disagreed with the integer reference in ORT 1.32: not used.)
     """
     if not isinstance(model, nn.Module):
         raise UserError(f"to_onnx_int8 takes an nn.Module, got {type(model).__name__}")
@@ -359,10 +362,10 @@ def to_onnx_int8(model: nn.Module, example_inputs, *, dynamic_axes: bool = True,
     wrapper = _Inputs(model, keys)
     was_training = model.training
     model.eval()
-    opts = {"opset": opset, "dynamic_activations": dynamic_activations, "matmul_nbits": matmul_nbits}
-    nbits = matmul_nbits and any(isinstance(m, QuantizedLinear) and m.act_mode == "none" and _nbits_block(m.weight_q)
-                                 for m in layers.values())
-    custom = {"com.microsoft": 1} if nbits else None
+    opts = {"opset": opset, "dynamic_activations": dynamic_activations, "ort_contrib_ops": ort_contrib_ops}
+    contrib = ort_contrib_ops and any(isinstance(m, QuantizedLinear) and m.act_mode == "none" and _nbits_block(m.weight_q)
+                                      for m in layers.values())
+    custom = {"com.microsoft": 1} if contrib else None
     buf = io.BytesIO()
     try:
         with torch.no_grad():
