@@ -254,3 +254,15 @@ def test_float_model_and_bad_inputs_refused():
         to_onnx_int8(nn.Linear(2, 2), torch.zeros(1, 2))
     with pytest.raises(UserError, match="example_inputs"):
         to_onnx_int8(_hand_layer(), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_opsets_reduce_axes(opset):
+    """Opset 18 moved ReduceMax/ReduceMin's axes from an attribute to an input: both forms run and agree with eager."""
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    q = quantize_(_mlp_and_convnet(), DynamicInt8Config())
+    blob = to_onnx_int8(q, x[:2], opset=opset)
+    assert onnx.load_from_string(blob).opset_import[0].version == opset
+    with torch.no_grad():
+        ref = q(x).numpy()
+    assert np.abs(_run(blob, {"input": x}) - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -82,10 +82,14 @@ def _const(g, value, dtype=torch.float32):
     return g.op("Constant", value_t=torch.as_tensor(value, dtype=dtype).detach().cpu().clone())
 
 
-def _reduce_max(g, x, axes: list[int], opset: int):
-    if opset >= 18:  # axes became an input in opset 18
-        return g.op("ReduceMax", x, _const(g, axes, torch.int64), keepdims_i=1)
-    return g.op("ReduceMax", x, axes_i=axes, keepdims_i=1)
+def _reduce_absmax(g, x, axes: list[int], opset: int):
+    """max|x| over `axes` as max(max x, −min x): two reductions that only read x (Abs would write a copy first)."""
+    if opset >= 18:
+        ax = _const(g, axes, torch.int64)
+        hi, lo = g.op("ReduceMax", x, ax, keepdims_i=1), g.op("ReduceMin", x, ax, keepdims_i=1)
+    else:
+        hi, lo = g.op("ReduceMax", x, axes_i=axes, keepdims_i=1), g.op("ReduceMin", x, axes_i=axes, keepdims_i=1)
+    return g.op("Max", hi, g.op("Neg", lo))
 
 
 def _unsqueeze_last(g, x):
@@ -130,7 +134,8 @@ def _integer_layer(g, x, m, opts):
         y = g.op("Mul", acc, g.op("Mul", xs, _const(g, s_w)))
     elif m.act_mode == "dynamic":  # symmetric ±127 codes, one scale per row (Linear) or per sample (Conv): as the eager module
         axes = [-1] if is_linear else list(range(1, m.dim + 2))
-        s = g.op("Max", g.op("Div", _reduce_max(g, g.op("Abs", x), axes, opts["opset"]), _const(g, float(_DYN_QMAX))), _const(g, _EPS))
+        amax = _reduce_absmax(g, x, axes, opts["opset"])
+        s = g.op("Max", g.op("Div", amax, _const(g, float(_DYN_QMAX))), _const(g, _EPS))
         xq = _row_codes(g, x, s, m.in_features if is_linear else None)
         zp128 = _const(g, 128, torch.uint8)
         acc = g.op("Cast", product(xq, zp128), to_i=_ONNX_FLOAT)
