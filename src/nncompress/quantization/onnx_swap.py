@@ -11,9 +11,9 @@ arithmetic as ONNX nodes; everything else in the model is exported by PyTorch's 
 The nodes per module (Jacob et al. 2018, eq. 4–7: y = s_x·s_w·Σ(q_x − z_x)·q_w + b, the integer sum exact):
 
 - Linear, act_mode "dynamic" (per-token symmetric int8, what the eager module computes): s = max(max|x_row|/127, ε)
-  → q = clip(round(x/s), ±127) + 128 as uint8 → MatMulInteger(q, W_q int8, zero point 128) → Cast → × s → × s_w
-  → + b. The same integers and the same float operations in the same order as `QuantizedLinear.forward`, so ORT
-  agrees with our eager model to float rounding.
+  (ReduceMax, ReduceMin) → per-axis QuantizeLinear(x as [tokens, K], s, 128) = round(x/s) + 128 as uint8 →
+  MatMulInteger(q, W_q int8, zero point 128) → Cast → × s → × s_w → + b. The same integers and the same float
+  operations in the same order as `QuantizedLinear.forward`: ORT agrees with our eager model to float rounding.
 - Linear, dynamic_activations="per_tensor" (or act_mode "dynamic_tensor"): DynamicQuantizeLinear (one affine uint8
   grid from the whole input's min/max) → MatMulInteger → Cast → × (s_x·s_w) → + b: the pattern ORT fuses into
   one DynamicQuantizeMatMul kernel (its own dynamic quantizer's graph, with our weight codes). Fewer nodes than
