@@ -195,6 +195,11 @@ def main() -> None:
     if args.quick:
         print("quick run: results not written", file=sys.stderr)
         return
+    write_results("onnx_int8", payload(row, args.threads))
+
+
+def payload(row: dict, threads: int) -> dict:
+    """The results JSON: the two targets the issue names, computed from the row, the environment and the row."""
     best = row["best_ort_int8"]  # the faster of to_onnx_int8's two activation grids; both are in the row
     sp, cos = row["best_ort_int8_speedup_vs_ort_fp32"], row["cosine_vs_pytorch_fp32"][best]
     targets = [
@@ -202,7 +207,7 @@ def main() -> None:
                sp >= MIN_SPEEDUP),
         target("BERT 6x384 int8 output cosine >= 0.99 vs fp32 (to_onnx_int8 in ORT)", f">= {MIN_COSINE}", cos, cos >= MIN_COSINE),
     ]
-    write_results("onnx_int8", {"targets": targets, "environment": environment(args.threads), "bert": row})
+    return {"targets": targets, "environment": environment(threads), "bert": row}
 
 
 if __name__ == "__main__":
