@@ -65,7 +65,7 @@ def test_flatten_to_linear_repeats_each_channel_over_the_spatial_positions():
 
 
 def test_grouped_conv_couples_whole_conv_groups():
-    graph = build_dependency_graph(Grouped(), torch.randn(1, 3, 6, 6))
+    graph = build_dependency_graph(Grouped(), torch.randn(1, 3, 6, 6), grouped="whole")
     (g,) = graph.groups
     assert g.name == "c1" and g.size == 2 and g.depthwise == ("g",) and g.consumers == ("c2",)
     c1_out, g_out = graph.labels[("c1", "out")], graph.labels[("g", "gw_out")]

@@ -110,11 +110,11 @@ def test_grouped_conv_loses_a_whole_conv_group():
     zero(model, ["c1"], idx=range(4, 8))  # the second conv-group's inputs
     with torch.no_grad():
         model.g.bias[6:] = 0  # ... and its outputs' bias: relu(0) = 0 reaches c2
-    pruned = remove_channels(model, build_dependency_graph(model, x), {"c1": [1]}, x)
+    pruned = remove_channels(model, build_dependency_graph(model, x, grouped="whole"), {"c1": [1]}, x)
     assert (pruned.c1.out_channels, pruned.g.in_channels, pruned.g.out_channels, pruned.g.groups) == (4, 4, 6, 1)
     assert pruned.c2.in_channels == 6
     check_equal(model, pruned, x)
-    fresh = resize_to_state_dict(Grouped(), pruned.state_dict())
+    fresh = resize_to_state_dict(Grouped(), pruned.state_dict(), grouped="whole")
     fresh.load_state_dict(pruned.state_dict())
     assert fresh.g.groups == 1
     check_equal(pruned, fresh, x)

@@ -10,7 +10,9 @@
   largest   −l1: removes the largest filters first (ablation; Li et al. show it is the worst choice)
 
 A group couples several layers (residual branches, depthwise convs); a channel's score is the mean of its
-per-layer scores (taylor: the sum of g·w over all its parameters, squared).
+per-layer scores (taylor: the sum of g·w over all its parameters, squared). A grouped conv pruned by in-group
+position couples position p of all its conv-groups into one channel of the group, so that channel's score is
+the mean over every conv-group (Torch-Pruning's group reduction for grouped convs).
 """
 from __future__ import annotations
 
@@ -61,12 +63,21 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
             w = score_view(m.weight).flatten(1)
         elif scope == "group" and role == "in":
             w = score_view(m.weight).transpose(0, 1).flatten(1)
+        elif scope == "group" and role == "gw_in" and graph.grouped_modes.get(name) == "positions":
+            w = _grouped_input_slices(score_view(m.weight), m.groups)
         elif scope == "group" and role == "bn" and m.affine:
             w = score_view(m.weight)[:, None]
         else:
             continue
         vecs[(name, role)] = (w.abs().sum(1) if p == 1 else w.norm(dim=1)).cpu().numpy()
     return vecs
+
+
+def _grouped_input_slices(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """Rows = input channels of a grouped conv: input k·d_in + p is read by conv-group k's d_out filters at
+    position p, so its slice is w[k·d_out:(k+1)·d_out, p] (weight [g·d_out, d_in, *kernel])."""
+    d_out, d_in = w.shape[0] // groups, w.shape[1]
+    return w.reshape(groups, d_out, d_in, -1).transpose(1, 2).reshape(groups * d_in, -1)
 
 
 def _bn_scales(graph: DependencyGraph, group: ChannelGroup) -> dict[tuple[str, str], np.ndarray]:

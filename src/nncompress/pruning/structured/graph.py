@@ -10,8 +10,24 @@ label per channel (dim 1) along the graph; a union-find merges labels that must 
   conv/linear output     → fresh labels (the layer "produces" them)
   bn, activations, pools → labels pass through (bn is pruned along with them)
   depthwise conv         → labels pass through (its filters are pruned along with them)
-  grouped conv (G groups)→ the channels of each conv-group are merged into one unit, in and out: whole
-                           conv-groups are removed, so every group keeps its width (ResNeXt, ShuffleNet)
+  grouped conv (G groups, grouped="positions", the default; Torch-Pruning's rule for grouped convs)
+                         → input position p of every conv-group is merged into one unit (channels p, d_in + p,
+                           2·d_in + p, ...) and the outputs get fresh labels, the same d_out labels repeated in
+                           every conv-group: the conv is a producer and a consumer like a dense conv, but every
+                           conv-group loses the same in-group positions, so `groups` is unchanged and the
+                           groups stay equal-sized (ResNeXt, ShuffleNet V1)
+  grouped conv (grouped="whole", and any conv with one input channel per group, e.g. a depthwise multiplier)
+                         → the channels of each conv-group are merged into one unit, in and out: whole
+                           conv-groups are removed and `groups` falls
+  channel shuffle        → unflatten(1, (g, k)) → transpose(1, 2) → flatten(1, 2) is followed as the
+                           permutation it is (output j·g + i = input i·k + j), as are other reshapes and
+                           transposes that only split, swap and merge the channel dimension. The split keeps its
+                           literal factor (g) after thinning and recomputes the other, so the permutation
+                           changes with the width: it stays the old one restricted to the kept channels only
+                           when every row i loses the same positions j, so those are merged (channel j of every
+                           row is one unit). A grouped conv → shuffle → grouped conv chain (ShuffleNet V1) thus
+                           prunes the bottleneck in units of g channels when g divides k = width / g, and
+                           cannot prune it otherwise (no equal-sized conv-groups survive a removal).
   a + b, a * b           → labels of a and b are merged element by element
   cat(dim=1)             → labels concatenated (each input keeps its own offset range)
   flatten                → each channel label repeated H·W times (the next linear loses H·W columns)
@@ -55,6 +71,8 @@ _ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 _SHAPE_QUERIES = {"size", "dim", "numel", getattr}
 _RESHAPES = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
+_TRANSPOSES = {torch.transpose, "transpose", torch.swapaxes, "swapaxes"}
+GROUPED_MODES = ("positions", "whole")
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,7 @@ class _UnionFind:
                 self.pinned[rx] = self.pinned[rx] or self.pinned[ry]
 
     def pin(self, ids: np.ndarray) -> None:
-        for x in ids.tolist():
+        for x in np.ravel(ids).tolist():
             self.pinned[self.find(x)] = True
 
     def roots(self, ids: np.ndarray) -> np.ndarray:
@@ -175,10 +193,16 @@ class DependencyGraph:
     `labels[(module, role)]` holds, for each position along that module's pruned dimension, the id of the
     channel it belongs to; role is "out" (conv/linear output channels), "in" (their input channels),
     "bn" (batch-norm features), "dw" (depthwise conv channels), "gw_in"/"gw_out" (grouped conv input/output
-    channels). `groups` lists the prunable groups.
+    channels). `groups` lists the prunable groups. `grouped` ("positions" or "whole") says how grouped convs
+    are pruned (module docstring); `grouped_modes` records, per grouped conv, which rule it got.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor):
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, grouped: str = "positions"):
+        if grouped not in GROUPED_MODES:
+            raise UserError(f"unknown grouped-conv mode '{grouped}': use 'positions' (prune the same in-group channels of "
+                            "every conv-group, groups kept) or 'whole' (remove whole conv-groups)")
+        self.grouped = grouped
+        self.grouped_modes: dict[str, str] = {}  # grouped conv → "positions" or "whole", as it was labelled
         self.modules = dict(model.named_modules())
         canonical = {id(m): n for n, m in self.modules.items()}
         # a module registered under two names (`self.b = self.a`) is traced, labelled and grouped under its first
@@ -235,6 +259,12 @@ class DependencyGraph:
             return None
         x = node.args[0] if node.args else None
         xl = env.get(x) if isinstance(x, fx.Node) else None
+        split = self._split_channels(node, x, xl)
+        if split is not None:
+            return split
+        if any(isinstance(env.get(a), np.ndarray) and env[a].ndim > 1 for a in node.all_input_nodes):
+            self._pin_inputs(node, env)  # a split channel dimension reaching anything but a shuffle's next step
+            return self._fresh(node)
         if node.op == "call_module":
             return self._visit_module(node, self.modules[node.target], xl, env)
         fn = node.target
@@ -258,6 +288,60 @@ class DependencyGraph:
         self._pin_inputs(node, env)
         return self._fresh(node)
 
+    def _split_channels(self, node: fx.Node, x, xl) -> np.ndarray | None:
+        """Labels through the steps of a channel shuffle, or None when `node` is not one.
+
+        unflatten/view/reshape [N, C, *rest] → [N, a, b, *rest] (a·b = C) gives a 2-D label array (a, b);
+        transpose(1, 2) transposes it; flatten/view/reshape [N, a, b, *rest] → [N, a·b, *rest] flattens it back
+        in row-major order: so shuffle(g) maps input channel i·k + j to output channel j·g + i, exactly.
+        """
+        if xl is None or node.op not in ("call_method", "call_function"):
+            return None
+        fn, in_shape, out_shape = node.target, _shape(x), _shape(node)
+        if in_shape is None or out_shape is None or len(in_shape) < 2 or len(out_shape) < 2 or out_shape[0] != in_shape[0]:
+            return None
+        reshape = fn in _RESHAPES or fn in ("unflatten", torch.unflatten)
+        if fn in ("unflatten", torch.unflatten) and not (isinstance(_arg(node, 1, "dim"), int) and _arg(node, 1, "dim") % len(in_shape) == 1):
+            return None  # a spatial dimension split, not the channels
+        if xl.ndim == 1 and reshape and len(out_shape) == len(in_shape) + 1 and out_shape[3:] == in_shape[2:] \
+                and out_shape[1] * out_shape[2] == in_shape[1] and out_shape[1] > 1 and out_shape[2] > 1:
+            grid = xl.reshape(out_shape[1], out_shape[2])
+            fixed = self._fixed_factor(node)
+            if fixed is None:  # both factors literal (the width cannot change) or neither known: pinned
+                return None
+            for k in range(1, grid.shape[0]) if fixed == 0 else ():  # g rows kept: row k loses row 0's positions
+                self._uf.union(grid[0], grid[k])
+            for k in range(1, grid.shape[1]) if fixed == 1 else ():  # k columns kept: whole rows go
+                self._uf.union(grid[:, 0], grid[:, k])
+            return grid
+        if xl.ndim == 2 and reshape and len(out_shape) == len(in_shape) - 1 and out_shape[2:] == in_shape[3:] \
+                and out_shape[1] == in_shape[1] * in_shape[2]:
+            return xl.reshape(-1)
+        if xl.ndim == 2 and fn in _TRANSPOSES:
+            d0, d1 = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+            if isinstance(d0, int) and isinstance(d1, int) and {d0 % len(in_shape), d1 % len(in_shape)} == {1, 2}:
+                return np.ascontiguousarray(xl.T)
+        return None
+
+    @staticmethod
+    def _fixed_factor(node: fx.Node) -> int | None:
+        """Which factor of a channel split [N, C] → [N, a, b] stays fixed when C shrinks: 0 (a, as in
+        `x.unflatten(1, (groups, -1))` or `x.view(n, groups, c // groups, h, w)`), 1 (b), or None when both are
+        literal integers (thinning would break the reshape) or neither is."""
+        if node.target in ("unflatten", torch.unflatten):
+            sizes = _arg(node, 2, "sizes")
+        else:
+            sizes = list(node.args[1:]) if len(node.args) > 2 else _arg(node, 1, "shape")
+            sizes = sizes[1:3] if isinstance(sizes, (tuple, list)) and len(sizes) >= 3 else None
+        if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+            return None
+        literal = [isinstance(v, int) and v > 0 for v in sizes]
+        if literal == [True, False]:
+            return 0
+        if literal == [False, True]:
+            return 1
+        return None
+
     def _visit_module(self, node: fx.Node, m: nn.Module, xl, env) -> np.ndarray | None:
         name = node.target
         if xl is None or len(node.all_input_nodes) != 1:
@@ -274,6 +358,16 @@ class DependencyGraph:
             return xl
         if isinstance(m, _CONVS):  # grouped: conv-group k reads inputs [k·d_in, (k+1)·d_in), writes [k·d_out, ...)
             d_in, d_out = m.in_channels // m.groups, m.out_channels // m.groups
+            if self.grouped == "positions" and d_in > 1:  # the same in-group positions go from every conv-group
+                self.grouped_modes[name] = "positions"
+                rows = xl.reshape(m.groups, d_in)
+                for k in range(1, m.groups):
+                    self._uf.union(rows[0], rows[k])
+                self._record(name, "gw_in", xl)
+                if (name, "gw_out") not in self._raw:
+                    self._raw[(name, "gw_out")] = np.tile(self._uf.new(d_out), m.groups)
+                return self._raw[(name, "gw_out")]
+            self.grouped_modes[name] = "whole"
             unit = xl[::d_in]
             for t in range(1, d_in):
                 self._uf.union(unit, xl[t::d_in])
@@ -361,9 +455,12 @@ class DependencyGraph:
                 members.setdefault(c, set()).add((name, role))
                 if role in ("out", "dw", "gw_out"):
                     first_pos.setdefault(c, (order[name], pos))
+        def produces(n: str, r: str) -> bool:
+            return r == "out" or (r == "gw_out" and self.grouped_modes.get(n) == "positions")
+
         by_signature: dict[frozenset, list[int]] = {}
         for c, sig in members.items():
-            if c in self.pinned or not any(role == "out" for _, role in sig):
+            if c in self.pinned or not any(produces(n, r) for n, r in sig):
                 continue
             by_signature.setdefault(frozenset(sig), []).append(c)
         groups, used = [], set()
@@ -373,15 +470,17 @@ class DependencyGraph:
             def role(r, sig=sig):
                 return tuple(sorted((n for n, rr in sig if rr == r), key=order.__getitem__))
 
-            producers = role("out")
+            positions = {n for n, r in sig if r in ("gw_in", "gw_out") and self.grouped_modes.get(n) == "positions"}
+            producers = tuple(sorted({n for n, r in sig if produces(n, r)}, key=order.__getitem__))
+            consumers = tuple(sorted(set(role("in")) | {n for n in positions if (n, "gw_in") in sig}, key=order.__getitem__))
             name = producers[0]
             k = 1
             while name in used:
                 k += 1
                 name = f"{producers[0]}#{k}"
             used.add(name)
-            carriers = tuple(sorted(set(role("dw")) | set(role("gw_out")), key=order.__getitem__))
-            groups.append(ChannelGroup(name, np.array(chans, dtype=np.int64), producers, role("in"), role("bn"), carriers))
+            carriers = tuple(sorted(set(role("dw")) | (set(role("gw_out")) - positions), key=order.__getitem__))
+            groups.append(ChannelGroup(name, np.array(chans, dtype=np.int64), producers, consumers, role("bn"), carriers))
         groups.sort(key=lambda g: first_pos[int(g.channels[0])])
         return groups
 
@@ -405,6 +504,7 @@ class DependencyGraph:
         return None
 
 
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:
-    """Trace `model` on `example_input` (one batch, any size) and group its coupled channels."""
-    return DependencyGraph(model, example_input)
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor, grouped: str = "positions") -> DependencyGraph:
+    """Trace `model` on `example_input` (one batch, any size) and group its coupled channels; `grouped` says how
+    grouped convs are pruned: "positions" (same in-group channels of every conv-group, groups kept) or "whole"."""
+    return DependencyGraph(model, example_input, grouped)

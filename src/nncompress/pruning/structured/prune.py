@@ -78,9 +78,14 @@ def greedy_channels_to_remove(model: nn.Module, graph: DependencyGraph, ratios: 
         with torch.no_grad():
             for name, role, js in member_positions(wgraph, g):
                 w = dense_tensor(wgraph.modules[name])
-                if role == "in" and w.dim() >= 2 and w.shape[1] == len(js):  # grouped convs: kernels not per input channel
-                    cols = torch.from_numpy(np.flatnonzero((js >= 0) & gone[np.maximum(js, 0)])).to(w.device)
-                    w.index_fill_(1, cols, 0)
+                hit = (js >= 0) & gone[np.maximum(js, 0)]
+                if role == "in" and w.dim() >= 2 and w.shape[1] == len(js):
+                    w.index_fill_(1, torch.from_numpy(np.flatnonzero(hit)).to(w.device), 0)
+                elif role == "gw_in" and wgraph.grouped_modes.get(name) == "positions":  # input k·d_in + p: w[k·d_out:(k+1)·d_out, p]
+                    groups = wgraph.modules[name].groups
+                    d_out, d_in = w.shape[0] // groups, w.shape[1]
+                    for q in np.flatnonzero(hit).tolist():
+                        w[(q // d_in) * d_out:(q // d_in + 1) * d_out, q % d_in] = 0
     return plan
 
 
@@ -115,13 +120,16 @@ def prune_channels(
     seed: int = 0,
     scope: str = "group",
     strategy: str = "independent",
+    grouped: str = "positions",
 ) -> nn.Module:
     """A thinned copy of `model` with `ratio` of every group's channels removed by `criterion`.
 
     ratio: fraction of each group's channels removed (uniform); ratios: per group/layer overrides;
     remove_macs: instead of `ratio`, the fraction of MACs to remove (uniform ratio found by bisection);
     data: (inputs, labels) batches, needed by the taylor criterion; scope: see `channel_scores`;
-    strategy: "independent" or "greedy" (l1/l2 only, see `greedy_channels_to_remove`; Li et al. 2017, Sec. 3.2).
+    strategy: "independent" or "greedy" (l1/l2 only, see `greedy_channels_to_remove`; Li et al. 2017, Sec. 3.2);
+    grouped: how grouped convs lose channels, "positions" (the same in-group channels of every conv-group, so
+    `groups` is kept; Torch-Pruning's rule) or "whole" (whole conv-groups; see `graph`).
     """
     if strategy not in ("independent", "greedy"):
         raise UserError(f"unknown strategy '{strategy}': use 'independent' or 'greedy'")
@@ -129,7 +137,7 @@ def prune_channels(
         raise UserError("strategy 'greedy' takes ratio or ratios, not remove_macs")
     if remove_macs is not None and (ratios or not 0.0 < remove_macs < 1.0):
         raise UserError("remove_macs must be in (0, 1) and cannot be combined with per-layer ratios")
-    graph = build_dependency_graph(model, example_input)
+    graph = build_dependency_graph(model, example_input, grouped)
     if not graph.groups:
         raise UserError(f"{type(model).__name__} has no prunable channels (every channel reaches the input, output or an unsupported op)")
     if strategy == "greedy":

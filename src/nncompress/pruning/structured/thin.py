@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 from nncompress.core.errors import UserError
 from nncompress.pruning.mask import Mask, apply_mask, apply_shared_mask, broken_parametrization
 from nncompress.pruning.pruners import weight_holders
-from nncompress.pruning.structured.graph import DependencyGraph, model_input
+from nncompress.pruning.structured.graph import GROUPED_MODES, DependencyGraph, model_input
 from nncompress.training.device import module_device
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -64,10 +64,35 @@ def _dense_parts(m: nn.Module, where: str) -> dict[str, tuple[torch.Tensor, torc
     return parts
 
 
-def _thin_module(m: nn.Module, keep: dict[str, np.ndarray], where: str = "") -> nn.Module:
-    """A copy of `m` narrowed to the kept positions of each role ('out', 'in', 'bn', 'dw'), on `m`'s device,
-    in `m`'s dtype, as the plain layer class (never a copy of a Parametrized* class, which would lack its
-    parametrizations); pruning masks on weight or bias are sliced with the same indices and re-attached."""
+def _balanced_slices(m: nn.Module, keep: dict[str, np.ndarray], where: str, device) -> tuple[int, int, object]:
+    """(kept inputs, kept outputs, weight slicer) of a grouped conv that loses channels inside its conv-groups.
+
+    Conv-group k's filters w[k·d_out:(k+1)·d_out] read its inputs by in-group position, so the new filters of
+    group k are its kept filters at its kept in-group input positions; the groups may keep different positions
+    but must keep as many inputs, and as many outputs, as each other, or the layer cannot stay one conv with
+    `groups` groups."""
+    g, d_in, d_out = m.groups, m.in_channels // m.groups, m.out_channels // m.groups
+    rows_in = keep.get("gw_in", np.ones(m.in_channels, dtype=bool)).reshape(g, d_in)
+    rows_out = keep.get("gw_out", np.ones(m.out_channels, dtype=bool)).reshape(g, d_out)
+    n_in, n_out = rows_in.sum(1), rows_out.sum(1)
+    if (n_in != n_in[0]).any() or (n_out != n_out[0]).any():
+        raise UserError(f"grouped conv '{where}' would keep {n_in.tolist()} inputs and {n_out.tolist()} outputs in its conv-groups: "
+                        "each must lose as many as the others (prune through the dependency graph) or use grouped='whole'")
+    pos_in = [torch.from_numpy(np.flatnonzero(r)).to(device) for r in rows_in]
+    pos_out = [torch.from_numpy(np.flatnonzero(r) + k * d_out).to(device) for k, r in enumerate(rows_out)]
+
+    def weight(t):
+        return torch.cat([t[o][:, i] for o, i in zip(pos_out, pos_in)])
+
+    return int(n_in.sum()), int(n_out.sum()), weight
+
+
+def _thin_module(m: nn.Module, keep: dict[str, np.ndarray], where: str = "", grouped: str = "whole") -> nn.Module:
+    """A copy of `m` narrowed to the kept positions of each role ('out', 'in', 'bn', 'dw', 'gw_in', 'gw_out'), on
+    `m`'s device, in `m`'s dtype, as the plain layer class (never a copy of a Parametrized* class, which would lack
+    its parametrizations); pruning masks on weight or bias are sliced with the same indices and re-attached.
+    `grouped` says how a grouped conv's 'gw_*' roles were labelled: "whole" conv-groups or "positions" (channels
+    inside every conv-group, equally many per group)."""
     device = module_device(m)
     cls = parametrize.type_before_parametrizations(m)
     parts = _dense_parts(m, where or type(m).__name__)
@@ -85,6 +110,12 @@ def _thin_module(m: nn.Module, keep: dict[str, np.ndarray], where: str = "") -> 
         o, i = _idx(keep.get("out"), m.out_features, device), _idx(keep.get("in"), m.in_features, device)
         new = nn.Linear(len(i), len(o), bias="bias" in parts, dtype=dtype, device=device)
         slices = {"weight": lambda t: t[o][:, i], "bias": lambda t: t[o]}
+    elif ("gw_in" in keep or "gw_out" in keep) and grouped == "positions":  # equally many channels go from every group
+        n_in, n_out, weight = _balanced_slices(m, keep, where or type(m).__name__, device)
+        o = _idx(keep.get("gw_out"), m.out_channels, device)
+        new = cls(n_in, n_out, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, "bias" in parts,
+                  m.padding_mode, dtype=dtype, device=device)
+        slices = {"weight": weight, "bias": lambda t: t[o]}
     elif "gw_in" in keep or "gw_out" in keep:  # grouped: whole conv-groups go, each keeps its width
         o, i = _idx(keep.get("gw_out"), m.out_channels, device), _idx(keep.get("gw_in"), m.in_channels, device)
         groups = len(o) // (m.out_channels // m.groups)
@@ -179,7 +210,7 @@ def remove_channels(
     thinned: dict[str, nn.Module] = {}
     for name, roles in keep.items():
         old = new_model.get_submodule(name)
-        thinned[name] = _thin_module(old, roles, name)
+        thinned[name] = _thin_module(old, roles, name, graph.grouped_modes.get(name, "whole"))
         for alias in aliases.get(id(old), [name]):  # a module registered twice is replaced under both names
             new_model.set_submodule(alias, thinned[name])
     _retie(model, new_model, thinned, keep)
@@ -204,10 +235,16 @@ def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
         model.train(was_training)
 
 
-def resize_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+def resize_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], grouped: str = "positions") -> nn.Module:
     """Narrow `model`'s conv/linear/bn layers in place to the shapes in `state_dict`, so a thinned model's saved
     weights load into a freshly built (full-width) architecture; a masked layer's shape is read from its dense
-    tensor, so a thinned-and-masked state dict then loads with `load_masked_state_dict`."""
+    tensor, so a thinned-and-masked state dict then loads with `load_masked_state_dict`.
+
+    `grouped` must be the mode the model was pruned with (a weight's shape alone cannot tell them apart):
+    "positions" keeps each grouped conv's `groups` (weight [g·d_out', d_in', ...]); "whole" keeps d_in and
+    divides the conv-groups (weight [g'·d_out, d_in, ...]). Convs with one input per group always use "whole"."""
+    if grouped not in GROUPED_MODES:
+        raise UserError(f"unknown grouped-conv mode '{grouped}': use 'positions' or 'whole'")
     for name, m in list(model.named_modules()):
         prefix = f"{name}." if name else ""
         w = state_dict.get(f"{prefix}weight", state_dict.get(f"{prefix}parametrizations.weight.original"))  # masked: dense tensor
@@ -222,6 +259,15 @@ def resize_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
                 roles = {"out": np.arange(m.out_features) < out_n, "in": np.arange(m.in_features) < w.shape[1]}
             elif m.groups == m.in_channels == m.out_channels and m.groups > 1:
                 roles = {"dw": np.arange(m.out_channels) < out_n}
+            elif m.groups > 1 and grouped == "positions" and m.in_channels // m.groups > 1:
+                if out_n % m.groups:
+                    raise UserError(f"'{name}.weight' has {out_n} filters, not a multiple of the conv's {m.groups} groups: "
+                                    "it was not pruned with grouped='positions' (try grouped='whole')")
+                d_in, d_out = m.in_channels // m.groups, m.out_channels // m.groups
+                roles = {"gw_out": np.arange(m.out_channels) % d_out < out_n // m.groups,
+                         "gw_in": np.arange(m.in_channels) % d_in < w.shape[1]}
+                model.set_submodule(name, _thin_module(m, roles, name, "positions"))
+                continue
             elif m.groups > 1:
                 roles = {"gw_out": np.arange(m.out_channels) < out_n,
                          "gw_in": np.arange(m.in_channels) < out_n // (m.out_channels // m.groups) * (m.in_channels // m.groups)}
