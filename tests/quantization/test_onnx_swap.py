@@ -266,3 +266,26 @@ def test_opsets_reduce_axes(opset):
     with torch.no_grad():
         ref = q(x).numpy()
     assert np.abs(_run(blob, {"input": x}) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_tied_embedding_and_lm_head_stored_once():
+    """GPT-2's wte / lm_head share one QuantizedWeight: the file holds its codes once (the embedding gathers columns
+    of the output layer's [D, V] constant). Hand count: wte 1000·64 + wpe 64·64 + 2 blocks × (64·192 + 64·64 +
+    64·256 + 256·64) codes + one zero-point byte per MatMulInteger (9) = 166,409 int8 bytes."""
+    from nncompress.quantization.onnx_swap import int8_weight_bytes
+
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                                                             bos_token_id=0, eos_token_id=0)).eval()
+    linearize_conv1d(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_(m, DynamicInt8Config())
+        blob = to_onnx_int8(q, {"input_ids": torch.randint(0, 1000, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)})
+    assert q.lm_head.weight_q is q.transformer.wte.weight_q
+    assert int8_weight_bytes(blob) == 1000 * 64 + 64 * 64 + 2 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64) + 9
+    test = {"input_ids": torch.randint(0, 1000, (3, 11), generator=torch.Generator().manual_seed(5)),
+            "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    with torch.no_grad():
+        ref = q(**test).logits.numpy()
+    assert np.abs(_run(blob, test) - ref).max() <= 1e-5 * np.abs(ref).max()

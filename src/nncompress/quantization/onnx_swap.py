@@ -28,6 +28,8 @@ The nodes per module (Jacob et al. 2018, eq. 4–7: y = s_x·s_w·Σ(q_x − z_x
   Conv in float (storage saving; ORT folds the dequantization at load). 4-bit groups of 16…256 (a power of two)
   export as ONNX Runtime's MatMulNBits (com.microsoft) with our packed bytes, as `weight_only.matmul_nbits_model`.
 - Embedding: Gather on the int8 codes and on the row scales → Cast → ×: only the looked-up rows are dequantized.
+  An embedding tied to an int8 output layer (GPT-2's wte / lm_head) gathers columns of that layer's [D, V] codes,
+  so the file stores the tied codes once.
 
 A module holding int8 codes that this exporter does not know (QuantizedRNN, third-party quantized layers) is a
 UserError naming it: quantize with `skip=[name]` to keep it in float, or export it another way.
@@ -116,7 +118,7 @@ def _integer_layer(g, x, m, opts):
     wq = m.weight_q
     codes = wq.int_codes().reshape(wq.shape)
     is_linear = isinstance(m, QuantizedLinear)
-    w_const = _const(g, codes.t().contiguous() if is_linear else codes, torch.int8)
+    w_const = _codes_kn(g, wq, opts) if is_linear else _const(g, codes, torch.int8)
     s_w = wq.channel_scale().float().reshape(_bshape(m))
 
     def product(xq, x_zp):
@@ -206,8 +208,25 @@ def _weight_only(g, x, m, opts):
     return g.op("Relu", y) if m.relu else y
 
 
+def _codes_kn(g, wq: QuantizedWeight, opts: dict):
+    """The [K, N] int8 constant MatMulInteger takes (our [N, K] codes transposed), made once per QuantizedWeight per
+    export: a weight tied between an embedding and an output layer (GPT-2's wte / lm_head) is stored once."""
+    cache = opts["_codes_kn"]
+    if id(wq) not in cache:
+        cache[id(wq)] = _const(g, wq.int_codes().reshape(wq.shape[0], -1).t().contiguous(), torch.int8)
+    return cache[id(wq)]
+
+
 def _embedding(g, ids, m: QuantizedEmbedding, opts):
     wq = m.weight_q
+    rank = ids.type().dim() if hasattr(ids.type(), "dim") else None
+    if id(wq) in opts["_tied"] and wq.group_size is None and rank is not None:
+        # tied to an int8 output layer: gather columns of its [D, V] constant, then move D last (a copy of the looked-up
+        # rows only), so the codes are stored once
+        cols = g.op("Gather", _codes_kn(g, wq, opts), ids, axis_i=1)  # [D, *ids]
+        rows = g.op("Transpose", g.op("Cast", cols, to_i=_ONNX_FLOAT), perm_i=list(range(1, rank + 1)) + [0])
+        return g.op("Mul", rows, _unsqueeze_last(g, g.op("Gather", _const(g, wq.scale.float().expand(m.num_embeddings).contiguous()),
+                                                            ids, axis_i=0)))
     per = wq.group_size or m.embedding_dim
     codes = wq.int_codes().reshape(m.num_embeddings, -1, per)  # [V, groups, per]
     rows = g.op("Cast", g.op("Gather", _const(g, codes, torch.int8), ids, axis_i=0), to_i=_ONNX_FLOAT)  # [..., groups, per]
@@ -367,7 +386,10 @@ def to_onnx_int8(model: nn.Module, example_inputs, *, dynamic_axes: bool = True,
     wrapper = _Inputs(model, keys)
     was_training = model.training
     model.eval()
-    opts = {"opset": opset, "dynamic_activations": dynamic_activations, "ort_contrib_ops": ort_contrib_ops}
+    int8_linear = {id(m.weight_q) for m in layers.values() if isinstance(m, QuantizedLinear) and m.act_mode != "none"}
+    tied = {id(m.weight_q) for m in layers.values() if isinstance(m, QuantizedEmbedding)} & int8_linear
+    opts = {"opset": opset, "dynamic_activations": dynamic_activations, "ort_contrib_ops": ort_contrib_ops, "_tied": tied,
+            "_codes_kn": {}}
     contrib = ort_contrib_ops and any(isinstance(m, QuantizedLinear) and m.act_mode == "none" and _nbits_block(m.weight_q)
                                       for m in layers.values())
     custom = {"com.microsoft": 1} if contrib else None
