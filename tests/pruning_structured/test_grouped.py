@@ -187,3 +187,22 @@ def test_prune_channels_on_zoo_shufflenet_v1_runs_and_shrinks():
     pruned = prune_channels(model, x, "l1", 0.5)
     assert count_params(pruned) < count_params(model) * 0.6
     assert pruned(x).shape == (2, 10)
+
+
+def test_dead_channels_read_by_a_grouped_conv_only_when_its_slices_are_zero():
+    from nncompress.pruning.structured import remove_dead_channels
+
+    torch.manual_seed(0)
+    model, x = randomize_bn(ShuffleNetV1((3, 32, 32), 10, groups=2, width_mult=0.25)), torch.randn(2, 3, 32, 32)
+    assert remove_dead_channels(model, x)[1] == {}  # every bottleneck channel is read by the expand conv
+    graph = build_dependency_graph(model, x)
+    (positions,) = [js for name, role, js in member_positions(graph, graph.group_of("features.3.reduce.0")) if role == "gw_in"]
+    expand = model.features[3].expand[0]  # 2 groups, 6 inputs and 24 filters each: input q is read by w[q // 6 · 24 ...][:, q % 6]
+    with torch.no_grad():
+        for q in np.flatnonzero(positions == 0).tolist():
+            expand.weight[(q // 6) * 24:(q // 6 + 1) * 24, q % 6] = 0
+    pruned, removed = remove_dead_channels(model, x)
+    assert removed == {"features.3.reduce.0": 1}
+    assert pruned.features[3].expand[0].in_channels == 12 - 4 and pruned.features[3].expand[0].groups == 2
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)

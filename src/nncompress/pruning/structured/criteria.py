@@ -64,7 +64,7 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
         elif scope == "group" and role == "in":
             w = score_view(m.weight).transpose(0, 1).flatten(1)
         elif scope == "group" and role == "gw_in" and graph.grouped_modes.get(name) == "positions":
-            w = _grouped_input_slices(score_view(m.weight), m.groups)
+            w = grouped_input_slices(score_view(m.weight), m.groups)
         elif scope == "group" and role == "bn" and m.affine:
             w = score_view(m.weight)[:, None]
         else:
@@ -73,7 +73,7 @@ def _norms(graph: DependencyGraph, p: int, scope: str) -> dict[tuple[str, str], 
     return vecs
 
 
-def _grouped_input_slices(w: torch.Tensor, groups: int) -> torch.Tensor:
+def grouped_input_slices(w: torch.Tensor, groups: int) -> torch.Tensor:
     """Rows = input channels of a grouped conv: input k·d_in + p is read by conv-group k's d_out filters at
     position p, so its slice is w[k·d_out:(k+1)·d_out, p] (weight [g·d_out, d_in, *kernel])."""
     d_out, d_in = w.shape[0] // groups, w.shape[1]

@@ -17,7 +17,7 @@ from torch import nn
 
 from nncompress.pruning.criteria import score_view
 from nncompress.pruning.mask import dense_tensor
-from nncompress.pruning.structured.criteria import member_positions
+from nncompress.pruning.structured.criteria import grouped_input_slices, member_positions
 from nncompress.pruning.structured.graph import build_dependency_graph, model_input
 from nncompress.pruning.structured.thin import remove_channels
 
@@ -47,7 +47,7 @@ def _folds(graph, members, inputs: dict[str, torch.Tensor], j: int, atol: float)
     the value the consumers see is not constant, or a convolution sees a non-zero constant."""
     fold = []
     for name, role, js in members:
-        if role != "in":
+        if role not in ("in", "gw_in"):  # a grouped conv's input is a convolution's: only zero folds
             continue
         for p in np.flatnonzero(js == j).tolist():
             v = inputs[name][:, p]
@@ -78,10 +78,12 @@ def remove_dead_channels(model: nn.Module, example_input: torch.Tensor, atol: fl
         for name, role, js in members:
             w = score_view(graph.modules[name].weight)
             ok = js >= 0
-            if role == "in":
-                used = (w.transpose(0, 1).flatten(1).abs().amax(1) > atol).cpu().numpy()
+            positions = graph.grouped_modes.get(name) == "positions"  # a grouped conv pruned inside its conv-groups
+            if role == "in" or (role == "gw_in" and positions):
+                rows = w.transpose(0, 1).flatten(1) if role == "in" else grouped_input_slices(w, graph.modules[name].groups)
+                used = (rows.abs().amax(1) > atol).cpu().numpy()
                 np.logical_and.at(no_out, js[ok], ~used[ok])
-            elif role == "out":
+            elif role == "out" or (role == "gw_out" and positions):
                 alive = (w.flatten(1).abs().amax(1) > atol).cpu().numpy()
                 np.logical_and.at(no_in, js[ok], ~alive[ok])
         if not g.consumers:
