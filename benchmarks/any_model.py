@@ -298,6 +298,18 @@ def compare(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     return {"cosine": round(cos, 5), "cosine_uncentred": round(raw, 5), "top1_agreement": round(top1, 2)}
 
 
+def freeze_bn_stats(model: nn.Module) -> nn.Module:
+    """BatchNorm running statistics frozen for the one-step methods (momentum 0: train-mode batches normalise with their
+    own statistics but leave the running ones alone). One 8-16-image batch would otherwise move every BN's running
+    mean and variance 10 % of the way to its own, which costs more fidelity than the step gains (measured on
+    EfficientNet-Lite0: 44 % top-1 agreement after one QAT step, vs 92 % for static int8); freezing BN statistics is
+    also what QAT does late in training (Krishnamoorthi 2018, §3.2)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return model
+
+
 def train_batches(arch: Arch, n: int) -> list:
     """(inputs, labels) batches for the one-step methods (QAT, KD): labels are the fp32 model's own predictions."""
     out = []
@@ -398,11 +410,11 @@ def m_qat_step(arch: Arch):
     except UserError as e:
         path, why = "module swap (prepare_qat_swap)", one_line(e)
         gm = prepare_qat_swap(arch.model, example(arch), weight_bits=8, act_bits=8, method="lsq")
-    train_qat(gm, train_batches(arch, 1), epochs=1, lr=1e-4, progress=False)
+    train_qat(freeze_bn_stats(gm), train_batches(arch, 1), epochs=1, lr=1e-4, progress=False)
     gm = convert_qat(gm)
     quant_w = sum(m.layer.weight.numel() for m in {id(m): m for m in gm.modules() if isinstance(m, QuantLayer)}.values())
     fp32 = state_bytes(arch.model)
-    extra = {"path": path, "steps": 1, "weight_bits": 8, "act_bits": 8, "quantized_layers": len(gm.quant_layers)}
+    extra = {"path": path, "steps": 1, "bn_statistics": "frozen", "weight_bits": 8, "act_bits": 8, "quantized_layers": len(gm.quant_layers)}
     if why:
         extra["graph_path_error"] = why
     return gm, fp32 / (fp32 - 3 * quant_w), extra
@@ -439,7 +451,7 @@ def m_kd_step(arch: Arch):
     student = LevelPruner(arch.sparsity, scope="global").prune(copy.deepcopy(arch.model))
     before = compare(arch.fp32_out, outputs(student, arch.held))
     data = train_batches(arch, 2)
-    distill(student.train(), arch.model, data, TrainConfig(epochs=1, lr=1e-4, optimizer="adam", progress=False),
+    distill(freeze_bn_stats(student).train(), arch.model, data, TrainConfig(epochs=1, lr=1e-4, optimizer="adam", progress=False),
             temperature=2.0, alpha=0.9)
     student.eval()
     return student, state_bytes(arch.model) / pruned_bytes(student), {

@@ -114,9 +114,14 @@ class QuantLayer(nn.Module):
 
     def _run_layer(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         # not `_apply`: nn.Module._apply is what .to()/.cuda()/.half() call, and overriding it broke moving the model
-        if isinstance(self.layer, nn.Linear):
+        forward = type(self.layer).forward
+        if forward is nn.Linear.forward:
             return F.linear(x, w, b)
-        return self.layer._conv_forward(x, w, b)
+        if forward in (nn.Conv1d.forward, nn.Conv2d.forward):
+            return self.layer._conv_forward(x, w, b)
+        # a subclass with its own forward (EfficientNet's TF-"SAME" Conv2dSame pads by input size): run that forward
+        # with the quantized tensors, or the padding it adds is lost
+        return torch.func.functional_call(self.layer, {"weight": w, "bias": b}, (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
