@@ -161,11 +161,12 @@ def test_shufflenet_v1_channel_prunes_exactly_and_keeps_groups(groups):
     torch.manual_seed(0)
     model, x = randomize_bn(ShuffleNetV1((3, 32, 32), 10, groups=groups, width_mult=0.25)), torch.randn(2, 3, 32, 32)
     graph = build_dependency_graph(model, x)
-    # stage-2 unit 2: reduce → shuffle → expand with k = 12/g in-group channels. g = 2: k = 6, and g1's units
-    # u_j land at expand positions 2j, 2j+1, so u_j and u_{j+3} share an expand position: 3 units of 4 channels.
-    # g = 3: k = 5 is not a multiple of 3, units straddle the expand's conv-groups and merge into one: unprunable.
+    # stage-2 unit 2: reduce → shuffle → expand with k = 12/g channels per conv-group. g = 2: k = 6, column u_j
+    # of the shuffle sits at expand inputs 2j, 2j+1: u0-u2 in conv-group 0, u3-u5 in 1 → 3 units {u_j, u_j+3}.
+    # g = 3: k = 5, u_j at 3j..3j+2: u0, u2, u4 lie in groups 0, 1, 2 (3 each), u1 and u3 straddle (2+1, 1+2):
+    # units {u0, u2, u4} and {u1, u3}.
     bottleneck = graph.group_of("features.3.reduce.0")
-    assert bottleneck.size == {2: 3, 3: 1}[groups]
+    assert bottleneck.size == {2: 3, 3: 2}[groups]
     plan = channels_to_remove(channel_scores(model, graph, "l1"), {g.name: 0.4 for g in graph.groups})
     pruned = remove_channels(model, graph, plan, x)
     assert count_params(pruned) < 0.75 * count_params(model)
@@ -179,6 +180,27 @@ def test_shufflenet_v1_channel_prunes_exactly_and_keeps_groups(groups):
     fresh.load_state_dict(pruned.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), pruned(x))
+
+
+def test_conv_groups_may_lose_different_positions_when_the_counts_match():
+    torch.manual_seed(0)
+    model, x = randomize_bn(ShuffleNetV1((3, 32, 32), 10, groups=3, width_mult=0.25)), torch.randn(2, 3, 32, 32)
+    graph = build_dependency_graph(model, x)
+    f = graph.labels[("features.3.reduce.0", "gw_out")][:5]  # the reduce conv's 5 in-group outputs = shuffle columns
+    assert f[0] == f[2] == f[4] and f[1] == f[3] != f[0]
+    unit = graph.group_of("features.3.reduce.0")
+    pruned = remove_channels(model, graph, {unit.name: [1]}, x)  # {u1, u3}: expand inputs 3, 4 | 5, 9 | 10, 11
+    w, new = model.features[3].expand[0].weight, pruned.features[3].expand[0]
+    assert (new.in_channels, new.groups) == (9, 3)
+    torch.testing.assert_close(new.weight, torch.cat((w[:20][:, [0, 1, 2]], w[20:40][:, [1, 2, 3]], w[40:][:, [2, 3, 4]])))
+    unit3 = model.features[3]
+    with torch.no_grad():  # u1, u3: reduce outputs 1, 3 of each group of 5; after the shuffle, channels 3-5 and 9-11
+        for layers, idx in (((unit3.reduce[0], unit3.reduce[1]), [1, 3, 6, 8, 11, 13]), ((unit3.depthwise[1],), [3, 4, 5, 9, 10, 11])):
+            for layer in layers:
+                layer.weight[idx] = 0
+                if layer.bias is not None:
+                    layer.bias[idx] = 0
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_prune_channels_on_zoo_shufflenet_v1_runs_and_shrinks():

@@ -10,12 +10,12 @@ label per channel (dim 1) along the graph; a union-find merges labels that must 
   conv/linear output     → fresh labels (the layer "produces" them)
   bn, activations, pools → labels pass through (bn is pruned along with them)
   depthwise conv         → labels pass through (its filters are pruned along with them)
-  grouped conv (G groups, grouped="positions", the default; Torch-Pruning's rule for grouped convs)
-                         → input position p of every conv-group is merged into one unit (channels p, d_in + p,
-                           2·d_in + p, ...) and the outputs get fresh labels, the same d_out labels repeated in
-                           every conv-group: the conv is a producer and a consumer like a dense conv, but every
-                           conv-group loses the same in-group positions, so `groups` is unchanged and the
-                           groups stay equal-sized (ResNeXt, ShuffleNet V1)
+  grouped conv (G groups, grouped="positions", the default)
+                         → outputs get fresh labels, the same d_out labels repeated in every conv-group; inputs
+                           are merged into units that cost every conv-group equally many channels (`_balance`:
+                           position p of every group, Torch-Pruning's rule, or across a shuffle one column per
+                           group): the conv is a producer and a consumer like a dense conv, `groups` is
+                           unchanged and the groups stay equal-sized (ResNeXt, ShuffleNet V1)
   grouped conv (grouped="whole", and any conv with one input channel per group, e.g. a depthwise multiplier)
                          → the channels of each conv-group are merged into one unit, in and out: whole
                            conv-groups are removed and `groups` falls
@@ -25,9 +25,7 @@ label per channel (dim 1) along the graph; a union-find merges labels that must 
                            literal factor (g) after thinning and recomputes the other, so the permutation
                            changes with the width: it stays the old one restricted to the kept channels only
                            when every row i loses the same positions j, so those are merged (channel j of every
-                           row is one unit). A grouped conv → shuffle → grouped conv chain (ShuffleNet V1) thus
-                           prunes the bottleneck in units of g channels when g divides k = width / g, and
-                           cannot prune it otherwise (no equal-sized conv-groups survive a removal).
+                           row is one unit, a column).
   a + b, a * b           → labels of a and b are merged element by element
   cat(dim=1)             → labels concatenated (each input keeps its own offset range)
   flatten                → each channel label repeated H·W times (the next linear loses H·W columns)
@@ -220,11 +218,13 @@ class DependencyGraph:
             for m, mode in modes.items():
                 m.train(mode)
         self._uf = _UnionFind()
+        self._balanced: list[np.ndarray] = []  # [groups, d_in] inputs of grouped convs: rows lose equally many
         self._raw: dict[tuple[str, str], np.ndarray] = {}
         env: dict[fx.Node, np.ndarray | None] = {}
         for node in gm.graph.nodes:
             env[node] = self._visit(node, env)
         self._couple_tied(model)
+        self._balance()
         uf = self._uf
         self.labels = {key: uf.roots(ids) for key, ids in self._raw.items()}
         self.pinned = {i for i in range(len(uf.parent)) if uf.parent[i] == i and uf.pinned[i]}
@@ -358,11 +358,9 @@ class DependencyGraph:
             return xl
         if isinstance(m, _CONVS):  # grouped: conv-group k reads inputs [k·d_in, (k+1)·d_in), writes [k·d_out, ...)
             d_in, d_out = m.in_channels // m.groups, m.out_channels // m.groups
-            if self.grouped == "positions" and d_in > 1:  # the same in-group positions go from every conv-group
+            if self.grouped == "positions" and d_in > 1:  # equally many inputs go from every conv-group (`_balance`)
                 self.grouped_modes[name] = "positions"
-                rows = xl.reshape(m.groups, d_in)
-                for k in range(1, m.groups):
-                    self._uf.union(rows[0], rows[k])
+                self._balanced.append(xl.reshape(m.groups, d_in))
                 self._record(name, "gw_in", xl)
                 if (name, "gw_out") not in self._raw:
                     self._raw[(name, "gw_out")] = np.tile(self._uf.new(d_out), m.groups)
@@ -444,6 +442,63 @@ class DependencyGraph:
                 for r in roles:
                     for ids in r.values():
                         self._uf.pin(ids)
+
+    def _balance(self) -> None:
+        """Merge channels so that every conv-group of every grouped conv loses equally many inputs.
+
+        A conv-group's filters read its inputs by in-group position, so the groups may lose different positions
+        but must lose as many as each other, or the layer cannot stay one conv with `groups` equal groups. For
+        each grouped conv, count per conv-group how often each unit (union-find root) appears among its inputs:
+          units with equal counts in every conv-group are fine alone;
+          units inside one conv-group only, with count c, are merged one per conv-group (same c), in order:
+            position p of every group when the inputs are plain channels (Torch-Pruning's rule), and across a
+            channel shuffle (whose columns u_j sit at inputs j·g ... j·g + g − 1) one column from each group;
+          the remaining units are merged into one (balanced, since the total and every other unit are).
+        A unit unbalanced in two grouped convs at once cannot be split this way: those convs fall back to
+        merging position p of every conv-group (always consistent, coarser). For ShuffleNet V1 (g = 3,
+        k = 20 bottleneck channels per group) the bottleneck thus keeps 7 units (6 of 3 columns, 1 of 2)
+        where same-position merging leaves one, which cannot be removed.
+        """
+        uf, pending = self._uf, {c.tobytes(): c for c in self._balanced}.values()
+        pending = list(pending)
+        while True:
+            counts, unbalanced_in = [], {}
+            for ci, c in enumerate(pending):
+                cnt: dict[int, np.ndarray] = {}
+                for b, row in enumerate(uf.roots(c.ravel()).reshape(c.shape)):
+                    for x in row.tolist():
+                        cnt.setdefault(x, np.zeros(c.shape[0], dtype=np.int64))[b] += 1
+                counts.append(cnt)
+                for x, v in cnt.items():
+                    if (v != v[0]).any():
+                        unbalanced_in.setdefault(x, []).append(ci)
+            shared = {ci for cis in unbalanced_in.values() if len(cis) > 1 for ci in cis}
+            if not shared:
+                break
+            for ci in shared:  # fall back to the same positions in every conv-group
+                for k in range(1, pending[ci].shape[0]):
+                    uf.union(pending[ci][0], pending[ci][k])
+            pending = [c for ci, c in enumerate(pending) if ci not in shared]
+        for cnt in counts:
+            buckets: dict[tuple[int, int], list[int]] = {}
+            rest = []
+            for x, v in cnt.items():  # dict order = first position of the unit in the conv's inputs
+                if not (v != v[0]).any():
+                    continue
+                support = np.flatnonzero(v)
+                if len(support) == 1:
+                    buckets.setdefault((int(support[0]), int(v[support[0]])), []).append(x)
+                else:
+                    rest.append(x)
+            g = len(next(iter(cnt.values())))
+            for c in sorted({c for _, c in buckets}):
+                lists = [buckets.get((b, c), []) for b in range(g)]
+                n = min(len(lst) for lst in lists)
+                for t in range(n):
+                    uf.union(np.full(g - 1, lists[0][t]), np.array([lists[b][t] for b in range(1, g)]))
+                rest.extend(x for lst in lists for x in lst[n:])
+            if rest:
+                uf.union(np.full(len(rest) - 1, rest[0]), np.array(rest[1:], dtype=np.int64))
 
     # --- groups ------------------------------------------------------------------------------------
     def _make_groups(self) -> list[ChannelGroup]:
