@@ -2,9 +2,9 @@
 
 Hand-worked toy: c1 (3→8, 1×1) → g1 (8→8, 1×1, 2 groups) → bn1 → relu → shuffle(2) → g2 (8→6, 3×3, 2 groups) → relu
 → pool → fc (6→5). g1 reads c1's channels p and 4+p at in-group position p, so they are one unit (4 units). The
-shuffle sends g1's output j·2 + i ... (input i·4 + j → output j·2 + i): g1's unit u_j (channels j, 4+j) lands at
-g2 inputs 2j, 2j+1, so g2's position-0/1 inputs are u0 (group 0) and u2 (group 1): {u0, u2} and {u1, u3} are
-g1's two units. g2's outputs v0, v1, v2 repeat in both groups and reach fc's columns (3 units).
+shuffle sends input i·4 + j to output j·2 + i, so g1's output pair u_j (channels j, 4+j, one per conv-group) lands
+at g2 inputs 2j, 2j+1: u0, u1 in g2's conv-group 0 and u2, u3 in group 1, so {u0, u2} and {u1, u3} are g1's two
+units. g2's outputs v0, v1, v2 repeat in both groups and reach fc's columns (3 units).
 """
 import numpy as np
 import pytest
@@ -227,4 +227,31 @@ def test_dead_channels_read_by_a_grouped_conv_only_when_its_slices_are_zero():
     assert removed == {"features.3.reduce.0": 1}
     assert pruned.features[3].expand[0].in_channels == 12 - 4 and pruned.features[3].expand[0].groups == 2
     with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_depthwise_multiplier_conv_still_loses_whole_conv_groups():
+    """One input per conv-group (groups = in_channels, 2 outputs each): an input channel and its 2 outputs go together."""
+
+    class Multiplier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 4, 1)
+            self.dm = nn.Conv2d(4, 8, 3, padding=1, groups=4)
+            self.c2 = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c2(F.relu(self.dm(F.relu(self.c1(x)))))
+
+    torch.manual_seed(0)
+    model, x = Multiplier().eval(), torch.randn(2, 3, 6, 6)
+    graph = build_dependency_graph(model, x)
+    assert graph.group("c1").size == 4 and graph.group("c1").depthwise == ("dm",) and graph.grouped_modes == {"dm": "whole"}
+    pruned = remove_channels(model, graph, {"c1": [2]}, x)
+    assert (pruned.dm.in_channels, pruned.dm.out_channels, pruned.dm.groups) == (3, 6, 3)
+    torch.testing.assert_close(pruned.c2.weight, model.c2.weight[:, [0, 1, 2, 3, 6, 7]])
+    with torch.no_grad():
+        for layer, idx in ((model.c1, [2]), (model.dm, [4, 5])):
+            layer.weight[idx] = 0
+            layer.bias[idx] = 0
         torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)

@@ -459,8 +459,8 @@ class DependencyGraph:
         k = 20 bottleneck channels per group) the bottleneck thus keeps 7 units (6 of 3 columns, 1 of 2)
         where same-position merging leaves one, which cannot be removed.
         """
-        uf, pending = self._uf, {c.tobytes(): c for c in self._balanced}.values()
-        pending = list(pending)
+        uf = self._uf
+        pending = list({c.tobytes(): c for c in self._balanced}.values())  # a conv called twice: one constraint
         while True:
             counts, unbalanced_in = [], {}
             for ci, c in enumerate(pending):
