@@ -114,3 +114,7 @@ __all__ += ["QuantizedRNN", "load_quantized", "save_quantized_model"]
 from nncompress.quantization.onnx_swap import is_swap_quantized, to_onnx_int8  # noqa: E402  int8 ONNX of swapped models (issues 13/14)
 
 __all__ += ["is_swap_quantized", "to_onnx_int8"]
+
+from nncompress.quantization.rnn_int8 import lstm_to_onnx, quantize_lstm_dynamic  # noqa: E402  LSTM int8 on ORT (issue 17)
+
+__all__ += ["lstm_to_onnx", "quantize_lstm_dynamic"]
