@@ -118,3 +118,7 @@ __all__ += ["is_swap_quantized", "to_onnx_int8"]
 from nncompress.quantization.rnn_int8 import lstm_to_onnx, quantize_lstm_dynamic  # noqa: E402  LSTM int8 on ORT (issue 17)
 
 __all__ += ["lstm_to_onnx", "quantize_lstm_dynamic"]
+
+from nncompress.quantization.qat_swap import prepare_qat_swap  # noqa: E402  QAT by module swap, no graph (issue 13)
+
+__all__ += ["prepare_qat_swap"]
