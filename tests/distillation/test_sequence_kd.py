@@ -49,3 +49,15 @@ def test_distilling_a_causal_lm_with_dict_batches_moves_the_student_towards_the_
                       temperature=1.0, alpha=1.0)
     assert all(math.isfinite(h["loss"]) for h in history)
     assert kl_to_teacher() < 0.9 * before
+
+
+def test_the_teacher_is_handed_back_trainable_and_in_its_mode():
+    from torch import nn
+
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+    teacher.train()
+    teacher.bias.requires_grad_(False)  # the caller's own choice survives too
+    loader = torch.utils.data.DataLoader(list(zip(torch.randn(16, 4), torch.randint(0, 3, (16,)))), batch_size=8)
+    distill(student, teacher, loader, TrainConfig(epochs=1, lr=0.1, device="cpu", progress=False))
+    assert teacher.training and teacher.weight.requires_grad and not teacher.bias.requires_grad

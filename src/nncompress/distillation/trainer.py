@@ -87,6 +87,8 @@ class DistillationCallback(Callback):
         self._optimizer = optimizer
         device = module_device(model)
         self._teacher_homes = [module_device(t) for t in self.teachers]
+        # frozen for the run only: the caller's teacher gets its trainable flags (and train/eval mode) back at the end
+        self._teacher_state = [(t.training, [p.requires_grad for p in t.parameters()]) for t in self.teachers]
         for t in self.teachers:
             t.to(device).eval()
             t.requires_grad_(False)
@@ -159,7 +161,11 @@ class DistillationCallback(Callback):
         self._optimizer = None
         for t, home in zip(self.teachers, self._teacher_homes):
             t.to(home)
-        self._teacher_homes = []
+        for t, (training, flags) in zip(self.teachers, getattr(self, "_teacher_state", [])):
+            t.train(training)
+            for p, flag in zip(t.parameters(), flags):
+                p.requires_grad_(flag)
+        self._teacher_homes, self._teacher_state = [], []
 
 
 def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module], train_loader: DataLoader,
