@@ -68,7 +68,8 @@ class Bench:
         return perplexity(model, self.bed.splits[split], batch_size=8, max_blocks=blocks)
 
     def copy(self) -> nn.Module:
-        return copy.deepcopy(self.dense)
+        """A trainable copy of the dense model (some methods freeze the parameters of what they are given)."""
+        return copy.deepcopy(self.dense).requires_grad_(True)
 
     def row(self, group: str, method: str, fn, **extra) -> dict:
         t0 = time.perf_counter()

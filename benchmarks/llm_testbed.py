@@ -148,7 +148,7 @@ class EncoderConfig:
     hidden: int = 256
     heads: int = 8
     intermediate: int = 1024
-    train_tokens: int = 500_000
+    train_tokens: int = 250_000
     batch_size: int = 16
     lr: float = 1e-3
     mask_prob: float = 0.15
