@@ -107,7 +107,7 @@ def targets(rows: list[dict]) -> list[dict]:
         sp = lat["ort_fp32"] / lat[f"ort_qdq_{chosen}"]
         out.append(target(f"{m}: ONNX Runtime int8 QDQ ({chosen}) vs ONNX Runtime fp32, {t} thread", ">= 1x", sp, sp >= 1.0))
         steps = max(c["error_in_steps"] for k, c in r["checks"].items() if "error_in_steps" in c)
-        out.append(target(f"{m}: every static int8 engine vs the fake-quant simulation", "<= 1.001 output steps (one step; float rounding)", steps,
+        out.append(target(f"{m}: every static int8 engine vs the fake-quant simulation, {t} thread", "<= 1.001 output steps (one step; float rounding)", steps,
                           steps <= 1.001))
         if m.startswith("ffn"):
             sp = lat["ort_fp32"] / lat["ort_dynamic"]
