@@ -21,6 +21,7 @@ from torch import nn
 
 from nncompress.core.errors import UserError
 from nncompress.core.layers import compressible_layers
+from nncompress.core.model_io import call_model, logits_of, to_device
 from nncompress.core.progress import track
 from nncompress.quantization.ptq import iter_batches
 from nncompress.quantization.quantizer import check_bits, fake_quantize, minmax_qparams
@@ -39,8 +40,13 @@ def layer_sensitivity(model: nn.Module, data, bits_options: tuple[int, ...] = (2
         check_bits(b, "mixed-precision bits option")
     model.eval()
     device = module_device(model)
-    xs = [x.to(device) for x in iter_batches(data, num_batches)]
-    refs = [F.log_softmax(model(x), 1) for x in xs]
+    xs = [to_device(x, device) for x in iter_batches(data, num_batches)]  # tensors, tuples or a tokenizer's dicts
+
+    def log_probs(x) -> torch.Tensor:
+        logits = logits_of(call_model(model, x))
+        return F.log_softmax(logits.reshape(-1, logits.shape[-1]) if logits.dim() == 3 else logits, 1)
+
+    refs = [log_probs(x) for x in xs]
     out: dict[str, dict[int, float]] = {}
     layers = compressible_layers(model)
     for name, layer in track(layers.items(), "layer sensitivity", total=len(layers)):
@@ -49,7 +55,7 @@ def layer_sensitivity(model: nn.Module, data, bits_options: tuple[int, ...] = (2
         for b in bits_options:
             s, z, qmin, qmax = minmax_qparams(w, b, signed=True, symmetric=True, narrow=b > 1, axis=0)
             layer.weight.data = fake_quantize(w, s, z, qmin, qmax, axis=0)
-            kl = sum(float(F.kl_div(F.log_softmax(model(x), 1), r, log_target=True, reduction="batchmean")) for x, r in zip(xs, refs))
+            kl = sum(float(F.kl_div(log_probs(x), r, log_target=True, reduction="batchmean")) for x, r in zip(xs, refs))
             out[name][b] = kl / len(xs)
         layer.weight.data = w
     return out
