@@ -46,12 +46,12 @@ class TestbedConfig:
     n_embd: int = 256
     n_head: int = 8
     seq_len: int = 128
-    train_tokens: int = 1_000_000   # the token budget of the single pass over a seeded subset of training blocks
+    train_tokens: int = 2_000_000   # the token budget of the single pass over a seeded subset of training blocks
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.01
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
