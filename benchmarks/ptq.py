@@ -46,6 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import RESULTS, environment, target, write_results  # noqa: E402
+from quantization import SmallConvNet as ConvBNNet  # noqa: E402  the conv-BN net of benchmarks/quantization.py (torch.ao only inside its peer functions)
 
 NAME = "ptq"
 CACHE = Path(os.environ.get("NNCOMPRESS_CACHE", Path.home() / ".cache" / "nncompress")) / "bench"
@@ -55,24 +56,6 @@ THREADS = (1, 2)
 
 
 # ── models ──────────────────────────────────────────────────────────────────────────────────────────────────────
-
-
-class ConvBNNet(nn.Module):
-    """Three conv-BN-ReLU blocks (16, 32, 64 channels) → global average pool → linear (benchmarks/quantization.py's
-    SmallConvNet): the plain conv-BN net of the quantization benchmarks."""
-
-    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
-        super().__init__()
-
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.features = nn.Sequential(block(in_shape[0], 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 64),
-                                      nn.AdaptiveAvgPool2d(1))
-        self.fc = nn.Linear(64, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.features(x), 1))
 
 
 def static_same_padding(model: nn.Module, size: int) -> nn.Module:

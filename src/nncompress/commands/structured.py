@@ -13,16 +13,7 @@ from nncompress.core.errors import UserError
 
 
 def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise UserError(f"--layer-ratio expects NAME=RATIO (e.g. layer1.0.conv1=0.3), got '{item}'")
-    return out
+    return _parse_pairs(items, "--layer-ratio", "NAME=RATIO (e.g. layer1.0.conv1=0.3)")
 
 
 def _parse_pairs(items: list[str], flag: str, form: str) -> dict[str, float]:

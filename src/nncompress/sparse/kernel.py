@@ -42,42 +42,7 @@ SOURCE = r"""
 #include <stdlib.h>
 /* y[b, r] = bias[r] + sum over panels p of sum_j val[j] * x[b, p*panel + idx[j]], j in indptr[p*out_f + r] .. [+1].
    x is (batch, in_f), y (batch, out_f); entries are stored panel-major, then row-major, columns relative to the panel. */
-void nnc_spmm_panel_u16(int64_t out_f, int64_t in_f, int64_t batch, int64_t panel, int64_t n_panels,
-                        const int64_t* indptr, const uint16_t* idx, const float* val,
-                        const float* x, const float* bias, float* y) {
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* xb = x + b * in_f;
-    float* yb = y + b * out_f;
-    for (int64_t r = 0; r < out_f; ++r) yb[r] = bias ? bias[r] : 0.0f;
-    for (int64_t p = 0; p < n_panels; ++p) {
-      const float* xp = xb + p * panel;
-      const int64_t* ip = indptr + p * out_f;
-      for (int64_t r = 0; r < out_f; ++r) {
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t j = ip[r], end = ip[r + 1];
-        for (; j + 8 <= end; j += 8) {
-          for (int k = 0; k < 8; ++k) acc[k] += val[j + k] * xp[idx[j + k]];
-        }
-        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for (; j < end; ++j) s += val[j] * xp[idx[j]];
-        yb[r] += s;
-      }
-    }
-  }
-}
-
-/* A whole MLP in one call (nncompress.sparse.mlp): layer l maps dims[l] -> dims[l + 1] with the panel CSR
-   arrays above, then ReLU where relu[l]; one sample at a time, hidden activations in a two-slot scratch buffer. */
-typedef struct {
-  int64_t n_layers, panel, max_dim;
-  const int64_t* dims;
-  const int64_t* relu;
-  const int64_t* const* indptr;
-  const uint16_t* const* idx;
-  const float* const* val;
-  const float* const* bias;
-} nnc_mlp;
-
+/* One sample through one panel-CSR layer (then ReLU where asked): the unit both entry points below share. */
 static void nnc_layer_1(int64_t out_f, int64_t in_f, int64_t panel, const int64_t* indptr, const uint16_t* idx,
                         const float* val, const float* bias, int64_t relu, const float* xb, float* yb) {
   int64_t n_panels = in_f > 0 ? (in_f + panel - 1) / panel : 1;
@@ -98,6 +63,26 @@ static void nnc_layer_1(int64_t out_f, int64_t in_f, int64_t panel, const int64_
   }
   if (relu) for (int64_t r = 0; r < out_f; ++r) yb[r] = yb[r] > 0.0f ? yb[r] : 0.0f;
 }
+
+void nnc_spmm_panel_u16(int64_t out_f, int64_t in_f, int64_t batch, int64_t panel, int64_t n_panels,
+                        const int64_t* indptr, const uint16_t* idx, const float* val,
+                        const float* x, const float* bias, float* y) {
+  (void)n_panels;  /* = ceil(in_f / panel), recomputed by nnc_layer_1 */
+  for (int64_t b = 0; b < batch; ++b) nnc_layer_1(out_f, in_f, panel, indptr, idx, val, bias, 0, x + b * in_f, y + b * out_f);
+}
+
+/* A whole MLP in one call (nncompress.sparse.mlp): layer l maps dims[l] -> dims[l + 1] with the panel CSR
+   arrays above, then ReLU where relu[l]; one sample at a time, hidden activations in a two-slot scratch buffer. */
+typedef struct {
+  int64_t n_layers, panel, max_dim;
+  const int64_t* dims;
+  const int64_t* relu;
+  const int64_t* const* indptr;
+  const uint16_t* const* idx;
+  const float* const* val;
+  const float* const* bias;
+} nnc_mlp;
+
 
 int nnc_mlp_forward(const nnc_mlp* m, int64_t batch, const float* x, float* y) {
   float* scratch = (float*)malloc(sizeof(float) * 2 * (size_t)(m->max_dim > 0 ? m->max_dim : 1));
