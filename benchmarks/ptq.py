@@ -282,6 +282,8 @@ def accuracy_rows(name: str, model: nn.Module, calib: list[torch.Tensor], evalx:
     rows: dict[str, dict] = {"fp32": {"method": "fp32", "bits": "fp32", "granularity": "-", **score(ref, ref, labels)}}
 
     def add(key, method, bits, gran, fn, **extra):
+        if args.rows and key not in args.rows:
+            return None
         t0 = time.time()
         try:
             out = fn()
@@ -327,7 +329,7 @@ def accuracy_rows(name: str, model: nn.Module, calib: list[torch.Tensor], evalx:
         return res.model
 
     add("mixed_wa_bops_of_w4a8", "mixed precision, weights + activations (greedy BOPs knapsack)", "mixed {8,4}x{8,4}", "channel", mixed)
-    if "error" not in rows["mixed_wa_bops_of_w4a8"]:
+    if "error" not in rows.get("mixed_wa_bops_of_w4a8", {"error": "not run"}):
         rows["mixed_wa_bops_of_w4a8"]["chosen"] = mp_info
 
     example = evalx[:2]
@@ -347,7 +349,7 @@ def accuracy_rows(name: str, model: nn.Module, calib: list[torch.Tensor], evalx:
             gran = "channel" if per_channel else "tensor"
             add(f"ort_quantize_static_w8a8_{gran}", "ONNX Runtime quantize_static (QDQ, min-max)", "W8A8", gran,
                 lambda pc=per_channel: logits_of(OnnxRuntimeModel(ort_quantize(fp32_bytes, calib, pc), 1), evalx))
-    if not args.no_nncf:
+    if not args.no_nncf and (not args.rows or any(k.startswith("nncf") for k in args.rows)):
         res, logits = run_nncf(name, weights, torch.cat(calib), evalx, calib[0].shape[0])
         rows["nncf_run"] = res
         print(f"  {name:18s} nncf: {json.dumps(res)[:1500]}", file=sys.stderr, flush=True)
@@ -551,9 +553,12 @@ def main(argv=None):
     ap.add_argument("--sens-batches", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--rows", default="", help="comma-separated row keys to run (default: all); e.g. the slow 224-px "
+                    "EfficientNet-Lite0 run limited to minmax_w8a8_tensor,minmax_w8a8_channel,cle_bc_w8a8_tensor")
     ap.add_argument("--targets-only", action="store_true", help="recompute the targets of the existing JSON, measure nothing")
     ap.add_argument("--nncf-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.rows = {r for r in args.rows.split(",") if r}
     if args.nncf_worker:
         return nncf_worker(args.nncf_worker)
     if args.targets_only:
