@@ -104,7 +104,8 @@ class QuantLayer(nn.Module):
         # ReLU6 (MobileNetV2, EfficientNet-Lite) fused as a clamp to [0, relu_max]: the activation quantizer after
         # the layer then sees the clamped range. Left unfused, it calibrates on the pre-ReLU6 output, whose range
         # can be 10× wider, and [0, 6] gets a handful of codes (EfficientNet-Lite0 W8A8 fell to 37 % agreement).
-        # Lowered kernels and ONNX export a plain ReLU: the output quantizer's range (max ≤ relu_max) clamps the rest.
+        # Lowered kernels run a plain ReLU (the output quantizer's range, max ≤ relu_max, clamps the rest); ONNX export
+        # writes Clip(0, relu_max), which ORT drops where the following QuantizeLinear already implies it.
         self.relu_max = relu_max
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,11 +7,24 @@ Each activation quantizer becomes QuantizeLinear → DequantizeLinear with *our*
 quantized layer's weight is stored as int8 codes behind a per-channel DequantizeLinear. ONNX Runtime's
 graph optimizer fuses DQ → Conv/Gemm → Q into QLinearConv / integer GEMM, so the model runs on int8
 kernels (ONNX operator docs: QuantizeLinear, DequantizeLinear; ORT "quantization: QDQ format").
-Supported ops: conv/linear (+ReLU), ReLU, max-pool, global/adaptive average pool to 1, flatten, dropout.
+
+Everything else mirrors the simulation op for op, so ONNX Runtime computes what the fake-quant graph computes:
+- a residual add (operator.add, torch.add, `+=`, Tensor.add) of two quantized branches: both dequantized, a float
+  Add, and the QuantizeLinear → DequantizeLinear of the activation quantizer the graph put after the add (none when
+  nothing quantized consumes the sum, as in the simulation). ORT fuses DQ, DQ → Add → Q into QLinearAdd.
+- ReLU6 / Hardtanh / clamp: Clip with min/max initializers; a ReLU6 fused into a quantized layer (`relu_max`)
+  is the same Clip(0, relu_max) after the Conv/Gemm (ORT drops a Clip that the following Q's range already
+  implies, ClipQuantFusion, so the layer still fuses into QLinearConv).
+- global / adaptive-to-1 average pool, average pool, spatial mean (GlobalAveragePool, AveragePool, ReduceMean),
+  flatten / view / reshape (Flatten, or Reshape to the traced shape with the batch dimension left free), constant
+  padding (Pad), BatchNorm left unfolded, sub / mul / div, and the elementwise activations (Sigmoid, Tanh,
+  HardSigmoid, HardSwish, SiLU as x · sigmoid(x)).
 """
 from __future__ import annotations
 
+import operator
 import os
+import warnings
 
 import numpy as np
 import onnx
@@ -20,6 +33,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from nncompress.core.errors import UserError
 from nncompress.core.io import atomic_write_bytes
@@ -32,6 +46,7 @@ OPSET = 17
 class _Builder:
     def __init__(self):
         self.nodes, self.inits, self.count = [], [], 0
+        self.act_scale: dict[str, float] = {}  # DequantizeLinear output → its activation scale
 
     def name(self, base: str) -> str:
         self.count += 1
@@ -76,7 +91,23 @@ def _act_qdq(b: _Builder, x: str, q: nn.Module, act_int8: bool = False) -> str:
     if q.qmax - q.qmin == 127:  # 7-bit codes: saturate like the simulation before the 8-bit QuantizeLinear
         lo, hi = b.const("lo", np.array(float(s) * (0 - z_u8), np.float32)), b.const("hi", np.array(float(s) * (127 - z_u8), np.float32))
         x = b.op("Clip", [x, lo, hi], "clip")
-    return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, scale, zp], "q"), scale, zp], "dq")
+    out = b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, scale, zp], "q"), scale, zp], "dq")
+    b.act_scale[out] = float(s)
+    return out
+
+
+def _clip(b: _Builder, x: str, lo: float | None, hi: float | None) -> str:
+    """Clip(x, lo, hi); a missing bound is ONNX's empty optional input."""
+    lo_name = b.const("clip_min", np.array(float(lo), np.float32)) if lo is not None else ""
+    hi_name = b.const("clip_max", np.array(float(hi), np.float32)) if hi is not None else ""
+    return b.op("Clip", [x, lo_name, hi_name], "clip")
+
+
+def _layer_activation(b: _Builder, y: str, relu: bool, relu_max: float | None) -> str:
+    """The activation fused into a QuantLayer: clamp(y, 0, relu_max) for a fused ReLU6, else ReLU (as in forward)."""
+    if relu_max is not None:
+        return _clip(b, y, 0.0, relu_max)
+    return b.op("Relu", [y], "relu") if relu else y
 
 
 def _float_layer(b: _Builder, x: str, layer: nn.Module, relu: bool = False) -> str:
@@ -84,7 +115,8 @@ def _float_layer(b: _Builder, x: str, layer: nn.Module, relu: bool = False) -> s
     return _op_for(b, layer, x, w, layer.bias, relu)
 
 
-def _op_for(b: _Builder, layer: nn.Module, x: str, w_name: str, bias: torch.Tensor | None, relu: bool) -> str:
+def _op_for(b: _Builder, layer: nn.Module, x: str, w_name: str, bias: torch.Tensor | None, relu: bool,
+            relu_max: float | None = None) -> str:
     inputs = [x, w_name] + ([b.const("bias", bias.detach().float().numpy())] if bias is not None else [])
     if isinstance(layer, nn.Linear):
         y = b.op("Gemm", inputs, "gemm", transB=1)
@@ -94,7 +126,7 @@ def _op_for(b: _Builder, layer: nn.Module, x: str, w_name: str, bias: torch.Tens
                  pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups)
     else:
         raise UserError(f"ONNX export supports Linear and zero-padded Conv2d layers, not {type(layer).__name__}")
-    return b.op("Relu", [y], "relu") if relu else y
+    return _layer_activation(b, y, relu, relu_max)
 
 
 def _dynamic_linear(b: _Builder, x: str, ql: QuantLayer, name: str) -> str:
@@ -120,15 +152,15 @@ def _dynamic_linear(b: _Builder, x: str, ql: QuantLayer, name: str) -> str:
     y = b.op("Mul", [b.op("Cast", [acc], "accf", to=TensorProto.FLOAT), b.op("Mul", [xs, b.const("w_scale", s_np)], "scale")], "y")
     if bias is not None:
         y = b.op("Add", [y, b.const("bias", bias.detach().float().numpy())], "add")
-    return b.op("Relu", [y], "relu") if ql.relu else y
+    return _layer_activation(b, y, ql.relu, ql.relu_max)
 
 
-def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
+def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool, name: str = "") -> str:
     w, bias = ql.folded()
     w = w.detach().float()
     wq = ql.weight_quant
     if wq is None:
-        return _op_for(b, ql.layer, x, b.const("w", w.numpy()), bias, ql.relu)
+        return _op_for(b, ql.layer, x, b.const("w", w.numpy()), bias, ql.relu, ql.relu_max)
     z = wq.qparams_for(w)[1]
     if wq.qmin < -128 or wq.qmax > 127 or int(torch.as_tensor(z).abs().max()) != 0:
         raise UserError("ONNX QDQ export needs symmetric weights of at most 8 bits")
@@ -140,7 +172,21 @@ def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool) -> str:
         codes, zp_np = codes.to(torch.int8).numpy(), np.zeros(s_np.shape, np.int8)
     attrs = {"axis": 0} if s_np.ndim == 1 else {}
     w_name = b.op("DequantizeLinear", [b.const("w_codes", codes), b.const("w_scale", s_np), b.const("w_zp", zp_np)], "w", **attrs)
-    return _op_for(b, ql.layer, x, w_name, bias, ql.relu)
+    s_in = b.act_scale.get(x)
+    if bias is not None and s_in is not None:
+        # ORT's QDQ fusion stores the bias as int32 codes round(b / (s_in · s_w)) (QLinearConv, QGemm); past ±(2^31 − 1)
+        # they wrap and the fused layer is silently wrong. Then the bias goes in a float Add after the layer: ORT keeps
+        # that layer in float (Conv → Add → Q does not fuse), and the values stay those of the simulation.
+        need = bias.detach().abs().float() / (s_in * torch.as_tensor(s_np).reshape(-1))
+        if float(need.max()) > 2**31 - 1:
+            warnings.warn(f"ONNX QDQ export: layer '{name}' runs in float in ONNX Runtime: its bias needs int32 codes up to "
+                          f"{float(need.max()):.3g} at input scale {s_in:.3g} (> 2^31 − 1); the activations feeding it are tiny "
+                          "(an untrained or collapsed model?)", stacklevel=3)
+            y = _op_for(b, ql.layer, x, w_name, None, False)
+            shape = [-1] + [1] * (ql.layer.weight.dim() - 2)  # [C] for Linear, [C, 1, 1] for Conv2d
+            y = b.op("Add", [y, b.const("bias", bias.detach().float().reshape(shape).numpy())], "bias_add")
+            return _layer_activation(b, y, ql.relu, ql.relu_max)
+    return _op_for(b, ql.layer, x, w_name, bias, ql.relu, ql.relu_max)
 
 
 QDQ_FORMATS = ("u8s8", "u8u8", "s8s8")  # activations, weights
@@ -188,49 +234,199 @@ def to_onnx_float(model: nn.Module, example_input: torch.Tensor) -> bytes:
     return _export(fuse_conv_bn(model), example_input, False)
 
 
+_SUPPORTED = ("conv, linear (+ReLU/ReLU6), add/sub/mul/div, ReLU, ReLU6/Hardtanh/clamp, Sigmoid, Tanh, Hardsigmoid, Hardswish, "
+              "SiLU, max/average pool, global/adaptive-to-1 average pool, mean over H,W, flatten/view/reshape, constant pad, "
+              "BatchNorm, dropout")
+_BINARY_FUNCS = {operator.add: "Add", operator.iadd: "Add", torch.add: "Add", operator.sub: "Sub", operator.isub: "Sub",
+                 torch.sub: "Sub", operator.mul: "Mul", operator.imul: "Mul", torch.mul: "Mul", operator.truediv: "Div",
+                 torch.div: "Div"}
+_BINARY_METHODS = {"add": "Add", "add_": "Add", "sub": "Sub", "sub_": "Sub", "mul": "Mul", "mul_": "Mul",
+                   "div": "Div", "div_": "Div"}
+_UNARY_MODULES = {nn.Sigmoid: "Sigmoid", nn.Tanh: "Tanh", nn.Hardswish: "HardSwish"}
+_UNARY_FUNCS = {torch.sigmoid: "Sigmoid", F.sigmoid: "Sigmoid", torch.tanh: "Tanh", F.tanh: "Tanh", F.hardswish: "HardSwish"}
+_UNARY_METHODS = {"sigmoid": "Sigmoid", "tanh": "Tanh"}
+_IDENTITY_FUNCS = {F.dropout, torch.dropout}
+_IDENTITY_METHODS = {"contiguous", "clone", "detach"}
+_RESHAPE_FUNCS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
+_SHAPE_METHODS = {"size", "dim"}  # ints feeding a view/reshape: read from the traced shapes instead
+_SHAPE = object()  # env marker: the node holds shape metadata (an int, a torch.Size), not a tensor
+
+
+def _arg(node: fx.Node, i: int, key: str, default=None):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
+
+
+def _clip_bounds(node: fx.Node, m: nn.Module | None) -> tuple[float | None, float | None] | None:
+    """(min, max) of a ReLU6 / Hardtanh / clamp node, None when the node is none of these."""
+    if isinstance(m, nn.ReLU6):
+        return 0.0, 6.0
+    if isinstance(m, nn.Hardtanh):
+        return float(m.min_val), float(m.max_val)
+    if node.op == "call_function" and node.target is F.relu6:
+        return 0.0, 6.0
+    if node.op == "call_function" and node.target is F.hardtanh:
+        return _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+    if (node.op == "call_function" and node.target in (torch.clamp, torch.clip)) or \
+            (node.op == "call_method" and node.target in ("clamp", "clip", "clamp_", "clip_")):
+        return _arg(node, 1, "min"), _arg(node, 2, "max")
+    return None
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise UserError(f"ONNX export: no traced shape for '{node.name}' (reshape of a non-tensor value is not supported)")
+    return tuple(meta.shape)
+
+
+def _reshape(b: _Builder, x: str, node: fx.Node) -> str:
+    """view / reshape / flatten / squeeze / unsqueeze as one Reshape to the traced shape, the batch dimension kept
+    free (0 = copy it from the input), so the model runs at any batch size. Flatten from dim 1 is ONNX Flatten."""
+    src, out = _shape(node.args[0]), _shape(node)
+    if len(out) == 2 and out[0] == src[0]:
+        return b.op("Flatten", [x], "flatten", axis=1)
+    if not out or not src or out[0] != src[0]:
+        raise UserError(f"ONNX export: '{node.name}' reshapes {list(src)} to {list(out)}, changing the batch dimension; "
+                        "only reshapes that keep dimension 0 are exported")
+    return b.op("Reshape", [x, b.const("shape", np.array([0, *out[1:]], np.int64))], "reshape")
+
+
+def _pad(b: _Builder, x: str, node: fx.Node, m: nn.Module | None) -> str:
+    """Constant padding. torch lists (begin, end) pairs from the last dimension backwards; ONNX lists all begins,
+    then all ends, from the first dimension."""
+    if m is not None:
+        torch_pads, value = list(m.padding), float(m.value)
+    else:
+        torch_pads, mode, value = list(_arg(node, 1, "pad")), _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", 0.0)
+        if mode != "constant":
+            raise UserError(f"ONNX export: '{node.name}' pads in mode '{mode}'; only constant padding is exported")
+    rank = len(_shape(node.args[0]))
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(torch_pads) // 2):
+        begins[rank - 1 - i], ends[rank - 1 - i] = torch_pads[2 * i], torch_pads[2 * i + 1]
+    pads = b.const("pads", np.array(begins + ends, np.int64))
+    return b.op("Pad", [x, pads, b.const("pad_value", np.array(float(value or 0.0), np.float32))], "pad", mode="constant")
+
+
+def _avg_pool(b: _Builder, x: str, node: fx.Node, m: nn.Module | None) -> str:
+    if m is not None:
+        k, s, p, ceil, inc, div = m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
+    else:
+        k, s, p = _arg(node, 1, "kernel_size"), _arg(node, 2, "stride"), _arg(node, 3, "padding", 0)
+        ceil, inc = _arg(node, 4, "ceil_mode", False), _arg(node, 5, "count_include_pad", True)
+        div = _arg(node, 6, "divisor_override")
+    if div is not None:
+        raise UserError(f"ONNX export: average pool '{node.name}' with divisor_override is not supported")
+    pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
+    ph, pw = pair(p)
+    return b.op("AveragePool", [x], "avgpool", kernel_shape=pair(k), strides=pair(s or k), pads=[ph, pw, ph, pw],
+                ceil_mode=int(bool(ceil)), count_include_pad=int(bool(inc)))
+
+
+def _batch_norm(b: _Builder, x: str, bn: nn.Module) -> str:
+    c = bn.num_features
+    w = bn.weight if bn.affine else torch.ones(c)
+    bias = bn.bias if bn.affine else torch.zeros(c)
+    const = lambda base, t: b.const(base, t.detach().float().numpy())  # noqa: E731
+    return b.op("BatchNormalization", [x, const("bn_scale", w), const("bn_bias", bias), const("bn_mean", bn.running_mean),
+                                       const("bn_var", bn.running_var)], "bn", epsilon=float(bn.eps))
+
+
 def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool, act_int8: bool = False) -> bytes:
     mods = dict(gm.named_modules())
     b, env = _Builder(), {}
     out_name = None
     with torch.no_grad():
-        out_shape = ["batch", *gm.eval()(example_input[:1]).shape[1:]]
+        gm.eval()
+        ShapeProp(gm).propagate(example_input)  # shapes for reshapes and pads (static graphs are frozen: no observer moves)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not isinstance(out_node, fx.Node):
+        raise UserError("ONNX export needs a model that returns one tensor (not a tuple, list or dict)")
+    out_shape = ["batch", *_shape(out_node)[1:]]
+
+    def t(a) -> str:
+        """ONNX name of a tensor argument; Python scalars become float32 initializers."""
+        if isinstance(a, fx.Node):
+            v = env.get(a)
+            if v is None or v is _SHAPE:
+                raise UserError(f"ONNX export: '{a.name}' is used as a tensor but is not one the exporter can compute")
+            return v
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            return b.const("scalar", np.array(float(a), np.float32))
+        raise UserError(f"ONNX export: operand {a!r} is neither a tensor nor a number")
+
     for node in gm.graph.nodes:
         m = mods.get(node.target) if node.op == "call_module" else None
-        arg = env.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        fn = node.target if node.op == "call_function" else None
+        meth = node.target if node.op == "call_method" else None
+        x = node.args[0] if node.args else None
         if node.op == "placeholder":
             env[node] = "input"
+        elif node.op == "output":
+            out_name = t(node.args[0])
         elif isinstance(m, (FakeQuantize, LSQQuantizer)):
             # after pass-through ops too: an exact no-op on values already on the grid, but it hands ORT the
             # DQ → op → Q patterns it fuses into integer kernels
-            env[node] = _act_qdq(b, arg, m, act_int8)
+            env[node] = _act_qdq(b, t(x), m, act_int8)
         elif isinstance(m, QuantLayer) and m.input_quant is not None:
-            env[node] = _dynamic_linear(b, arg, m, node.target)
+            env[node] = _dynamic_linear(b, t(x), m, node.target)
         elif isinstance(m, QuantLayer):
-            env[node] = _layer(b, arg, m, weights_uint8)
+            env[node] = _layer(b, t(x), m, weights_uint8, node.target)
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
-            env[node] = _float_layer(b, arg, m)
-        elif isinstance(m, (nn.ReLU,)) or (node.op == "call_function" and node.target in (torch.relu, F.relu)) \
-                or (node.op == "call_method" and node.target == "relu"):
-            env[node] = b.op("Relu", [arg], "relu")
-        elif isinstance(m, nn.MaxPool2d) or (node.op == "call_function" and node.target in (torch.max_pool2d, F.max_pool2d)):
+            env[node] = _float_layer(b, t(x), m)
+        elif isinstance(m, nn.ReLU) or fn in (torch.relu, F.relu) or meth in ("relu", "relu_"):
+            env[node] = b.op("Relu", [t(x)], "relu")
+        elif (bounds := _clip_bounds(node, m)) is not None:
+            lo, hi = bounds
+            if isinstance(lo, fx.Node) or isinstance(hi, fx.Node):
+                raise UserError(f"ONNX export: clamp '{node.name}' has tensor bounds; only number bounds are exported")
+            env[node] = _clip(b, t(x), lo, hi)
+        elif fn in _BINARY_FUNCS or meth in _BINARY_METHODS:
+            op = _BINARY_FUNCS.get(fn) or _BINARY_METHODS[meth]
+            other = _arg(node, 1, "other")
+            if fn is torch.div and node.kwargs.get("rounding_mode") is not None:
+                raise UserError(f"ONNX export: '{node.name}' divides with rounding_mode; only true division is exported")
+            alpha = node.kwargs.get("alpha", 1)
+            other_name = t(other) if alpha == 1 else b.op("Mul", [t(other), t(alpha)], "alpha")  # x + alpha·y
+            env[node] = b.op(op, [t(x), other_name], op.lower())
+        elif isinstance(m, tuple(_UNARY_MODULES)) or fn in _UNARY_FUNCS or meth in _UNARY_METHODS:
+            op = _UNARY_MODULES.get(type(m)) or _UNARY_FUNCS.get(fn) or _UNARY_METHODS[meth]
+            env[node] = b.op(op, [t(x)], op.lower())
+        elif isinstance(m, nn.Hardsigmoid) or fn is F.hardsigmoid:  # relu6(x + 3) / 6
+            env[node] = b.op("HardSigmoid", [t(x)], "hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
+        elif isinstance(m, nn.SiLU) or fn is F.silu:
+            env[node] = b.op("Mul", [t(x), b.op("Sigmoid", [t(x)], "sigmoid")], "silu")
+        elif isinstance(m, nn.MaxPool2d) or fn in (torch.max_pool2d, F.max_pool2d):
             k, s, p = _pool_args(node, mods)
-            env[node] = b.op("MaxPool", [arg], "maxpool", kernel_shape=k, strides=s, pads=p)
+            env[node] = b.op("MaxPool", [t(x)], "maxpool", kernel_shape=k, strides=s, pads=p)
         elif (isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))) or \
-                (node.op == "call_function" and node.target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1))):
-            env[node] = b.op("GlobalAveragePool", [arg], "gap")
-        elif isinstance(m, nn.Flatten) or (node.op == "call_function" and node.target is torch.flatten) \
-                or (node.op == "call_method" and node.target == "flatten"):
-            start = m.start_dim if m is not None else (node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
-            if start != 1:
-                raise UserError("ONNX export supports flatten from dimension 1 only")
-            env[node] = b.op("Flatten", [arg], "flatten", axis=1)
-        elif isinstance(m, (nn.Dropout, nn.Identity)):
-            env[node] = arg
-        elif node.op == "output":
-            out_name = env[node.args[0]]
+                (fn is F.adaptive_avg_pool2d and _arg(node, 1, "output_size") in (1, (1, 1))):
+            env[node] = b.op("GlobalAveragePool", [t(x)], "gap")
+        elif isinstance(m, nn.AvgPool2d) or fn is F.avg_pool2d:
+            env[node] = _avg_pool(b, t(x), node, m)
+        elif fn is torch.mean or meth == "mean":
+            dims = _arg(node, 1, "dim")
+            rank = len(_shape(x))
+            axes = sorted(d % rank for d in (dims if isinstance(dims, (tuple, list)) else [dims])) if dims is not None else None
+            if axes is None or 0 in axes:
+                raise UserError(f"ONNX export: mean '{node.name}' reduces the batch dimension; only means over feature "
+                                "axes are exported")
+            env[node] = b.op("ReduceMean", [t(x)], "mean", axes=axes, keepdims=int(bool(_arg(node, 2, "keepdim", False))))
+        elif isinstance(m, nn.Flatten) or fn in _RESHAPE_FUNCS or meth in _RESHAPE_METHODS:
+            env[node] = _reshape(b, t(x), node)
+        elif isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ConstantPad1d, nn.ConstantPad3d)) or fn is F.pad:
+            env[node] = _pad(b, t(x), node, m)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            env[node] = _batch_norm(b, t(x), m)
+        elif isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)) or fn in _IDENTITY_FUNCS or meth in _IDENTITY_METHODS:
+            env[node] = t(x)
+        elif meth in _SHAPE_METHODS or (fn is getattr and _arg(node, 1, "name") == "shape") \
+                or (fn is operator.getitem and env.get(x) is _SHAPE):
+            env[node] = _SHAPE
         else:
-            raise UserError(f"ONNX QDQ export does not support '{node.op} {node.target}' (supported: conv, linear, relu, "
-                            "max-pool, global average pool, flatten, dropout)")
+            what = f"{type(m).__name__} module '{node.target}'" if m is not None else f"{node.op} {node.target}"
+            raise UserError(f"ONNX QDQ export does not support {what} (node '{node.name}'); supported: {_SUPPORTED}")
     shape = ["batch", *example_input.shape[1:]]
     graph = helper.make_graph(b.nodes, "nncompress_qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], b.inits)
