@@ -104,3 +104,37 @@ def test_bad_inputs_are_user_errors(teacher, digits):
     student = build_model("lenet300", (1, 8, 8), 10)
     with pytest.raises(UserError, match="no module 'conv9'"):
         distill(student, teacher, digits[0], TrainConfig(epochs=1), attention=[("fc1", "conv9")])
+
+
+def test_hidden_state_hint_on_token_sequences_maps_channels_per_position():
+    """TinyBERT-style hidden-state transfer: an 8-wide student layer imitates a 16-wide teacher layer at every
+    position with one 8→16 map (136 weights), not a map of the flattened sequence ((5·8)·(5·16) + 80 = 3,280)."""
+    torch.manual_seed(0)
+
+    class Tok(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.emb, self.mix, self.out = nn.Embedding(11, width), nn.Linear(width, width), nn.Linear(width, 11)
+
+        def forward(self, ids):
+            return self.out(torch.tanh(self.mix(self.emb(ids)))).mean(1)
+
+    teacher, student = Tok(16).eval(), Tok(8)
+    ids = torch.randint(0, 11, (32, 5))
+    data = [(ids[i:i + 8], ids[i:i + 8, 0]) for i in range(0, 32, 8)]
+    kd = DistillationCallback(teacher, hints=[("mix", "mix")], hint_weight=1.0)
+    train(student, data, TrainConfig(epochs=2, lr=0.01, seed=0), callbacks=[kd])
+    reg = kd.regressors["mix->mix"]
+    assert isinstance(reg, nn.Linear) and (reg.in_features, reg.out_features) == (8, 16)
+    assert sum(p.numel() for p in reg.parameters()) == 8 * 16 + 16
+
+
+def test_hint_regressor_of_equal_widths_starts_as_the_identity():
+    from nncompress.distillation.trainer import _regressor
+
+    s = torch.randn(2, 5, 6)
+    reg = _regressor(s, torch.randn(2, 5, 6))
+    assert torch.equal(reg(s), s)
+    fm = torch.randn(2, 3, 4, 4)
+    assert torch.allclose(_regressor(fm, torch.randn(2, 3, 4, 4))(fm), fm)
+    assert not torch.allclose(_regressor(fm, torch.randn(2, 5, 4, 4)).weight[:3, :, 0, 0], torch.eye(3))

@@ -35,11 +35,32 @@ from nncompress.training.device import module_device
 LayerPairs = Sequence[tuple[str, str]]
 
 
+def _is_sequence(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> bool:
+    """Token features [batch, positions, channels] of the same length: hidden states of a transformer."""
+    return student_feature.dim() == 3 and teacher_feature.dim() == 3 and student_feature.shape[1] == teacher_feature.shape[1]
+
+
 def _regressor(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> nn.Module:
-    """FitNets regressor: a 1×1 convolution for feature maps, a linear map otherwise."""
+    """FitNets regressor: a 1×1 convolution for feature maps; for token sequences one linear map of the channels
+    shared by every position (TinyBERT's W_h: a dense map over positions × channels would have (T·C)² weights and
+    tie the student to one sequence length); a linear map of the flattened feature otherwise.
+
+    When the two widths match (a student cut from its teacher's own layers) the map starts as the identity, so
+    the hint term begins as plain feature matching instead of pulling the student's layers toward a random
+    projection of the teacher's (measured on the GPT-2 testbed: a random start raised the student's perplexity
+    above training it alone)."""
     if student_feature.dim() == 4 and teacher_feature.dim() == 4:
-        return nn.Conv2d(student_feature.shape[1], teacher_feature.shape[1], kernel_size=1)
-    return nn.Linear(student_feature[0].numel(), teacher_feature[0].numel())
+        reg: nn.Module = nn.Conv2d(student_feature.shape[1], teacher_feature.shape[1], kernel_size=1)
+    elif _is_sequence(student_feature, teacher_feature):
+        reg = nn.Linear(student_feature.shape[-1], teacher_feature.shape[-1])
+    else:
+        reg = nn.Linear(student_feature[0].numel(), teacher_feature[0].numel())
+    w = reg.weight.data.view(reg.weight.shape[0], -1)
+    if w.shape[0] == w.shape[1]:
+        with torch.no_grad():
+            w.copy_(torch.eye(w.shape[0]))
+            reg.bias.zero_()
+    return reg
 
 
 class DistillationCallback(Callback):
@@ -122,7 +143,7 @@ class DistillationCallback(Callback):
             self.regressors[key] = reg
             self._add_to_optimizer(reg)
         reg = self.regressors[key]
-        out = reg(s) if isinstance(reg, nn.Conv2d) else reg(s.flatten(1))
+        out = reg(s) if isinstance(reg, nn.Conv2d) or _is_sequence(s, t) else reg(s.flatten(1))
         return hint_loss(out, t.reshape(out.shape))
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
