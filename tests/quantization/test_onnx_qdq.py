@@ -2,6 +2,7 @@ import collections
 import operator
 import os
 import tempfile
+import warnings
 
 import onnx
 import onnxruntime as ort
@@ -198,19 +199,61 @@ def test_resnet20_and_mobilenet_v2_run_in_onnxruntime_int8_kernels(arch):
     assert ops["Conv"] == ops["Add"] == ops["Clip"] == 0  # ReLU6 clamps folded into the quantized ranges
 
 
-def test_bias_beyond_int32_codes_stays_in_float():
-    """Tiny activations (scale ~1e-11) make ORT's int32 bias codes round(b / (s_in·s_w)) overflow: the exporter then
-    keeps the bias in a float Add (the layer runs in float) and warns, instead of a silently wrong fused kernel."""
+def _fused_ops(data: bytes) -> collections.Counter:
+    """Op types of the graph ORT runs after its optimizer (QDQ fusion into integer kernels)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def test_bias_beyond_int32_codes_gets_a_wider_weight_grid():
+    """Tiny activations (input scale ~1e-11) make ORT's int32 bias codes round(b / (s_in·s_w)) overflow (the fused
+    kernels were then off by whole logits). The exporter widens those channels' weight grid to s' = |b| / (s_in·(2^31 − 1)),
+    a change of at most fan_in · 255·s_in · s' ≈ 1e-12 here, far under 1 % of the output step: still fused, still equal."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
     x = torch.randn(8, 1, 2, 2) * 1e-9
     sim = quantize_static(net, [x], num_batches=1)
-    with pytest.warns(UserWarning, match="runs in float in ONNX Runtime"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         data = to_onnx_qdq(sim, x[:2], qdq_format="u8s8")
+    s_in = float(sim.get_submodule("input_1_act_quant").scale)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load_from_string(data).graph.initializer}
+    conv_scale = next(v for k, v in inits.items() if k.startswith("w_scale"))
+    bias = net[0].bias.detach().abs().numpy()
+    assert (bias / (s_in * conv_scale) <= 2**31 - 1).all()  # every int32 bias code now fits
+    ops = _fused_ops(data)
+    assert ops["QLinearConv"] == 1 and ops["QGemm"] == 1 and ops["Conv"] == ops["Gemm"] == 0
     with torch.no_grad():
         ref = sim(x)
     step = float(sim.get_submodule("_2_act_quant").scale)
     assert float((_ort(data)(x) - ref).abs().max()) <= step * 1.001
+
+
+def test_bias_that_no_weight_grid_fits_stays_in_float():
+    """512 inputs on a 0.01 grid, weights ~1e-12 and a bias of 1: the widened grid could move the output by up to
+    512 · 255·s_in · s' ≈ 6e-5 > 1 % of the output step (1/255): the bias stays a float Add after the layer, and a warning
+    says so."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(512, 1))
+    with torch.no_grad():
+        net[0].weight.uniform_(-1e-12, 1e-12)
+        net[0].bias.fill_(1.0)
+    x = torch.rand(16, 512) * 2.55
+    sim = quantize_static(net, [x], num_batches=1)
+    with pytest.warns(UserWarning, match="runs in float in ONNX Runtime"):
+        data = to_onnx_qdq(sim, x[:2], qdq_format="u8s8")
+    (gemm,) = [n for n in onnx.load_from_string(data).graph.node if n.op_type == "Gemm"]
+    assert len(gemm.input) == 2  # no bias input: ORT has no int32 bias to build
+    ops = _fused_ops(data)
+    assert ops["Add"] == 1 and ops["QGemm"] == 1  # the int8 product (float output), then the float bias
+    with torch.no_grad():
+        ref = sim(x)
+    assert float((_ort(data)(x) - ref).abs().max()) <= float(sim.get_submodule("_0_act_quant").scale) * 1.001
 
 
 class _FloatOps(torch.nn.Module):

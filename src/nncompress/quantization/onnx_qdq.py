@@ -19,6 +19,9 @@ Everything else mirrors the simulation op for op, so ONNX Runtime computes what 
   flatten / view / reshape (Flatten, or Reshape to the traced shape with the batch dimension left free), constant
   padding (Pad), BatchNorm left unfolded, sub / mul / div, and the elementwise activations (Sigmoid, Tanh,
   HardSigmoid, HardSwish, SiLU as x · sigmoid(x)).
+One departure, below the simulation's resolution: ORT stores a fused layer's bias as int32 codes b / (s_in · s_w), which
+overflow where a channel's weights are all but zero (EfficientNet-Lite0's pretrained weights have such channels);
+those channels get a weight grid just wide enough (`_fit_bias_codes`), or the bias stays a float Add (warned).
 """
 from __future__ import annotations
 
@@ -155,7 +158,36 @@ def _dynamic_linear(b: _Builder, x: str, ql: QuantLayer, name: str) -> str:
     return _layer_activation(b, y, ql.relu, ql.relu_max)
 
 
-def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool, name: str = "") -> str:
+_INT32_MAX = 2**31 - 1
+
+
+def _fit_bias_codes(w: torch.Tensor, codes: torch.Tensor, s: torch.Tensor, bias: torch.Tensor, s_in: float,
+                    out_step: float | None, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """ORT's QDQ fusion (QLinearConv, QGemm) stores the bias as int32 codes round(b / (s_in · s_w)); past 2^31 − 1 they
+    wrap and the fused layer is silently wrong. It happens where a channel's weights are all but zero (a BN with γ ≈ 0
+    folded in: EfficientNet-Lite0 has such channels) or the input range is tiny. Such a channel's weight scale is raised
+    to s' = |b| / (s_in · (2^31 − 1)) and its weights re-coded on that grid — allowed only when the change of that
+    output, ≤ fan_in · max|x| · s' (max|x| ≤ 255 · s_in on the input grid), is under 1 % of the output step, so the
+    output codes stay those of the simulation but at rounding ties. Returns (codes, scales, fits); fits=False: no
+    such raise is small enough."""
+    s_ch = s.reshape(-1).expand(codes.shape[0]) if s.numel() == 1 else s.reshape(-1)
+    need = bias.detach().abs().float() / (s_in * _INT32_MAX)
+    if s.numel() == 1:
+        need = need.max().expand_as(s_ch)
+    raise_ch = need > s_ch
+    if not bool(raise_ch.any()):
+        return codes, s, True
+    s_new = torch.where(raise_ch, need * (1 + 1e-6), s_ch)  # a hair above: the int32 code then rounds inside the range
+    change = w[0].numel() * 255 * s_in * s_new[raise_ch]
+    if out_step is None or float(change.max()) > 0.01 * out_step:
+        return codes, s, False
+    shape = [-1] + [1] * (w.dim() - 1)
+    new_codes = torch.clamp(torch.round(w / s_new.reshape(shape)), qmin, qmax).to(codes.dtype)
+    codes = torch.where(raise_ch.reshape(shape), new_codes, codes)
+    return codes, (s_new if s.numel() > 1 else s_new[:1].reshape(s.shape)), True
+
+
+def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool, name: str = "", out_step: float | None = None) -> str:
     w, bias = ql.folded()
     w = w.detach().float()
     wq = ql.weight_quant
@@ -165,27 +197,29 @@ def _layer(b: _Builder, x: str, ql: QuantLayer, weights_uint8: bool, name: str =
     if wq.qmin < -128 or wq.qmax > 127 or int(torch.as_tensor(z).abs().max()) != 0:
         raise UserError("ONNX QDQ export needs symmetric weights of at most 8 bits")
     codes, s = weight_codes(wq, w)
-    s_np = np.asarray(torch.as_tensor(s, dtype=torch.float32).numpy(), np.float32)
+    s = torch.as_tensor(s, dtype=torch.float32)
+    s_in = b.act_scale.get(x)
+    fits = True
+    if bias is not None and s_in is not None:
+        codes, s, fits = _fit_bias_codes(w, codes, s, bias, s_in, out_step, wq.qmin, wq.qmax)
+    s_np = np.asarray(s.numpy(), np.float32)
     if weights_uint8:  # the same weights as codes + 128 with zero point 128: ORT then picks its u8·u8 kernels
         codes, zp_np = (codes + 128).to(torch.uint8).numpy(), np.full(s_np.shape, 128, np.uint8)
     else:
         codes, zp_np = codes.to(torch.int8).numpy(), np.zeros(s_np.shape, np.int8)
     attrs = {"axis": 0} if s_np.ndim == 1 else {}
     w_name = b.op("DequantizeLinear", [b.const("w_codes", codes), b.const("w_scale", s_np), b.const("w_zp", zp_np)], "w", **attrs)
-    s_in = b.act_scale.get(x)
-    if bias is not None and s_in is not None:
-        # ORT's QDQ fusion stores the bias as int32 codes round(b / (s_in · s_w)) (QLinearConv, QGemm); past ±(2^31 − 1)
-        # they wrap and the fused layer is silently wrong. Then the bias goes in a float Add after the layer: ORT keeps
-        # that layer in float (Conv → Add → Q does not fuse), and the values stay those of the simulation.
-        need = bias.detach().abs().float() / (s_in * torch.as_tensor(s_np).reshape(-1))
-        if float(need.max()) > 2**31 - 1:
-            warnings.warn(f"ONNX QDQ export: layer '{name}' runs in float in ONNX Runtime: its bias needs int32 codes up to "
-                          f"{float(need.max()):.3g} at input scale {s_in:.3g} (> 2^31 − 1); the activations feeding it are tiny "
-                          "(an untrained or collapsed model?)", stacklevel=3)
-            y = _op_for(b, ql.layer, x, w_name, None, False)
-            shape = [-1] + [1] * (ql.layer.weight.dim() - 2)  # [C] for Linear, [C, 1, 1] for Conv2d
-            y = b.op("Add", [y, b.const("bias", bias.detach().float().reshape(shape).numpy())], "bias_add")
-            return _layer_activation(b, y, ql.relu, ql.relu_max)
+    if not fits:
+        # the bias in a float Add after the layer, with the simulation's values: ORT then has no int32 bias to build; it
+        # still runs a Gemm as QGemm with a float output, but DQ → Conv → Add → Q does not fuse and a Conv runs in float
+        warnings.warn(f"ONNX QDQ export: layer '{name}' runs in float in ONNX Runtime (a Linear: its int8 product, "
+                      f"the bias in float): its bias needs int32 codes beyond "
+                      f"2^31 − 1 at input scale {s_in:.3g} and weight scales down to {float(s.min()):.3g}, and no weight scale "
+                      "large enough leaves its outputs unchanged", stacklevel=4)
+        y = _op_for(b, ql.layer, x, w_name, None, False)
+        shape = [-1] + [1] * (ql.layer.weight.dim() - 2)  # [C] for Linear, [C, 1, 1] for Conv2d
+        y = b.op("Add", [y, b.const("bias", bias.detach().float().reshape(shape).numpy())], "bias_add")
+        return _layer_activation(b, y, ql.relu, ql.relu_max)
     return _op_for(b, ql.layer, x, w_name, bias, ql.relu, ql.relu_max)
 
 
@@ -333,6 +367,13 @@ def _batch_norm(b: _Builder, x: str, bn: nn.Module) -> str:
                                        const("bn_var", bn.running_var)], "bn", epsilon=float(bn.eps))
 
 
+def _output_step(node: fx.Node, mods) -> float | None:
+    """Scale of the activation quantizer right after `node` (static graphs put one after every quantized layer)."""
+    users = list(node.users)
+    q = mods.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+    return float(q.qparams()[0]) if isinstance(q, (FakeQuantize, LSQQuantizer)) and q.qparams()[0].numel() == 1 else None
+
+
 def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool, act_int8: bool = False) -> bytes:
     mods = dict(gm.named_modules())
     b, env = _Builder(), {}
@@ -372,7 +413,7 @@ def _export(gm: fx.GraphModule, example_input: torch.Tensor, weights_uint8: bool
         elif isinstance(m, QuantLayer) and m.input_quant is not None:
             env[node] = _dynamic_linear(b, t(x), m, node.target)
         elif isinstance(m, QuantLayer):
-            env[node] = _layer(b, t(x), m, weights_uint8, node.target)
+            env[node] = _layer(b, t(x), m, weights_uint8, node.target, _output_step(node, mods))
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
             env[node] = _float_layer(b, t(x), m)
         elif isinstance(m, nn.ReLU) or fn in (torch.relu, F.relu) or meth in ("relu", "relu_"):
