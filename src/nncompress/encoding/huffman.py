@@ -23,7 +23,7 @@ MAX_CODE_LENGTH = 24
 """Longest code the encoder produces and the decoder accepts (a 32-bit window covers it at any bit offset)."""
 
 _CHUNK_BITS = 1 << 16  # decode works on this many bit positions at a time: bounded memory, cache-friendly
-_ENCODE_BLOCK = 1 << 20  # symbols per encoding block
+_ENCODE_BLOCK = 1 << 18  # symbols per encoding block (~40 B of scratch each)
 _BAD = 1 << 62  # "next position" marker for an invalid code word during decoding
 
 
@@ -136,7 +136,11 @@ def encode(symbols, lengths) -> tuple[bytes, int]:
     """Huffman-encode `symbols` (ints indexing `lengths`) into MSB-first packed bytes.
 
     Returns (data, nbits) with nbits = sum_i lengths[symbols[i]] and len(data) = ceil(nbits / 8);
-    the tail of the last byte is zero. Vectorised: one pass per (distinct length, bit index).
+    the tail of the last byte is zero. Vectorised: one pass per (distinct length, bit index) per block of
+    `_ENCODE_BLOCK` symbols; each block's bits are packed as soon as they are set (the < 8 bits that do not
+    fill a byte are carried into the next block), so memory beyond the input and the output is a few
+    bytes per symbol of one block, whatever the stream's length. `symbols` keeps its dtype (a uint8 stream
+    is never widened to int64 as a whole).
     """
     ls = validate_lengths(lengths)
     sym = np.asarray(symbols)
@@ -146,34 +150,42 @@ def encode(symbols, lengths) -> tuple[bytes, int]:
         return b"", 0
     if sym.dtype.kind not in "iu":
         raise ValueError(f"symbols must be integers, got {sym.dtype}")
-    sym = sym.astype(np.int64, copy=False)
-    if sym.min() < 0 or sym.max() >= ls.size:
+    if int(sym.min()) < 0 or int(sym.max()) >= ls.size:
         raise ValueError(f"symbols must be in 0..{ls.size - 1}")
-    counts = np.bincount(sym, minlength=ls.size)
+    from nncompress.encoding.symbols import symbol_histogram
+
+    counts = symbol_histogram(sym, ls.size)
     missing = np.flatnonzero((counts > 0) & (ls == 0))
     if missing.size:
         raise ValueError(f"symbol {int(missing[0])} occurs but has no code (length 0)")
     nbits = int(np.dot(counts, ls))
     table = canonical_codes(ls).astype(np.int64)
-    bits = np.zeros(nbits, dtype=np.uint8)
-    offset = 0
-    for lo in range(0, sym.size, _ENCODE_BLOCK):  # blocks bound the temporaries (a few int64 per symbol of a block)
+    parts: list[bytes] = []
+    carry = np.zeros(0, dtype=np.uint8)  # bits of the previous block that did not fill a byte
+    for lo in range(0, sym.size, _ENCODE_BLOCK):
         block = sym[lo : lo + _ENCODE_BLOCK]
         sym_len = ls[block]
         codes = table[block]
-        ends = np.cumsum(sym_len) + offset
+        ends = np.cumsum(sym_len) + carry.size
         starts = ends - sym_len
+        bits = np.empty(int(ends[-1]), dtype=np.uint8)
+        bits[: carry.size] = carry
         for length in np.unique(sym_len).tolist():
             sel = sym_len == length
             st, c = starts[sel], codes[sel]
             for j in range(length):
                 bits[st + j] = (c >> (length - 1 - j)) & 1
-        offset = int(ends[-1])
-    return np.packbits(bits).tobytes(), nbits
+        whole = bits.size - bits.size % 8
+        parts.append(np.packbits(bits[:whole]).tobytes())
+        carry = bits[whole:].copy()
+    if carry.size:
+        parts.append(np.packbits(carry).tobytes())  # zero-padded to a byte
+    return b"".join(parts), nbits
 
 
-def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
-    """Decode exactly `count` symbols from the first `nbits` bits of `data`; int64 array.
+def decode(data: bytes, nbits: int, lengths, count: int, dtype=np.int64) -> np.ndarray:
+    """Decode exactly `count` symbols from the first `nbits` bits of `data`; an array of `dtype` (int64 by
+    default; any integer dtype wide enough for the symbols: a uint8 stream need not be held as int64).
 
     Canonical property used: left-aligned to L = max length, the codes of length l fill the
     interval [limit[l-1], limit[l]) with limit[l] = (first[l] + count[l]) << (L - l), and the
@@ -194,7 +206,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
     if count == 0:
         if nbits:
             raise CorruptFileError(f"Huffman stream has {nbits} bits but no symbols")
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=dtype)
     if not ls.size or ls.max() == 0:
         raise CorruptFileError(f"Huffman stream has {count} symbols but an empty code table")
     if count > nbits:  # every code is at least one bit; also bounds the allocation below
@@ -209,7 +221,7 @@ def decode(data: bytes, nbits: int, lengths, count: int) -> np.ndarray:
     buf = np.frombuffer(bytes(data[: (nbits + 7) // 8]) + b"\0\0\0\0", dtype=np.uint8)
     mask = (1 << top) - 1
 
-    out = np.empty(count, dtype=np.int64)
+    out = np.empty(count, dtype=dtype)  # after the checks above: `count` is backed by the stream's bits
     done = 0
     pos = 0
     while done < count:

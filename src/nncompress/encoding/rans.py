@@ -56,6 +56,7 @@ import numpy as np
 
 from nncompress.core.errors import UserError
 from nncompress.encoding.errors import CorruptFileError
+from nncompress.encoding.symbols import symbol_histogram
 
 RANS_L = 1 << 23
 """Lower end of the normalised state interval [L, 256·L) (ryg_rans RANS_BYTE_L)."""
@@ -94,8 +95,7 @@ def _symbols_array(symbols, alphabet_size: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if s.dtype.kind not in "iu":
         raise UserError(f"rANS symbols must be integers, got {s.dtype}")
-    s = s.astype(np.int64)
-    if s.min() < 0 or s.max() >= alphabet_size:
+    if int(s.min()) < 0 or int(s.max()) >= alphabet_size:  # kept in its dtype: a uint8 stream is not widened
         raise UserError(f"rANS symbols must be in 0..{alphabet_size - 1}")
     return s
 
@@ -153,7 +153,7 @@ def build_frequencies(symbols, alphabet_size: int, precision_bits: int = DEFAULT
     if a < 2 or a > (1 << 24):
         raise UserError(f"rANS alphabet size must be in 2..2^24, got {alphabet_size}")
     s = _symbols_array(symbols, a)
-    return quantize_counts(np.bincount(s, minlength=a), precision_bits)
+    return quantize_counts(symbol_histogram(s, a), precision_bits)
 
 
 def validate_frequencies(freqs) -> tuple[np.ndarray, int]:
@@ -208,7 +208,8 @@ def encode(symbols, freqs, lanes: int | None = None) -> bytes:
     """rANS-encode `symbols` (ints indexing `freqs`); every occurring symbol needs a frequency >= 1.
 
     `lanes` interleaved states (default `n_lanes(len(symbols))`); the decoder must be given the same.
-    Memory beyond the input is O(lanes) per step plus the output bytes.
+    Memory beyond the input is O(lanes) per step plus the output bytes; `symbols` keeps its dtype (uint8 /
+    uint16 streams are indexed as they are, never widened to int64 as a whole).
     """
     try:
         f, p = validate_frequencies(freqs)
@@ -218,9 +219,9 @@ def encode(symbols, freqs, lanes: int | None = None) -> bytes:
     n = s.size
     if n == 0:
         return b""
-    if f[s].min() == 0:
-        bad = int(s[np.argmin(f[s])])
-        raise UserError(f"symbol {bad} occurs but has frequency 0 in the rANS table")
+    unpriced = np.flatnonzero((symbol_histogram(s, f.size) > 0) & (f == 0))
+    if unpriced.size:
+        raise UserError(f"symbol {int(unpriced[0])} occurs but has frequency 0 in the rANS table")
     w = _check_lanes(lanes, n)
     steps = -(-n // w)
     freq_t = f.astype(np.uint64)
@@ -259,8 +260,8 @@ def encode(symbols, freqs, lanes: int | None = None) -> bytes:
     return head + body
 
 
-def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode exactly `n_symbols` symbols (int64, or into `out`) from `data` under `freqs`.
+def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarray | None = None, dtype=np.int64) -> np.ndarray:
+    """Decode exactly `n_symbols` symbols (an array of `dtype`, int64 by default, or into `out`) from `data` under `freqs`.
 
     `lanes` must be what the encoder used (default `n_lanes(n_symbols)`). Raises CorruptFileError for
     an invalid table or lane count, an n_symbols the data cannot back (bound in the module docstring,
@@ -275,7 +276,7 @@ def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarra
     if n == 0:
         if buf.size:
             raise CorruptFileError(f"rANS stream has {buf.size} bytes but no symbols")
-        return np.zeros(0, dtype=np.int64) if out is None else out[:0]
+        return np.zeros(0, dtype=dtype) if out is None else out[:0]
     if lanes is None:
         w = n_lanes(n)
     else:
@@ -296,7 +297,7 @@ def decode(data, freqs, n_symbols: int, lanes: int | None = None, out: np.ndarra
         raise CorruptFileError("rANS initial state out of range")
     mask, shift_p, u8, lim = np.uint64(m_total - 1), np.uint64(p), np.uint64(8), np.uint64(RANS_L)
     if out is None:
-        out = np.empty(n, dtype=np.int64)
+        out = np.empty(n, dtype=dtype)
     elif out.shape != (n,):
         raise UserError(f"rANS decode: out must have shape ({n},), got {out.shape}")
     pos, end = 4 * w, buf.size

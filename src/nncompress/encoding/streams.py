@@ -37,6 +37,7 @@ import numpy as np
 from nncompress.core.errors import UserError
 from nncompress.encoding import huffman, rans
 from nncompress.encoding.errors import CorruptFileError
+from nncompress.encoding.symbols import symbol_dtype, symbol_histogram
 
 HUFFMAN = 0
 RANS = 1
@@ -119,9 +120,11 @@ def encode_stream(symbols, alphabet_size: int, coder: str = "auto") -> EncodedSt
     """
     if coder not in CODERS:
         raise UserError(f"unknown entropy coder {coder!r}: use one of {', '.join(CODERS)}")
-    s = np.asarray(symbols, dtype=np.int64)
+    s = np.asarray(symbols)
+    if s.dtype.kind not in "iu":  # a list, or an empty float array: as before, int64
+        s = s.astype(np.int64)  # integer arrays keep their dtype: a uint8 stream is coded without an int64 copy
     a = max(int(alphabet_size), 2)
-    counts = np.bincount(s, minlength=a) if s.size else np.zeros(a, dtype=np.int64)
+    counts = symbol_histogram(s, a)
     if counts.size > a:
         raise UserError(f"symbol {int(s.max())} outside the alphabet of {a}")
     entropy = huffman.entropy_bits(counts)
@@ -168,7 +171,12 @@ def read_huffman_lengths(r, alphabet: int, what: str) -> np.ndarray:
         raise CorruptFileError(f"corrupt .nnc file: {what} table: {e}") from None
 
 
-def read_huffman_body(r, alphabet: int, count: int, what: str, decode: bool = True) -> np.ndarray | None:
+def _decoded_dtype(alphabet: int, compact: bool) -> np.dtype:
+    """What a stream decodes to: int64, or (compact) the smallest unsigned dtype for the alphabet."""
+    return symbol_dtype(alphabet - 1) if compact else np.dtype(np.int64)
+
+
+def read_huffman_body(r, alphabet: int, count: int, what: str, decode: bool = True, compact: bool = False) -> np.ndarray | None:
     lengths = read_huffman_lengths(r, alphabet, f"{what} Huffman code")
     nbits = r.one("Q", f"{what} bit count")
     stream = r.take((nbits + 7) // 8, what)  # checked against the bytes present before decoding
@@ -177,12 +185,12 @@ def read_huffman_body(r, alphabet: int, count: int, what: str, decode: bool = Tr
             raise CorruptFileError(f"corrupt .nnc file: {what}: Huffman stream of {nbits} bits cannot hold {count} symbols")
         return None
     try:
-        return huffman.decode(stream, nbits, lengths, count)
+        return huffman.decode(stream, nbits, lengths, count, dtype=_decoded_dtype(alphabet, compact))
     except CorruptFileError as e:
         raise CorruptFileError(f"corrupt .nnc file: {what}: {e}") from None
 
 
-def read_rans_body(r, alphabet: int, count: int, what: str, decode: bool = True) -> np.ndarray | None:
+def read_rans_body(r, alphabet: int, count: int, what: str, decode: bool = True, compact: bool = False) -> np.ndarray | None:
     if count == 0:
         raise CorruptFileError(f"corrupt .nnc file: {what} is an rANS stream with no symbols")
     if not 2 <= alphabet <= (1 << 24):
@@ -208,18 +216,19 @@ def read_rans_body(r, alphabet: int, count: int, what: str, decode: bool = True)
     if not decode:
         return None
     try:
-        return rans.decode(payload, freqs, count, lanes)
+        return rans.decode(payload, freqs, count, lanes, dtype=_decoded_dtype(alphabet, compact))
     except (CorruptFileError, UserError) as e:
         raise CorruptFileError(f"corrupt .nnc file: {what}: {e}") from None
 
 
-def read_stream(r, alphabet: int, count: int, what: str, decode: bool = True) -> np.ndarray | None:
-    """Read one tagged v2 stream at the reader's cursor; the decoded int64 symbols (None if not `decode`)."""
+def read_stream(r, alphabet: int, count: int, what: str, decode: bool = True, compact: bool = False) -> np.ndarray | None:
+    """Read one tagged v2 stream at the reader's cursor; the decoded symbols (None if not `decode`): int64, or
+    with `compact` the smallest unsigned dtype for the alphabet (`symbols.symbol_dtype`)."""
     tag = r.one("B", f"{what} coder")
     if tag == HUFFMAN:
-        return read_huffman_body(r, alphabet, count, what, decode)
+        return read_huffman_body(r, alphabet, count, what, decode, compact)
     if tag == RANS:
-        return read_rans_body(r, alphabet, count, what, decode)
+        return read_rans_body(r, alphabet, count, what, decode, compact)
     raise CorruptFileError(f"corrupt .nnc file: {what} has unknown coder tag {tag} (0 = Huffman, 1 = rANS)")
 
 

@@ -239,7 +239,7 @@ class LevelPruner:
 
 
 _RADIX_BITS = 16
-_CHUNK = 1 << 22  # elements per pass step: bounded temporaries (tens of MB) whatever the layer's size
+_CHUNK = 1 << 20  # elements per pass step: bounded temporaries (~20 MB) whatever the layer's size
 
 
 def _abs_bits(flat) -> tuple[object, int, int]:
@@ -309,6 +309,8 @@ def level_prune_inplace(model: nn.Module, sparsity: PerLayer, layers: Sequence[s
     weights are the smallest and go first. Layers must be unmasked, on the CPU, in float32/float64.
     Returns {layer: weights kept}.
     """
+    import numpy as np
+
     from nncompress.core.progress import track
 
     kept = {}
@@ -323,7 +325,7 @@ def level_prune_inplace(model: nn.Module, sparsity: PerLayer, layers: Sequence[s
                                 f"got {w.dtype} on {w.device}; use LevelPruner instead")
             flat = w.detach().view(-1).numpy()
             _prune_smallest_inplace(flat, prune_count(u.value, flat.size))
-            kept[u.name] = int(torch.count_nonzero(w))
+            kept[u.name] = int(np.count_nonzero(flat))  # no bool tensor the size of the layer
     return kept
 
 
