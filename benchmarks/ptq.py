@@ -376,7 +376,8 @@ def accuracy_rows(name: str, model: nn.Module, calib: list[torch.Tensor], evalx:
             bits = "W4A8" if cfg == "nncf_w4a8" else "W8A8"
             if cfg in logits:
                 rows[cfg] = {"method": f"NNCF nncf.quantize ({cfg.replace('nncf_', '')})", "bits": bits, "granularity": "channel (NNCF default)",
-                             **score(ref, logits[cfg], labels), "time_s": res.get(cfg, {}).get("time_s")}
+                             **score(ref, logits[cfg], labels), "time_s": res.get(cfg, {}).get("time_s"),
+                             "settings": res.get(cfg, {}).get("settings")}
             else:
                 rows[cfg] = {"method": "NNCF nncf.quantize", "bits": bits,
                              "error": res.get(cfg, {}).get("error") or res.get("import_error") or res.get("error")}
@@ -627,7 +628,7 @@ def main(argv=None):
                 raise SystemExit(f"{name}: fp32 top-1 {rows['fp32']['top1']:.1f} % is near chance: training failed, refusing to report")
             payload["accuracy"][name] = {"model": info, "data": data, "rows": rows}
             if not args.quick:
-                save(payload, "accuracy", name, t_start)
+                save(payload, "accuracy", name, t_start, merge_rows=bool(args.rows))
         if not args.accuracy_only:
             payload["speed"][name] = speed_rows(name, model, calib, speed_pool, speed_batches, args.repeats)
             if name in GEMM_SHAPES:
@@ -643,14 +644,18 @@ def main(argv=None):
         print("quick run: results not written", file=sys.stderr)
 
 
-def save(payload: dict, part: str, model: str, t_start: float) -> None:
+def save(payload: dict, part: str, model: str, t_start: float, merge_rows: bool = False) -> None:
     """Merge this model's `part` into the JSON on disk (re-read just before writing, so separate runs for separate
-    models or parts can share the file), recompute the targets, write."""
+    models or parts can share the file), recompute the targets, write. `merge_rows` (a `--rows` run): only the
+    rows just measured replace theirs; the model's other rows stay (each row records its own time)."""
     path = RESULTS / f"{NAME}.json"
     disk = json.loads(path.read_text()) if path.is_file() else {}
     disk.setdefault("accuracy", {})
     disk.setdefault("speed", {})
-    disk[part][model] = payload[part][model]
+    if merge_rows and model in disk[part]:
+        disk[part][model]["rows"].update(payload[part][model]["rows"])
+    else:
+        disk[part][model] = payload[part][model]
     disk.update({"environment": environment(list(THREADS)), "threads": list(THREADS),
                  "note": ("accuracy rows: simulated (fake-quant) graphs in PyTorch unless the row says ONNX Runtime; "
                           "speed: medians of interleaved repeats, int8 against the fastest fp32 runtime of the same run")})

@@ -33,14 +33,15 @@ BIAS_CORRECTIONS = ("empirical", "analytic", None)
 
 def ptq_ladder(model: nn.Module, calib_data, weight_bits: int = 8, act_bits: int = 8, granularity: str = "tensor",
                calibration: str = "minmax", num_batches: int = 8, cle: bool = True, high_bias_absorption: bool = True,
-               relu6: str = "replace", bias_correction: str | None = "empirical", adaround: bool = False,
+               relu6: str = "clamp", bias_correction: str | None = "empirical", adaround: bool = False,
                adaround_config: AdaRoundConfig | None = None, asymmetric: bool = True, keep_first_last: bool = False,
                reduce_range: bool = False) -> fx.GraphModule:
     """Static PTQ with the DFQ/AdaRound rungs; returns the simulated quantized graph (the model is not modified).
 
     granularity: weight scales per "tensor" (where CLE matters most) or per "channel".
-    cle / high_bias_absorption / relu6: see `equalization` (relu6="replace" swaps ReLU6 for ReLU in the
-        equalized pairs, as the paper does; "clamp" keeps the function exact; "skip" leaves those pairs).
+    cle / high_bias_absorption / relu6: see `equalization` (relu6="clamp", the default, keeps the function
+        exact with per-channel clip bounds; "replace" swaps ReLU6 for ReLU in the equalized pairs, as the paper
+        does; "skip" leaves those pairs).
     bias_correction: "empirical" (measured on calib_data), "analytic" (data-free, from BN statistics) or None.
     adaround: learn weight rounding (`adaround_config`, `asymmetric` reconstruction) instead of nearest.
     keep_first_last / reduce_range: as in `quantize_static` (the CLI passes them so the ladder's graph lowers to
