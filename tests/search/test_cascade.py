@@ -1,5 +1,4 @@
 """Localization cascade (Sun et al. 2013): MACs per level, the refinement arithmetic, training targets, a small run."""
-import numpy as np
 import pytest
 import torch
 
@@ -9,18 +8,6 @@ from nncompress.search.cascade import (
     LevelSpec, LocalizationCascade, cascade_centers, cascade_experiment, jittered_centers, level_training_set,
     localization_error_px, train_cascade,
 )
-
-
-def _template_digits(path, n_per_class=80, seed=0):
-    """A synthetic 10-class set of 28×28 "digits" (a seeded random 16×16 binary template per class, centered, plus
-    noise) saved as an .npz: learnable in an epoch, and no mnist5k CSV to parse in a unit test."""
-    rng = np.random.default_rng(seed)
-    templates = (rng.random((10, 16, 16)) > 0.5).astype(np.float32)
-    y = np.repeat(np.arange(10), n_per_class)
-    x = np.zeros((len(y), 1, 28, 28), dtype=np.float32)
-    x[:, 0, 6:22, 6:22] = templates[y] * 255 * rng.uniform(0.7, 1.0, (len(y), 1, 1))
-    np.savez(path, x=x, y=y)
-    return str(path)
 
 
 def _fix(level, offset):
@@ -99,8 +86,8 @@ def test_training_localizes_better_than_the_canvas_center_and_is_deterministic()
     assert err2 < 2.0  # the refinement pins a 4-px square to within 2 px
 
 
-def test_cascade_experiment_small_run(tmp_path):
-    r = cascade_experiment(epochs=1, canvas_px=40, data=_template_digits(tmp_path / "t.npz", 50), classifier_epochs=2)
+def test_cascade_experiment_small_run(tmp_path, template_digits):
+    r = cascade_experiment(epochs=1, canvas_px=40, data=template_digits(tmp_path / "t.npz", 50), classifier_epochs=2)
     assert [row["level"] for row in r["levels"]] == [1, 2, 3]
     assert [row["window_px"] for row in r["levels"]] == [40, 20, 20]
     # 10×10: 10²·72 + 5²·1,152 + 16·2·2·64 + 128 = 7,200 + 28,800 + 4,096 + 128

@@ -1,5 +1,4 @@
 """Selective attention: MAC formulas against hand-worked values, the crop the pipeline takes, a small end-to-end run."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,18 +9,6 @@ from nncompress.core.errors import UserError
 from nncompress.core.guards import DivergenceError
 from nncompress.search.cascade import LevelSpec, LocalizationCascade
 from nncompress.search.selective_attention import SelectiveAttention, lenet5_macs, selective_attention_experiment
-
-
-def _template_digits(path, n_per_class=80, seed=0):
-    """A synthetic 10-class set of 28×28 "digits" (a seeded random 16×16 binary template per class, centered, plus
-    noise) saved as an .npz: learnable in an epoch, and no mnist5k CSV to parse in a unit test."""
-    rng = np.random.default_rng(seed)
-    templates = (rng.random((10, 16, 16)) > 0.5).astype(np.float32)
-    y = np.repeat(np.arange(10), n_per_class)
-    x = np.zeros((len(y), 1, 28, 28), dtype=np.float32)
-    x[:, 0, 6:22, 6:22] = templates[y] * 255 * rng.uniform(0.7, 1.0, (len(y), 1, 1))
-    np.savez(path, x=x, y=y)
-    return str(path)
 
 
 def test_lenet5_macs_hand_worked():
@@ -73,14 +60,14 @@ def test_bad_crop_is_a_user_error():
         selective_attention_experiment(crop_px=20)
 
 
-def test_untrained_models_are_refused_not_reported(tmp_path):
-    data = _template_digits(tmp_path / "t.npz", n_per_class=20)
+def test_untrained_models_are_refused_not_reported(tmp_path, template_digits):
+    data = template_digits(tmp_path / "t.npz", n_per_class=20)
     with pytest.raises(DivergenceError, match="chance"):
         selective_attention_experiment(epochs=0, canvas=32, data=data, localizer_epochs=0)
 
 
-def test_small_run_end_to_end(tmp_path):
-    r = selective_attention_experiment(epochs=2, canvas=32, data=_template_digits(tmp_path / "t.npz", 50), placements=1,
+def test_small_run_end_to_end(tmp_path, template_digits):
+    r = selective_attention_experiment(epochs=2, canvas=32, data=template_digits(tmp_path / "t.npz", 50), placements=1,
                                        localizer_epochs=3)
     assert r["baseline_macs"] == 3_522_000
     # localizer on the 32 canvas pooled to 16: 16²·72 + 8²·1,152 + 16·4·4·64 + 128 = 18,432 + 73,728 + 16,384 + 128
