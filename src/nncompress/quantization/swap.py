@@ -24,6 +24,7 @@ per call — dynamic in every mode but weight-only); other parameterised modules
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -80,7 +81,9 @@ class DynamicInt8Config:
 @dataclass
 class StaticInt8Config:
     """int8 weights, activations with calibrated (scale, zero point): `calibration` names the observer
-    (minmax, moving_average, percentile, mse, entropy)."""
+    (minmax, moving_average, percentile, mse, entropy). `bias_correction`: after the swap, remove each layer's
+    output-mean shift against a float copy on the same calibration batches (`eager_bias_correction`; costs one
+    model copy and `bias_correction_sweeps` passes)."""
 
     calibration: str = "minmax"
     weight_bits: int = 8
@@ -89,6 +92,8 @@ class StaticInt8Config:
     reduce_range: bool = False
     embedding_bits: int | None = 8
     embedding_group_size: int | None = None
+    bias_correction: bool = False
+    bias_correction_sweeps: int = 3
 
     act_mode = "static"
 
@@ -102,6 +107,10 @@ class StaticInt8Config:
             raise UserError(f"unknown calibration '{self.calibration}': choose one of {', '.join(OBSERVERS)}")
         _check_granularity(self.granularity)
         _check_embedding(self.embedding_bits, self.embedding_group_size)
+        if not isinstance(self.bias_correction, bool):
+            raise UserError(f"bias_correction={self.bias_correction!r}: use True or False")
+        if isinstance(self.bias_correction_sweeps, bool) or not isinstance(self.bias_correction_sweeps, int) or self.bias_correction_sweeps < 1:
+            raise UserError(f"bias_correction_sweeps={self.bias_correction_sweeps!r}: use a whole number of sweeps ≥ 1")
         return self
 
     @property
@@ -254,6 +263,8 @@ def quantize_(model: nn.Module, config: QuantizeConfig, calib_data=None, num_bat
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise UserError(f"num_batches={num_batches!r}: calibration needs at least one batch")
     targets, left = _targets(model, skip, types)
+    correct = isinstance(config, StaticInt8Config) and config.bias_correction
+    reference = copy.deepcopy(model) if correct else None  # the float model the corrected means are measured against
     observers = _calibrate(model, targets, config, calib_data, num_batches, forward_fn) if isinstance(config, StaticInt8Config) else {}
     slots = _slots(model)
     by_param: dict[int, tuple[QuantizedWeight, tuple, str]] = {}
@@ -299,6 +310,11 @@ def quantize_(model: nn.Module, config: QuantizeConfig, calib_data=None, num_bat
     _warn_left(left)
     out = root_new if root_new is not None else model
     out.quant_layers, out.quant_skipped = done, left
+    if correct and done:
+        from nncompress.quantization.eager_bias_correction import correct_biases_
+
+        out.bias_correction_report = correct_biases_(out, reference, calib_data, num_batches,
+                                                     sweeps=config.bias_correction_sweeps, forward_fn=forward_fn)
     return out
 
 

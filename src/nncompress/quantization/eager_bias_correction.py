@@ -1,0 +1,122 @@
+"""Empirical bias correction for module-swapped models: no graph, so it works on whatever `quantize_` works on.
+
+Why: rounding weights (and activations) to a grid moves each output channel's mean, E[ỹ_c] ≠ E[y_c], and those
+shifts do not cancel — they add up through the network (Nagel et al. 2019, "Data-Free Quantization Through
+Weight Equalization and Bias Correction", §4.2; the graph version is `bias_correction.empirical_bias_correction`).
+Measured on calibration data against the float model, per output channel c of every quantized layer:
+
+    b_c ← b_c − (E[ỹ_c] − E[y_c])      (mean over the batch and every position; ỹ from the quantized model, y
+                                         from the float one, each at the same layer, each fed its own upstream)
+
+so each layer also absorbs the mean drift that upstream layers hand it, as AIMET's empirical bias correction does.
+A layer without a bias gets one (a convolution before BatchNorm: the shift of its output is what BN sees).
+
+Order: correcting layer l changes what layer l+1 sees, so the exact procedure is sequential — one pass over the
+calibration data per layer (L passes; 65 for EfficientNet-Lite0). This runs Jacobi sweeps instead: every layer's
+residual shift is measured in one pass and all are corrected at once; the next sweep measures what is left.
+The shifts are mostly local, so a few sweeps converge (the report lists the largest residual shift, relative to
+the channel's float standard deviation, before each sweep, so convergence is visible, not assumed).
+
+Layers with a fused ReLU (`relu=True`, which `quantize_` never sets) are left alone: the bias moves the
+pre-activation, the hook sees the post-activation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from nncompress.core.errors import UserError
+from nncompress.core.model_io import call_model, split_batch, to_device
+from nncompress.quantization.modules import QuantizedConv, QuantizedLinear
+
+
+def _channel_dim(module: nn.Module) -> int:
+    return 1 if isinstance(module, (QuantizedConv, nn.Conv1d, nn.Conv2d)) else -1
+
+
+class _ChannelMoments:
+    """Running per-channel sum and sum of squares of a layer's output (channels on `dim`), in float64."""
+
+    def __init__(self, dim: int):
+        self.dim, self.n, self.sum, self.sq = dim, 0, None, None
+
+    def __call__(self, _module, _args, output) -> None:
+        y = output.detach().double().movedim(self.dim, -1)
+        y = y.reshape(-1, y.shape[-1])
+        s, q = y.sum(0), (y * y).sum(0)
+        self.sum, self.sq = (s, q) if self.sum is None else (self.sum + s, self.sq + q)
+        self.n += y.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n
+
+    def std(self) -> torch.Tensor:
+        return (self.sq / self.n - self.mean() ** 2).clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def _moments(model: nn.Module, layers: dict[str, nn.Module], batches: list, forward_fn: Callable | None) -> dict[str, _ChannelMoments]:
+    stats = {name: _ChannelMoments(_channel_dim(m)) for name, m in layers.items()}
+    hooks = [m.register_forward_hook(stats[name]) for name, m in layers.items()]
+    device = next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            inputs, _ = split_batch(batch) if forward_fn is None else (batch, None)
+            call_model(model, to_device(inputs, device), forward_fn)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    missing = [name for name, s in stats.items() if s.n == 0]
+    if missing:
+        raise UserError(f"bias correction: layer(s) {', '.join(missing[:3])} never ran on the calibration data; "
+                        "pass batches that reach every quantized layer")
+    return stats
+
+
+def correct_biases_(quantized: nn.Module, reference: nn.Module, calib_data, num_batches: int = 8, sweeps: int = 3,
+                    forward_fn: Callable | None = None) -> dict:
+    """Correct, in place, the biases of every QuantizedLinear / QuantizedConv of `quantized` (from `quantize_`)
+    against `reference` (the float model it came from, same module names). Returns a report: the layers corrected,
+    those skipped and why, and per sweep the largest residual shift |E[ỹ] − E[y]| / std(y) over all channels."""
+    from nncompress.quantization.swap import _batches
+
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 1:
+        raise UserError(f"sweeps={sweeps!r}: bias correction needs at least one sweep")
+    ref_modules = dict(reference.named_modules())
+    layers, pairs, skipped = {}, {}, {}
+    for name, m in quantized.named_modules():
+        if not isinstance(m, (QuantizedLinear, QuantizedConv)):
+            continue
+        if m.relu:
+            skipped[name] = "ReLU fused into the layer: the hook sees the post-activation"
+            continue
+        ref = ref_modules.get(name)
+        if not isinstance(ref, (nn.Linear, nn.Conv1d, nn.Conv2d)) or ref.weight.shape[0] != m.weight_q.codes.shape[0]:
+            raise UserError(f"bias correction: the reference model has no float layer '{name}' with "
+                            f"{m.weight_q.codes.shape[0]} outputs; pass the float model `quantize_` was given (a copy "
+                            "made before quantizing)")
+        layers[name], pairs[name] = m, ref
+    if not layers:
+        raise UserError("bias correction: the model has no quantized Linear/Conv layer; run quantize_ first")
+    batches = _batches(calib_data, num_batches)
+    target = _moments(reference, pairs, batches, forward_fn)
+    for name, m in layers.items():
+        if m.bias is None:
+            m.bias = torch.zeros(m.weight_q.codes.shape[0], dtype=torch.float32, device=m.weight_q.scale.device)
+    residuals = []
+    for _ in range(sweeps):
+        now = _moments(quantized, layers, batches, forward_fn)
+        worst = 0.0
+        for name, m in layers.items():
+            shift = now[name].mean() - target[name].mean()
+            rel = (shift.abs() / target[name].std().clamp_min(1e-12)).max()
+            worst = max(worst, float(rel))
+            m.bias -= shift.to(m.bias.dtype)
+        residuals.append(round(worst, 6))
+    return {"corrected": list(layers), "skipped": skipped, "residual_shift_over_std_before_sweep": residuals,
+            "sweeps": sweeps, "calibration_batches": len(batches)}
