@@ -325,9 +325,15 @@ def accuracy_rows(name: str, model: nn.Module, calib: list[torch.Tensor], evalx:
     add("cle_bc_w8a8_tensor", "CLE + high-bias absorption + empirical bias correction", "W8A8", "tensor",
         lambda: ptq_ladder(model, calib, weight_bits=8, act_bits=8, granularity="tensor", num_batches=nb, cle=True,
                            bias_correction="empirical"))
+    ada_cfg = AdaRoundConfig(iters=args.adaround_iters if name != LITE0 else args.lite0_adaround_iters, batch_size=32 if name != LITE0 else 8)
     add("bc_w8a8_channel", "empirical bias correction (no CLE)", "W8A8", "channel",
         lambda: ptq_ladder(model, calib, weight_bits=8, act_bits=8, granularity="channel", num_batches=nb, cle=False,
                            bias_correction="empirical"))
+
+    add("adaround_bc_w8a8_channel", "AdaRound + empirical bias correction", "W8A8", "channel",
+        lambda: ptq_ladder(model, calib, weight_bits=8, act_bits=8, granularity="channel", num_batches=nb, cle=False,
+                           bias_correction="empirical", adaround=True, adaround_config=ada_cfg),
+        adaround_iters=ada_cfg.iters)
 
     def weights_only():
         from nncompress.quantization.swap import WeightOnlyConfig, quantize_
@@ -338,7 +344,6 @@ def accuracy_rows(name: str, model: nn.Module, calib: list[torch.Tensor], evalx:
     add("w8_weights_only_channel", "int8 weights only (round-to-nearest, no correction), float activations", "W8A32",
         "channel", weights_only)
     add("rtn_w4a8_channel", "round-to-nearest (min-max)", "W4A8", "channel", lambda: static(bits=4, granularity="channel"))
-    ada_cfg = AdaRoundConfig(iters=args.adaround_iters if name != LITE0 else args.lite0_adaround_iters, batch_size=32 if name != LITE0 else 8)
     add("adaround_w4a8_channel", "AdaRound", "W4A8", "channel",
         lambda: ptq_ladder(model, calib, weight_bits=4, act_bits=8, granularity="channel", num_batches=nb, cle=False,
                            bias_correction=None, adaround=True, adaround_config=ada_cfg),
