@@ -36,7 +36,7 @@ def test_single_layer_shift_is_rounding_error_times_input_mean():
     assert torch.allclose(q.weight_q.dequantize(), torch.tensor([[0.5, 0.5]]))  # the grid the hand value assumes
     report = correct_biases_(q, ref, [x], 1, sweeps=1)
     assert q.bias.item() == pytest.approx(0.1 - 2.4, abs=1e-5)
-    assert report["corrected"] == [""] and len(report["residual_shift_over_std_before_sweep"]) == 1
+    assert report["corrected"] == [""] and len(report["largest_correction_over_output_std_per_sweep"]) == 1
     with torch.no_grad():
         assert q(x).mean().item() == pytest.approx(ref(x).mean().item(), abs=1e-4)
 
@@ -74,7 +74,7 @@ def test_sweeps_converge_and_remove_the_output_mean_shift(convnet):
     cfg = dict(weight_bits=4, granularity="tensor")
     plain = _quiet_quantize(copy.deepcopy(convnet), StaticInt8Config(**cfg), calib, 4)
     corrected = _quiet_quantize(copy.deepcopy(convnet), StaticInt8Config(**cfg, bias_correction=True), calib, 4)
-    residuals = corrected.bias_correction_report["residual_shift_over_std_before_sweep"]
+    residuals = corrected.bias_correction_report["largest_correction_over_output_std_per_sweep"]
     assert len(residuals) == 3 and residuals[-1] < residuals[0] / 3
     assert set(corrected.bias_correction_report["corrected"]) == {"c1", "c2", "fc"}
     with torch.no_grad():
@@ -108,3 +108,64 @@ def test_bad_reference_and_options_are_one_line_errors(convnet):
         StaticInt8Config(bias_correction=True, bias_correction_sweeps=0).validate()
     with pytest.raises(UserError, match="no quantized Linear/Conv"):
         correct_biases_(copy.deepcopy(convnet), convnet, calib, 1)
+
+
+class _DeepChain(nn.Module):
+    """Ten depthwise-separable conv + BN + ReLU6 blocks with BatchNorm gains up to 20×: where all-at-once (Jacobi)
+    updates over-correct more with every block."""
+
+    def __init__(self):
+        super().__init__()
+        blocks = []
+        for _ in range(10):
+            blocks += [nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                       nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)]
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def _exact_sequential(quantized, reference, batch):
+    """The textbook procedure, one full pass per layer: measure layer l's output-mean shift with layers < l already
+    corrected, correct it, go on."""
+    from nncompress.quantization.modules import QuantizedConv, QuantizedLinear
+
+    ref_mods = dict(reference.named_modules())
+    for name, m in quantized.named_modules():
+        if not isinstance(m, (QuantizedConv, QuantizedLinear)):
+            continue
+        dim = 1 if isinstance(m, QuantizedConv) else -1
+        got = {}
+        h1 = m.register_forward_hook(lambda _m, _a, out: got.__setitem__("q", out))
+        h2 = ref_mods[name].register_forward_hook(lambda _m, _a, out: got.__setitem__("f", out))
+        with torch.no_grad():
+            quantized(batch), reference(batch)
+        h1.remove(), h2.remove()
+        mean = lambda t: t.double().movedim(dim, -1).reshape(-1, t.shape[dim]).mean(0)  # noqa: E731
+        if m.bias is None:
+            m.bias = torch.zeros(m.weight_q.codes.shape[0])
+        m.bias -= (mean(got["q"]) - mean(got["f"])).float()
+
+
+def test_one_sweep_over_one_batch_equals_the_exact_sequential_correction():
+    torch.manual_seed(3)
+    net = _DeepChain().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(1.0, 20.0)
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-0.2, 0.2)
+    x = torch.randn(32, 8, 10, 10)
+    cfg = StaticInt8Config(weight_bits=4, granularity="tensor")
+    ours = _quiet_quantize(copy.deepcopy(net), cfg, [x], 1)
+    report = correct_biases_(ours, net, [x], 1, sweeps=2)
+    exact = _quiet_quantize(copy.deepcopy(net), cfg, [x], 1)
+    _exact_sequential(exact, net, x)
+    for (name, a), (_, b) in zip(ours.named_buffers(), exact.named_buffers()):
+        if name.endswith("bias"):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), name
+    first, second = report["largest_correction_over_output_std_per_sweep"]
+    assert second < 1e-4 * first  # one batch: the first sweep is already exact

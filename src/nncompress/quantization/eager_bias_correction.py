@@ -11,11 +11,16 @@ Measured on calibration data against the float model, per output channel c of ev
 so each layer also absorbs the mean drift that upstream layers hand it, as AIMET's empirical bias correction does.
 A layer without a bias gets one (a convolution before BatchNorm: the shift of its output is what BN sees).
 
-Order: correcting layer l changes what layer l+1 sees, so the exact procedure is sequential — one pass over the
-calibration data per layer (L passes; 65 for EfficientNet-Lite0). This runs Jacobi sweeps instead: every layer's
-residual shift is measured in one pass and all are corrected at once; the next sweep measures what is left.
-The shifts are mostly local, so a few sweeps converge (the report lists the largest residual shift, relative to
-the channel's float standard deviation, before each sweep, so convergence is visible, not assumed).
+Order: correcting layer l changes what layer l+1 sees, so the corrections must be made in execution order
+(Gauss–Seidel), not all at once from one measurement: simultaneous (Jacobi) updates double-count every upstream
+shift, and through a deep net with BatchNorm gains the over-corrections grow from sweep to sweep (measured on
+EfficientNet-Lite0: the residual went 5·10⁶ → 8·10⁷ → 2·10⁹ standard deviations). Sequential correction without
+L passes: one forward hook per layer, fired in execution order, keeps a running mean of the layer's output over
+the calibration batches seen so far, subtracts the correction it implies from the output on the spot (so the
+layers after it see corrected inputs within the same pass), and moves it into the bias at the end of the sweep.
+A second sweep removes what remains from the first batches having seen not-yet-settled upstream corrections;
+the report lists, per sweep, the largest correction relative to that layer's output standard deviation, so
+convergence is visible, not assumed.
 
 Layers with a fused ReLU (`relu=True`, which `quantize_` never sets) are left alone: the bias moves the
 pre-activation, the hook sees the post-activation.
@@ -78,11 +83,61 @@ def _moments(model: nn.Module, layers: dict[str, nn.Module], batches: list, forw
     return stats
 
 
+class _RunningCorrection:
+    """Forward hook of one layer during a sweep: the running mean of its output (channels on `dim`) over the
+    batches so far, and the output handed on with the correction it implies already subtracted."""
+
+    def __init__(self, dim: int, target_mean: torch.Tensor):
+        self.dim, self.target, self.n, self.sum = dim, target_mean, 0, torch.zeros_like(target_mean)
+
+    def correction(self) -> torch.Tensor:
+        return self.sum / max(self.n, 1) - self.target
+
+    def __call__(self, _module, _args, output):
+        y = output.detach().double().movedim(self.dim, -1)
+        y = y.reshape(-1, y.shape[-1])
+        self.sum += y.sum(0)
+        self.n += y.shape[0]
+        shape = [1] * output.dim()
+        shape[self.dim] = -1
+        return output - self.correction().to(output.dtype).reshape(shape)
+
+
+@torch.no_grad()
+def _sequential_sweep(quantized: nn.Module, layers: dict[str, nn.Module], target: dict[str, _ChannelMoments],
+                      batches: list, forward_fn: Callable | None) -> float:
+    """One Gauss–Seidel sweep; returns the largest correction made, over the layer's RMS output std."""
+    running = {name: _RunningCorrection(_channel_dim(m), target[name].mean()) for name, m in layers.items()}
+    hooks = [m.register_forward_hook(running[name]) for name, m in layers.items()]
+    device = next((b.device for b in quantized.buffers()), torch.device("cpu"))
+    was_training = quantized.training
+    quantized.eval()
+    try:
+        for batch in batches:
+            inputs, _ = split_batch(batch) if forward_fn is None else (batch, None)
+            call_model(quantized, to_device(inputs, device), forward_fn)
+    finally:
+        for h in hooks:
+            h.remove()
+        quantized.train(was_training)
+    worst = 0.0
+    for name, m in layers.items():
+        if running[name].n == 0:
+            raise UserError(f"bias correction: layer '{name}' never ran on the calibration data; "
+                            "pass batches that reach every quantized layer")
+        shift = running[name].correction()
+        scale = float(target[name].std().pow(2).mean().sqrt()) or 1.0
+        worst = max(worst, float(shift.abs().max()) / scale)
+        m.bias -= shift.to(m.bias.dtype)
+    return worst
+
+
 def correct_biases_(quantized: nn.Module, reference: nn.Module, calib_data, num_batches: int = 8, sweeps: int = 3,
                     forward_fn: Callable | None = None) -> dict:
     """Correct, in place, the biases of every QuantizedLinear / QuantizedConv of `quantized` (from `quantize_`)
     against `reference` (the float model it came from, same module names). Returns a report: the layers corrected,
-    those skipped and why, and per sweep the largest residual shift |E[ỹ] − E[y]| / std(y) over all channels."""
+    those skipped and why, and per sweep the largest correction |E[ỹ] − E[y]| relative to the layer's RMS output
+    standard deviation (the first sweep makes the correction, later ones show what was left)."""
     from nncompress.quantization.swap import _batches
 
     if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 1:
@@ -110,13 +165,6 @@ def correct_biases_(quantized: nn.Module, reference: nn.Module, calib_data, num_
             m.bias = torch.zeros(m.weight_q.codes.shape[0], dtype=torch.float32, device=m.weight_q.scale.device)
     residuals = []
     for _ in range(sweeps):
-        now = _moments(quantized, layers, batches, forward_fn)
-        worst = 0.0
-        for name, m in layers.items():
-            shift = now[name].mean() - target[name].mean()
-            rel = (shift.abs() / target[name].std().clamp_min(1e-12)).max()
-            worst = max(worst, float(rel))
-            m.bias -= shift.to(m.bias.dtype)
-        residuals.append(round(worst, 6))
-    return {"corrected": list(layers), "skipped": skipped, "residual_shift_over_std_before_sweep": residuals,
+        residuals.append(round(_sequential_sweep(quantized, layers, target, batches, forward_fn), 6))
+    return {"corrected": list(layers), "skipped": skipped, "largest_correction_over_output_std_per_sweep": residuals,
             "sweeps": sweeps, "calibration_batches": len(batches)}
