@@ -125,6 +125,24 @@ def call_model(model: nn.Module, inputs: Any, forward_fn: ForwardFn | None = Non
     return logits_of(model(*args, **kwargs))
 
 
+@torch.no_grad()
+def run_batches(model: nn.Module, batches, forward_fn: ForwardFn | None = None) -> None:
+    """Run `model` in eval mode, without gradients, on each batch's inputs (labels dropped; `forward_fn(model,
+    batch)` sees the whole batch), on the model's own device — the pass that hooks (observers, statistics,
+    corrections) listen to. The train/eval mode is restored afterwards."""
+    from nncompress.training.device import module_device
+
+    device = module_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            inputs = batch if forward_fn is not None else split_batch(batch)[0]
+            call_model(model, to_device(inputs, device), forward_fn)
+    finally:
+        model.train(was_training)
+
+
 def forward_batch(model: nn.Module, batch: Any, forward_fn: ForwardFn | None = None) -> tuple[Any, Any | None]:
     """(logits, target or None) for one batch: the user's `forward_fn(model, batch)` sees the whole batch."""
     inputs, target = split_batch(batch)

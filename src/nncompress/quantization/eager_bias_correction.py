@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from nncompress.core.errors import UserError
-from nncompress.core.model_io import call_model, split_batch, to_device
+from nncompress.core.model_io import run_batches
 from nncompress.quantization.modules import QuantizedConv, QuantizedLinear
 
 
@@ -65,17 +65,11 @@ class _ChannelMoments:
 def _moments(model: nn.Module, layers: dict[str, nn.Module], batches: list, forward_fn: Callable | None) -> dict[str, _ChannelMoments]:
     stats = {name: _ChannelMoments(_channel_dim(m)) for name, m in layers.items()}
     hooks = [m.register_forward_hook(stats[name]) for name, m in layers.items()]
-    device = next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            inputs, _ = split_batch(batch) if forward_fn is None else (batch, None)
-            call_model(model, to_device(inputs, device), forward_fn)
+        run_batches(model, batches, forward_fn)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     missing = [name for name, s in stats.items() if s.n == 0]
     if missing:
         raise UserError(f"bias correction: layer(s) {', '.join(missing[:3])} never ran on the calibration data; "
@@ -109,17 +103,11 @@ def _sequential_sweep(quantized: nn.Module, layers: dict[str, nn.Module], target
     """One Gauss–Seidel sweep; returns the largest correction made, over the layer's RMS output std."""
     running = {name: _RunningCorrection(_channel_dim(m), target[name].mean()) for name, m in layers.items()}
     hooks = [m.register_forward_hook(running[name]) for name, m in layers.items()]
-    device = next((b.device for b in quantized.buffers()), torch.device("cpu"))
-    was_training = quantized.training
-    quantized.eval()
     try:
-        for batch in batches:
-            inputs, _ = split_batch(batch) if forward_fn is None else (batch, None)
-            call_model(quantized, to_device(inputs, device), forward_fn)
+        run_batches(quantized, batches, forward_fn)
     finally:
         for h in hooks:
             h.remove()
-        quantized.train(was_training)
     worst = 0.0
     for name, m in layers.items():
         if running[name].n == 0:

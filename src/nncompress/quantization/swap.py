@@ -212,8 +212,7 @@ def _batches(data, num_batches: int) -> list:
 def _calibrate(model: nn.Module, targets: dict[str, nn.Module], config: StaticInt8Config, data, num_batches: int,
                forward_fn: Callable | None) -> dict[str, nn.Module]:
     """Observers on every target's input (forward pre-hooks), fed by `num_batches` batches; returns them by name."""
-    from nncompress.core.model_io import call_model, split_batch, to_device
-    from nncompress.training.device import module_device
+    from nncompress.core.model_io import run_batches
 
     observers, hooks = {}, []
     for name, m in targets.items():
@@ -227,17 +226,11 @@ def _calibrate(model: nn.Module, targets: dict[str, nn.Module], config: StaticIn
                 _obs(args[0])
 
         hooks.append(m.register_forward_pre_hook(hook))
-    device = module_device(model)
-    was_training = model.training
-    model.eval()
     try:
-        for batch in _batches(data, num_batches):
-            inputs, _ = split_batch(batch) if forward_fn is None else (batch, None)
-            call_model(model, to_device(inputs, device), forward_fn)
+        run_batches(model, _batches(data, num_batches), forward_fn)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     for name, obs in observers.items():
         if obs.saw_nonfinite:
             raise DivergenceError(f"calibration: the input of layer '{name}' holds NaN/inf on the calibration data; "
