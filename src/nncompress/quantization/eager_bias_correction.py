@@ -28,6 +28,7 @@ pre-activation, the hook sees the post-activation.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -61,15 +62,22 @@ class _ChannelMoments:
         return (self.sq / self.n - self.mean() ** 2).clamp_min(0).sqrt()
 
 
+@contextmanager
+def _forward_hooks(layers: dict[str, nn.Module], hooks: dict):
+    """`hooks[name]` on the output of `layers[name]` for the duration of the block."""
+    handles = [m.register_forward_hook(hooks[name]) for name, m in layers.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def _moments(model: nn.Module, layers: dict[str, nn.Module], batches: list, forward_fn: Callable | None) -> dict[str, _ChannelMoments]:
     stats = {name: _ChannelMoments(_channel_dim(m)) for name, m in layers.items()}
-    hooks = [m.register_forward_hook(stats[name]) for name, m in layers.items()]
-    try:
+    with _forward_hooks(layers, stats):
         run_batches(model, batches, forward_fn)
-    finally:
-        for h in hooks:
-            h.remove()
     missing = [name for name, s in stats.items() if s.n == 0]
     if missing:
         raise UserError(f"bias correction: layer(s) {', '.join(missing[:3])} never ran on the calibration data; "
@@ -102,12 +110,8 @@ def _sequential_sweep(quantized: nn.Module, layers: dict[str, nn.Module], target
                       batches: list, forward_fn: Callable | None) -> float:
     """One Gauss–Seidel sweep; returns the largest correction made, over the layer's RMS output std."""
     running = {name: _RunningCorrection(_channel_dim(m), target[name].mean()) for name, m in layers.items()}
-    hooks = [m.register_forward_hook(running[name]) for name, m in layers.items()]
-    try:
+    with _forward_hooks(layers, running):
         run_batches(quantized, batches, forward_fn)
-    finally:
-        for h in hooks:
-            h.remove()
     worst = 0.0
     for name, m in layers.items():
         if running[name].n == 0:
